@@ -1,0 +1,183 @@
+"""Adapter bundles: PEFT's own folder format plus `peftkit_adapter.json`, a fingerprint checked on every load.
+
+A bundle is what `peft.PeftModel.from_pretrained` reads (adapter_config.json, adapter_model.safetensors) and a
+small metadata file: base model identity (source + content hash), tokenizer hash, task, labels, method, recipe
+hash, versions, and the sha256 of each weight file. Loading compares the fingerprint before any weight is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from peftkit.errors import PeftkitError
+from peftkit.fileio import atomic_dir
+
+META_FILE = "peftkit_adapter.json"
+FORMAT_VERSION = 1
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def versions() -> dict:
+    """Versions of the libraries that shape an adapter's numbers."""
+    import peft
+    import torch
+    import transformers
+
+    from peftkit import __version__
+
+    return {"peftkit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__}
+
+
+def save_adapter(model, out_dir: str | Path, meta: dict) -> Path:
+    """Write the PEFT adapter and the peftkit metadata into `out_dir`, atomically (all or nothing)."""
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        weights = sorted(p for p in tmp.iterdir() if p.suffix == ".safetensors")
+        full = {"format": FORMAT_VERSION, **meta, "versions": versions(),
+                "files": {p.name: file_sha256(p) for p in weights}}
+        (tmp / META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def read_meta(adapter_dir: str | Path) -> dict | None:
+    """The peftkit metadata of a bundle, or None for a plain PEFT adapter."""
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise PeftkitError(
+            f"adapter '{adapter_dir}': no adapter_config.json there, so it is not a PEFT adapter folder. Point at a "
+            f"run's adapter/ folder (e.g. runs/NAME/adapter) or at the run folder itself."
+        )
+    meta_path = adapter_dir / META_FILE
+    if not meta_path.is_file():
+        return None
+    try:
+        return json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PeftkitError(f"adapter '{adapter_dir}': {META_FILE} is not valid JSON ({exc}). The bundle is corrupt; "
+                           f"re-export it from its run folder.") from None
+
+
+def resolve_adapter_dir(path: str | Path) -> Path:
+    """Accept a run folder (uses its adapter/) or an adapter folder."""
+    path = Path(path)
+    if not path.exists():
+        raise PeftkitError(f"adapter '{path}': no such folder. Pass a run folder (runs/NAME) or its adapter/ folder.")
+    if (path / "adapter" / "adapter_config.json").is_file():
+        return path / "adapter"
+    return path
+
+
+def check_files(adapter_dir: Path, meta: dict) -> None:
+    """Refuse truncated or altered weight files before torch reads them."""
+    for name, expected in meta.get("files", {}).items():
+        f = adapter_dir / name
+        if not f.is_file():
+            raise PeftkitError(f"adapter '{adapter_dir}': weight file {name} is missing. Re-export the adapter.")
+        found = file_sha256(f)
+        if found != expected:
+            raise PeftkitError(
+                f"adapter '{adapter_dir}': {name} does not match its recorded checksum (expected {expected[:19]}…, "
+                f"found {found[:19]}…): the file is truncated or was changed after saving. Re-export the adapter "
+                f"from its run folder."
+            )
+
+
+@dataclass
+class LoadedAdapter:
+    """A base model with an adapter applied, its tokenizer and the bundle's metadata."""
+
+    model: object
+    tokenizer: object
+    meta: dict
+    path: Path
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.meta.get("labels")
+
+
+def fingerprint_differences(meta: dict, *, base_hash: str, tok_hash: str) -> list[str]:
+    """Human-readable expected-vs-found lines for a base model or tokenizer that is not the one trained on."""
+    diffs = []
+    if meta["base_model"]["content_hash"] != base_hash:
+        diffs.append(f"base model: expected {meta['base_model']['content_hash'][:23]}… ({meta['base_model']['source']}), "
+                     f"found {base_hash[:23]}…")
+    if meta["tokenizer_hash"] != tok_hash:
+        diffs.append(f"tokenizer: expected {meta['tokenizer_hash'][:23]}…, found {tok_hash[:23]}…")
+    return diffs
+
+
+def load_adapter(path: str | Path, *, base_source: str | None = None, device: str | None = None,
+                 dtype: str = "auto") -> LoadedAdapter:
+    """Load base model + adapter, checking the fingerprint first. `base_source` overrides the recorded base."""
+    from peft import PeftModel
+
+    from peftkit.models.load import load_base_model, load_tokenizer
+    from peftkit.models.sources import content_hash, resolve_source
+
+    adapter_dir = resolve_adapter_dir(path)
+    meta = read_meta(adapter_dir)
+    if meta is None:
+        return _load_plain_peft(adapter_dir, base_source, device, dtype)
+    check_files(adapter_dir, meta)
+    source = resolve_source(base_source or meta["base_model"]["source"])
+    cache_dir = meta["base_model"].get("cache_dir")
+    tokenizer = load_tokenizer(source, cache_dir)
+    diffs = fingerprint_differences(meta, base_hash=content_hash(source), tok_hash=_tok_hash(tokenizer))
+    if diffs:
+        raise PeftkitError(
+            f"adapter '{adapter_dir}' was trained on a different base than '{source.spec}': " + "; ".join(diffs)
+            + ". Load it with the base it was trained on (see base_model in its peftkit_adapter.json)."
+        )
+    base = load_base_model(source, task=meta["task"], labels=meta.get("labels"),
+                           pad_token_id=tokenizer.pad_token_id, dtype=dtype, device=device, cache_dir=cache_dir)
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    model.eval()
+    return LoadedAdapter(model, tokenizer, meta, adapter_dir)
+
+
+def _tok_hash(tokenizer) -> str:
+    from peftkit.models.load import tokenizer_hash
+
+    return tokenizer_hash(tokenizer)
+
+
+def _load_plain_peft(adapter_dir: Path, base_source: str | None, device, dtype) -> LoadedAdapter:
+    from peft import PeftConfig, PeftModel
+
+    from peftkit.models.load import load_base_model, load_tokenizer
+    from peftkit.models.sources import resolve_source
+
+    config = PeftConfig.from_pretrained(str(adapter_dir))
+    source = resolve_source(base_source or config.base_model_name_or_path)
+    warnings.warn(f"adapter '{adapter_dir}' has no {META_FILE}: a plain PEFT adapter, so nothing could be checked "
+                  f"(base model, tokenizer, labels). Make sure '{source.spec}' is the base it was trained on.",
+                  stacklevel=2)
+    task = "classification" if str(config.task_type) in ("SEQ_CLS", "TaskType.SEQ_CLS") else "causal_lm"
+    tokenizer = load_tokenizer(source)
+    labels = None
+    if task == "classification":
+        from peftkit.models.load import load_config
+
+        cfg = load_config(source)
+        labels = [cfg.id2label[i] for i in sorted(cfg.id2label)]
+    base = load_base_model(source, task=task, labels=labels, pad_token_id=tokenizer.pad_token_id, dtype=dtype,
+                           device=device)
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    model.eval()
+    meta = {"task": task, "labels": labels, "base_model": {"source": source.spec}, "method": str(config.peft_type)}
+    return LoadedAdapter(model, tokenizer, meta, adapter_dir)

@@ -1,0 +1,115 @@
+"""Load a base model and its tokenizer from a resolved source, for a task, on the right device and dtype."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from peftkit.errors import PeftkitError
+from peftkit.models.sources import ModelSource
+
+DECODER_TYPES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "gemma2", "phi", "phi3", "gpt_neox", "opt", "smollm3")
+
+
+def pick_device() -> str:
+    """'cuda' when a GPU is visible, else 'cpu'."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(name: str, device: str):
+    """`auto` → float32 on CPU (bf16 is ~48x slower on these CPUs), bfloat16 on a GPU that supports it."""
+    import torch
+
+    if name == "auto":
+        if device == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, name)
+
+
+def hf_folder(source: ModelSource, cache_dir: str | None = None) -> str:
+    """The id or folder `from_pretrained` reads; GGUF files are converted once into a cached HF folder."""
+    if source.kind == "gguf":
+        from peftkit.models.gguf import converted_folder
+
+        return str(converted_folder(source.path, cache_dir=cache_dir))
+    return source.load_id
+
+
+def load_config(source: ModelSource, cache_dir: str | None = None):
+    """The model's transformers config."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(hf_folder(source, cache_dir), revision=source.revision)
+
+
+def load_tokenizer(source: ModelSource, cache_dir: str | None = None):
+    """The tokenizer, with a pad token guaranteed (decoders reuse eos: classification pools the last real token)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf_folder(source, cache_dir), revision=source.revision)
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise PeftkitError(
+                f"model source '{source.spec}': the tokenizer has neither a pad token nor an eos token, so batches "
+                f"cannot be padded. Add a pad token to the tokenizer files (tokenizer_config.json: \"pad_token\")."
+            )
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """sha256 of the vocabulary and special tokens: two tokenizers with equal hashes encode text the same way."""
+    blob = json.dumps(
+        {"vocab": sorted(tokenizer.get_vocab().items()), "special": tokenizer.special_tokens_map,
+         "lower": getattr(tokenizer, "do_lower_case", None)},
+        sort_keys=True, default=str,
+    )
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def is_decoder(config) -> bool:
+    """GPT-style model (pools the last real token; needs a pad token)."""
+    return config.model_type in DECODER_TYPES or bool(getattr(config, "is_decoder", False))
+
+
+def load_base_model(
+    source: ModelSource,
+    *,
+    task: str,
+    labels: list[str] | None = None,
+    pad_token_id: int | None = None,
+    dtype: str = "auto",
+    device: str | None = None,
+    quantization: dict | None = None,
+    cache_dir: str | None = None,
+):
+    """A transformers model for `task` (`classification` or `causal_lm`), on `device`, frozen weights untouched.
+
+    `labels` sets num_labels and id2label/label2id so they travel in the model config. `quantization` is a dict of
+    the recipe's quantization block (bits, quant_type, double_quant, compute_dtype), or None.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    device = device or pick_device()
+    torch_dtype = resolve_dtype(dtype, device)
+    kwargs: dict = {"revision": source.revision, "dtype": torch_dtype}
+    if task == "classification":
+        cls = AutoModelForSequenceClassification
+        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={name: i for i, name in enumerate(labels)})
+    else:
+        cls = AutoModelForCausalLM
+    if pad_token_id is not None:
+        kwargs["pad_token_id"] = pad_token_id
+    if quantization:
+        from peftkit.models.quant import bnb_config
+
+        kwargs["quantization_config"] = bnb_config(task=task, device=device, **quantization)
+        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
+    model = cls.from_pretrained(hf_folder(source, cache_dir), **kwargs)
+    if not quantization:
+        model.to(device)
+    return model

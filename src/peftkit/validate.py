@@ -1,0 +1,36 @@
+"""`peftkit validate`: everything `train` checks before loading weights — data card, data, model source,
+method settings, lengths — without loading a model."""
+
+from __future__ import annotations
+
+from peftkit.errors import PeftkitError
+from peftkit.recipe import Recipe
+
+
+def validate_recipe(recipe: Recipe) -> list[str]:
+    """Raise PeftkitError on the first problem; return a few lines describing what was checked."""
+    from peftkit.data.cards import load_card
+    from peftkit.data.sources import check_card
+    from peftkit.evaluation import check_metric_names
+    from peftkit.methods.apply import build_peft_config
+    from peftkit.models.load import load_config
+    from peftkit.models.sources import resolve_source
+    from peftkit.train import _check_max_length
+
+    card = load_card(recipe.data.card)
+    if card.task != recipe.model.task:
+        raise PeftkitError(f"data.card: card '{card.name}' is a {card.task} card but model.task is "
+                           f"{recipe.model.task}. Use a {recipe.model.task} data card.")
+    problems = check_card(card)
+    if problems:
+        raise PeftkitError(f"data.card: the data no longer matches card '{card.name}' ({card.path}): "
+                           + "; ".join(problems) + ". Run `peftkit data check` for details.")
+    source = resolve_source(recipe.model.source, recipe.model.revision)
+    config = load_config(source, recipe.model.cache_dir) if source.kind != "hub" else None
+    if config is not None:
+        _check_max_length(recipe.data.max_length, config, recipe.model.source)
+        build_peft_config(recipe.method.name, recipe.method.settings(), task=recipe.model.task,
+                          model_type=config.model_type)
+    check_metric_names(recipe.eval.metrics)
+    return [f"data card: {card.name} ({card.path})", f"model source: {source.spec} → {source.kind} "
+            f"{source.path or source.hub_id}", f"method: {recipe.method.name}"]

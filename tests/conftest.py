@@ -1,0 +1,145 @@
+"""Shared fixtures: tiny models built in-process from configs, a tiny tokenizer, tiny data cards. No network."""
+
+from __future__ import annotations
+
+import os
+import random
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+POSITIVE = ["good", "great", "fine", "superb", "lovely", "moving", "sharp", "witty"]
+NEGATIVE = ["bad", "awful", "dull", "boring", "weak", "messy", "flat", "tired"]
+FILLER = ["the", "a", "film", "movie", "plot", "actors", "is", "was", "very", "quite", "and", "story", "script"]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<eos>", *POSITIVE, *NEGATIVE, *FILLER]
+
+
+def make_texts(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Short sentences whose label is told by one sentiment word among fillers."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        words = rng.choices(FILLER, k=rng.randint(2, 9))
+        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label == "pos" else NEGATIVE))
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def build_tiny_bert(folder: Path, *, hidden: int = 32, layers: int = 2) -> Path:
+    """A 2-layer BERT (random weights) and a word-piece tokenizer over VOCAB, saved as a transformers folder."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True)
+    config = BertConfig(vocab_size=len(VOCAB), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                        intermediate_size=hidden * 2, max_position_embeddings=64, pad_token_id=0)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _word_tokenizer(eos: str | None = "<eos>", pad: str | None = None):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(VOCAB)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", eos_token=eos, pad_token=pad)
+
+
+def build_tiny_decoder(folder: Path, arch: str = "gpt2", *, hidden: int = 32, eos: str | None = "<eos>") -> Path:
+    """A 2-layer GPT-2 or Llama (random weights) with a word-level tokenizer that has eos but no pad token."""
+    import torch
+    from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    eos_id = VOCAB.index(eos) if eos else None
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        cfg = GPT2Config(vocab_size=len(VOCAB), n_embd=hidden, n_layer=2, n_head=4, n_positions=64,
+                         bos_token_id=eos_id, eos_token_id=eos_id)
+        GPT2Model(cfg).save_pretrained(folder)
+    else:
+        cfg = LlamaConfig(vocab_size=len(VOCAB), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                          bos_token_id=eos_id, eos_token_id=eos_id)
+        LlamaModel(cfg).save_pretrained(folder)
+    _word_tokenizer(eos=eos).save_pretrained(folder)
+    return folder
+
+
+def write_card(folder: Path, rows, *, name: str = "tiny", labels=("neg", "pos"), extra: str = "") -> Path:
+    """A CSV of (text, label) rows and a data card for it (split 0.2 test / 0.2 validation, seed 0)."""
+    import csv
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name}.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+    card = folder / f"{name}.md"
+    card.write_text(textwrap.dedent(f"""\
+        ---
+        license: cc0-1.0
+        language: [en]
+        task_categories: [text-classification]
+        pretty_name: Tiny {name}
+        peftkit:
+          task: classification
+          source:
+            file: {name}.csv
+          text_column: text
+          label_column: label
+          labels: [{", ".join(labels)}]
+          split: {{seed: 0, test: 0.2, validation: 0.2, stratify: true}}
+        {extra}---
+        # Tiny {name}
+
+        Synthetic sentences made by the tests.
+        """))
+    return card
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    return build_tiny_decoder(tmp_path_factory.mktemp("models") / "tiny-gpt2", "gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return build_tiny_decoder(tmp_path_factory.mktemp("models") / "tiny-llama", "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_card(tmp_path_factory) -> Path:
+    return write_card(tmp_path_factory.mktemp("data"), make_texts(200))
+
+
+def write_recipe(path: Path, *, model: Path | str, card: Path | str, out: Path, method: dict | None = None,
+                 train: dict | None = None, data: dict | None = None, **sections) -> Path:
+    """A recipe YAML for tiny runs (2 epochs, batch 8, no checkpoints, no tensorboard); dicts override defaults."""
+    import yaml
+
+    recipe = {
+        "model": {"source": str(model)},
+        "method": method or {"name": "lora"},
+        "data": {"card": str(card), "max_length": 32, **(data or {})},
+        "train": {"epochs": 2, "batch_size": 8, "learning_rate": 0.005, "output_dir": str(out), "save_every": None,
+                  "report_to": "none", **(train or {})},
+        **sections,
+    }
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path

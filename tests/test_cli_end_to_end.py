@@ -1,0 +1,84 @@
+"""train → run folder → eval → predict through the real CLI entry point, on a tiny BERT."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from peftkit.cli import main
+from tests.conftest import write_recipe
+
+
+@pytest.fixture(scope="module")
+def run(tiny_bert, tiny_card, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    recipe = write_recipe(tmp / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp / "run",
+                          train={"epochs": 6, "learning_rate": 0.01, "log_every": 2})
+    assert main(["train", str(recipe), "--no-progress", "data.max_length=24"]) == 0
+    return tmp / "run"
+
+
+def test_run_folder_contents(run):
+    assert sorted(p.name for p in run.iterdir()) >= ["adapter", "metrics.json", "recipe.resolved.yaml"]
+    adapter = run / "adapter"
+    assert (adapter / "adapter_config.json").is_file()
+    assert (adapter / "adapter_model.safetensors").is_file()
+    meta = json.loads((adapter / "peftkit_adapter.json").read_text())
+    assert meta["labels"] == ["neg", "pos"] and meta["task"] == "classification"
+    assert meta["base_model"]["content_hash"].startswith("sha256:")
+    # The override reached the resolved recipe.
+    assert "max_length: 24" in (run / "recipe.resolved.yaml").read_text()
+    # No temporary files left behind.
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_metrics_learned_the_signal(run):
+    metrics = json.loads((run / "metrics.json").read_text())
+    test = metrics["test"]
+    assert test["n"] == 40
+    assert test["accuracy"] >= 0.9, test
+    assert len(test["confusion_matrix"]) == 2 and sum(map(sum, test["confusion_matrix"])) == 40
+    assert set(test["per_class"]) == {"neg", "pos"}
+    assert metrics["train"]["steps"] == 6 * 15  # 120 train examples / batch 8 = 15 steps per epoch
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert losses[-1] < losses[0]
+
+
+def test_eval_matches_training_metrics(run, capsys):
+    assert main(["eval", str(run), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    metrics = json.loads((run / "metrics.json").read_text())["test"]
+    assert out["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert out["confusion_matrix"] == metrics["confusion_matrix"]
+
+
+def test_predict_labels_and_probabilities(run, capsys, tmp_path):
+    assert main(["predict", str(run / "adapter"), "a great superb film", "a dull boring plot", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["label"] for r in rows] == ["pos", "neg"]
+    for r in rows:
+        assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    f = tmp_path / "in.jsonl"
+    f.write_text('{"text": "lovely witty story"}\n{"text": "weak flat script"}\n')
+    assert main(["predict", str(run), "--file", str(f)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["pos", "neg"]
+
+
+def test_plain_peft_loads_same_logits(run, tiny_bert):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from peftkit.adapters import load_adapter
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    batch = tok(["a great film", "the plot was dull and messy"], padding=True, return_tensors="pt")
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    plain = PeftModel.from_pretrained(base, str(run / "adapter")).eval()
+    ours = load_adapter(run).model
+    with torch.no_grad():
+        a, b = plain(**batch).logits, ours(**batch).logits
+    assert torch.allclose(a, b, atol=1e-6), (a, b)
