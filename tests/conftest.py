@@ -12,6 +12,13 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def pytest_configure(config):
+    # Tiny models gain nothing from threads, and two threaded processes on 2 cores slow each other down badly.
+    import torch
+
+    torch.set_num_threads(1)
+
 POSITIVE = ["good", "great", "fine", "superb", "lovely", "moving", "sharp", "witty"]
 NEGATIVE = ["bad", "awful", "dull", "boring", "weak", "messy", "flat", "tired"]
 FILLER = ["the", "a", "film", "movie", "plot", "actors", "is", "was", "very", "quite", "and", "story", "script"]
@@ -30,17 +37,40 @@ def make_texts(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return rows
 
 
+def _pretrain(model, tokenizer, steps: int = 60) -> None:
+    """A few full fine-tuning steps on the tiny task, so the frozen base 'knows' the words as a pretrained one would.
+
+    Only the encoder is saved: the head a test trains is new. A random frozen base gives LoRA little to work with.
+    """
+    import torch
+
+    rows = make_texts(160, seed=123)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        chunk = [rows[(step * 16 + i) % len(rows)] for i in range(16)]
+        batch = tokenizer([t for t, _ in chunk], padding=True, return_tensors="pt")
+        labels = torch.tensor([1 if lab == "pos" else 0 for _, lab in chunk])
+        model(**batch, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+
+
 def build_tiny_bert(folder: Path, *, hidden: int = 32, layers: int = 2) -> Path:
     """A 2-layer BERT (random weights) and a word-piece tokenizer over VOCAB, saved as a transformers folder."""
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
     tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True)
     config = BertConfig(vocab_size=len(VOCAB), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                        intermediate_size=hidden * 2, max_position_embeddings=64, pad_token_id=0)
+                        intermediate_size=hidden * 2, max_position_embeddings=64, pad_token_id=0,
+)
     torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
+    model = BertForSequenceClassification(config)
+    _pretrain(model, tok)
+    model.bert.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 

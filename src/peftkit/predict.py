@@ -46,7 +46,7 @@ def predict_texts(adapter: str, texts: list[str], *, batch_size: int = 64, loade
                               batch_size=batch_size)
     probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
     labels = loaded.labels
-    return [{"label": labels[int(p.argmax())], "probabilities": {lab: round(float(v), 6) for lab, v in zip(labels, p)}}
+    return [{"label": labels[int(p.argmax())], "probabilities": {lab: round(float(v), 6) for lab, v in zip(labels, p, strict=True)}}
             for p in probs]
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from peftkit.methods.registry import check_method_settings, get_method
 
-# Where the LoRA family goes by default: every linear layer in attention and the feed-forward block. The PEFT
-# docs' query/value-only default leaves too little capacity for a sentence-embedding encoder to learn a task.
+# Where the LoRA family goes by default: every linear layer in attention and the feed-forward block, and for
+# BERT the pooler too ("dense" matches it). The PEFT docs' query/value-only default leaves MiniLM, a mean-pooling
+# sentence embedder whose [CLS]/pooler path was never trained, stuck on the majority class (0.58 accuracy).
 DEFAULT_TARGETS = {
-    "bert": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
-    "roberta": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
+    "bert": ["query", "key", "value", "dense"],
+    "roberta": ["query", "key", "value", "dense"],
     "gpt2": ["c_attn", "c_proj", "c_fc"],
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }

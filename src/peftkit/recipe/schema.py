@@ -26,10 +26,6 @@ class ModelSpec(_Section):
     task: Literal["classification", "causal_lm"] = "classification"
     """`classification`: sequence classification with a trained head. `causal_lm`: adapt a decoder to a text corpus."""
 
-    pooling: Literal["auto", "cls", "mean", "last"] = "auto"
-    """How a classifier turns token states into one vector. `auto`: the model's own head (CLS+pooler for BERT,
-    last real token for decoders), or `mean` when the model ships a sentence-transformers mean-pooling config."""
-
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights and compute dtype. `auto`: float32 on CPU, bfloat16 on a GPU that supports it."""
 
