@@ -16,7 +16,28 @@ class PeftkitError(Exception):
     exit_code = 2
 
 
+def _edit_distance(a: str, b: str) -> int:
+    """Optimal-string-alignment distance: typos, including swapped neighbours ('lroa' → 'lora'), cost 1."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[-1][-1]
+
+
 def did_you_mean(word: str, choices) -> str:
     """' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" Did you mean '{close[0]}'?" if close else ""
+    word = str(word)
+    choices = [str(c) for c in choices]
+    if not choices:
+        return ""
+    best = min(choices, key=lambda c: (_edit_distance(word.lower(), c.lower()),
+                                       -difflib.SequenceMatcher(None, word, c).ratio()))
+    close = _edit_distance(word.lower(), best.lower()) <= max(1, len(word) // 3)
+    if not close:
+        hits = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+        best, close = (hits[0], True) if hits else (best, False)
+    return f" Did you mean '{best}'?" if close else ""
