@@ -147,3 +147,15 @@ def test_swap_refuses_adapter_for_another_base(runs, tiny_gpt2, tiny_card, tmp_p
     with pytest.raises(PeftkitError, match="no adapter named 'zz'"):
         adapters.activate("zz")
     shutil.rmtree(other.parent)
+
+
+def test_serve_bench_prints_figures(runs, capsys):
+    args = ["serve-bench", "--texts", "8"]
+    for i in range(3):
+        args += ["--adapter", f"a{i}={runs['lora']}"]
+    assert main([*args, "--adapter", f"p={runs['prefix']}"]) == 0
+    out = capsys.readouterr().out
+    for words in ("swap (activate) median", "right after a swap", "adapter active", "merged", "4 adapter(s)"):
+        assert words in out
+    assert main(["serve-bench"]) == 2
+    assert "nothing to measure" in capsys.readouterr().err
