@@ -84,7 +84,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, texts: list[str] | No
         merged.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
         say("[5/5] reloading it with plain transformers and comparing logits")
-        reloaded = _plain_load(tmp, task)
+        reloaded = _plain_load(tmp, task).to(next(loaded.model.parameters()).device)
         report["vs_adapter_on_full_precision_base"] = _compare(reference, _logits(reloaded, loaded.tokenizer, texts,
                                                                                   task))
         atomic_write_json(tmp / REPORT_FILE, report)
