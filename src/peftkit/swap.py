@@ -166,7 +166,13 @@ class AdapterSet:
         self.task = meta["task"]
         self.base_hash, self.tok_hash = content_hash(source), tokenizer_hash(self.tokenizer)
         self.base_spec = source.spec
-        self.base = load_base_model(source, task=self.task, labels=meta.get("labels"),
+        labels = meta.get("labels")
+        if self.task == "classification" and not labels:  # a plain PEFT adapter without a saved head
+            from peftkit.models.load import load_config
+
+            cfg = load_config(source, cache_dir)
+            labels = meta["labels"] = [cfg.id2label[i] for i in sorted(cfg.id2label)]
+        self.base = load_base_model(source, task=self.task, labels=labels,
                                     pad_token_id=self.tokenizer.pad_token_id, dtype=self.dtype, device=self.device,
                                     quantization=self.quantization, cache_dir=cache_dir)
         self.base.eval()
