@@ -8,6 +8,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _LAZY = {
+    "AdapterSet": "peftkit.swap",
+    "merge_adapter": "peftkit.merge",
     "load_recipe": "peftkit.recipe.load",
     "train": "peftkit.train",
     "load_adapter": "peftkit.adapters",

@@ -96,6 +96,84 @@ def check_files(adapter_dir: Path, meta: dict) -> None:
             )
 
 
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name → shape from a safetensors header, after checking the file is complete (no weight is read)."""
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+        try:
+            header = json.loads(fh.read(n)) if n is not None and 8 + n <= size else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            header = None
+    ends = [t["data_offsets"][1] for k, t in (header or {}).items() if k != "__metadata__"]
+    if header is None or 8 + n + max(ends, default=0) != size:
+        expected = f"{8 + n + max(ends, default=0)} bytes" if header is not None else "a valid safetensors header"
+        raise PeftkitError(
+            f"adapter file '{path}' is truncated or corrupt (expected {expected}, found {size} bytes). "
+            f"Copy it again or re-export the adapter from its run folder."
+        )
+    return {k: t["shape"] for k, t in header.items() if k != "__metadata__"}
+
+
+def check_consistency(adapter_dir: Path, meta: dict, shapes: dict[str, list[int]]) -> None:
+    """The metadata's task and label count must agree with the adapter's own config and head weights."""
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    task_type = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}.get(meta.get("task"))
+    if config.get("task_type") and task_type and config["task_type"] != task_type:
+        raise PeftkitError(
+            f"adapter '{adapter_dir}': task does not match: expected {task_type} (task '{meta['task']}' in "
+            f"{META_FILE}), found {config['task_type']} in adapter_config.json. The files come from different "
+            f"adapters; re-export it from its run folder."
+        )
+    rows = {shape[0] for key, shape in shapes.items() if _is_head_weight(key)}
+    labels = meta.get("labels")
+    if labels and rows and rows != {len(labels)}:
+        raise PeftkitError(
+            f"adapter '{adapter_dir}': label set does not match the head: expected {len(labels)} labels "
+            f"({', '.join(labels)}) in {META_FILE}, found a head with {sorted(rows)[0]} outputs. The files come from "
+            f"different adapters; re-export it from its run folder."
+        )
+
+
+def _is_head_weight(key: str) -> bool:
+    parts = key.split(".")
+    return parts[-1] == "weight" and any(p in ("classifier", "score") for p in parts) and (
+        "out_proj" in parts or parts[-2] in ("classifier", "score", "modules_to_save"))
+
+
+def check_expected(adapter_dir: Path, meta: dict, *, task: str | None, labels: list[str] | None) -> None:
+    """Refuse an adapter whose task or label set is not what the caller needs, showing expected vs found."""
+    if task and meta.get("task") != task:
+        raise PeftkitError(f"adapter '{adapter_dir}': wrong task: expected {task}, found {meta.get('task')}. "
+                           f"Use an adapter trained for {task}.")
+    if labels is not None and meta.get("labels") != list(labels):
+        raise PeftkitError(f"adapter '{adapter_dir}': different label set: expected {list(labels)}, found "
+                           f"{meta.get('labels')}. Use an adapter trained on this label set.")
+
+
+def check_bundle(adapter_dir: Path) -> tuple[dict | None, dict[str, list[int]]]:
+    """Every check that needs no model: metadata, checksums, complete safetensors files, consistent task/labels.
+
+    Returns (metadata or None for a plain PEFT adapter, tensor shapes of the adapter weights).
+    """
+    meta = read_meta(adapter_dir)
+    if meta is not None:
+        check_files(adapter_dir, meta)
+    weights = sorted(adapter_dir.glob("*.safetensors"))
+    if not weights:
+        raise PeftkitError(f"adapter '{adapter_dir}': no adapter_model.safetensors there (peftkit loads safetensors "
+                           f"only, never pickle). Re-save the adapter with safe_serialization=True.")
+    shapes = {}
+    for w in weights:
+        shapes.update(safetensors_shapes(w))
+    if meta is not None:
+        check_consistency(adapter_dir, meta, shapes)
+    return meta, shapes
+
+
 @dataclass
 class LoadedAdapter:
     """A base model with an adapter applied, its tokenizer and the bundle's metadata."""
@@ -122,18 +200,23 @@ def fingerprint_differences(meta: dict, *, base_hash: str, tok_hash: str) -> lis
 
 
 def load_adapter(path: str | Path, *, base_source: str | None = None, device: str | None = None,
-                 dtype: str = "auto") -> LoadedAdapter:
-    """Load base model + adapter, checking the fingerprint first. `base_source` overrides the recorded base."""
+                 dtype: str = "auto", task: str | None = None, labels: list[str] | None = None,
+                 quantization: dict | None = None) -> LoadedAdapter:
+    """Load base model + adapter, checking the fingerprint first. `base_source` overrides the recorded base.
+
+    `task` / `labels`: what the caller needs; an adapter for another task or label set is refused.
+    `quantization`: load the base quantized (a recipe quantization block); default full precision.
+    """
     from peft import PeftModel
 
     from peftkit.models.load import load_base_model, load_tokenizer
     from peftkit.models.sources import content_hash, resolve_source
 
     adapter_dir = resolve_adapter_dir(path)
-    meta = read_meta(adapter_dir)
+    meta, _ = check_bundle(adapter_dir)
     if meta is None:
         return _load_plain_peft(adapter_dir, base_source, device, dtype)
-    check_files(adapter_dir, meta)
+    check_expected(adapter_dir, meta, task=task, labels=labels)
     source = resolve_source(base_source or meta["base_model"]["source"])
     cache_dir = meta["base_model"].get("cache_dir")
     tokenizer = load_tokenizer(source, cache_dir)
@@ -144,7 +227,8 @@ def load_adapter(path: str | Path, *, base_source: str | None = None, device: st
             + ". Load it with the base it was trained on (see base_model in its peftkit_adapter.json)."
         )
     base = load_base_model(source, task=meta["task"], labels=meta.get("labels"),
-                           pad_token_id=tokenizer.pad_token_id, dtype=dtype, device=device, cache_dir=cache_dir)
+                           pad_token_id=tokenizer.pad_token_id, dtype=dtype, device=device, cache_dir=cache_dir,
+                           quantization=quantization)
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     model.eval()
     return LoadedAdapter(model, tokenizer, meta, adapter_dir)

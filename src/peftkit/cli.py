@@ -39,10 +39,28 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print metrics as JSON")
 
     pr = sub.add_parser("predict", help="labels and probabilities for texts")
-    pr.add_argument("adapter", help="run folder or adapter folder")
+    pr.add_argument("adapter", nargs="?", help="run folder or adapter folder (or use --adapter NAME=PATH)")
+    pr.add_argument("--adapter", dest="named", action="append", default=[], metavar="NAME=PATH",
+                    help="load several adapters on one base; --file is then JSONL whose lines name their 'adapter'")
     pr.add_argument("texts", nargs="*", help="texts to classify")
     pr.add_argument("--file", help="a text file (one text per line) or JSONL with a 'text' field")
     pr.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    m = sub.add_parser("merge", help="merge a mergeable adapter into a full-precision copy of its base")
+    m.add_argument("adapter", help="run folder or adapter folder")
+    m.add_argument("--out", required=True, help="folder for the merged model (+ parity_report.json)")
+    m.add_argument("--samples", type=int, default=64, help="sample inputs for the parity report (default 64)")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+
+    sb = sub.add_parser("serve-bench", help="serving benchmark: swap latency, adapter vs merged vs base latency, "
+                        "memory for 1..N adapters; optionally QLoRA vs fp32 LoRA training")
+    sb.add_argument("--adapter", dest="named", action="append", default=[], metavar="NAME=PATH",
+                    help="adapters to load on one base (the first is also merged for the latency comparison)")
+    sb.add_argument("--texts", type=int, default=64, help="inputs per latency measurement (default 64)")
+    sb.add_argument("--compare-qlora", nargs=2, metavar=("FP32_RECIPE", "QLORA_RECIPE"),
+                    help="train both recipes (each in its own process) and compare accuracy, peak RSS, examples/s")
+    sb.add_argument("--set", dest="overrides", action="append", default=[], metavar="key=value",
+                    help="overrides for both --compare-qlora recipes (e.g. data.max_train_examples=1000)")
 
     sub.add_parser("ls", help="list shipped recipes and data cards")
 
@@ -121,6 +139,10 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from peftkit.predict import predict_texts, read_texts
 
+    if args.named:
+        return _predict_routed(args)
+    if not args.adapter:
+        raise PeftkitError("predict: no adapter. Give a run/adapter folder, or several with --adapter NAME=PATH.")
     texts = list(args.texts) + (read_texts(args.file) if args.file else [])
     if not texts:
         raise PeftkitError("predict: no input. Give texts as arguments or --file F (one text per line or JSONL).")
@@ -129,6 +151,40 @@ def cmd_predict(args) -> int:
             print(json.dumps({"text": text, **row}))
         else:
             print(f"{row['label']}\t{row['probabilities'][row['label']]:.3f}\t{text}")
+    return 0
+
+
+def _predict_routed(args) -> int:
+    from peftkit.swap import AdapterSet, parse_adapter_specs, read_routed
+
+    pairs = parse_adapter_specs(args.named)
+    if args.adapter or args.texts or not args.file:
+        raise PeftkitError("predict --adapter NAME=PATH: give the inputs as --file F.jsonl whose lines are "
+                           '{"adapter": NAME, "text": ...} (positional adapter and texts are for one adapter).')
+    rows = read_routed(args.file, [n for n, _ in pairs])
+    adapters = AdapterSet()
+    for name, path in pairs:
+        adapters.add(name, path)
+    for (_, text), row in zip(rows, adapters.route(rows), strict=True):
+        if args.json:
+            print(json.dumps({"text": text, **row}))
+        else:
+            print(f"{row['adapter']}\t{row['label']}\t{row['probabilities'][row['label']]:.3f}\t{text}")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from peftkit.merge import merge_adapter
+
+    report = merge_adapter(args.adapter, args.out, n_samples=args.samples, overwrite=args.overwrite)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_serve_bench(args) -> int:
+    from peftkit.bench_serving import run_serve_bench
+
+    run_serve_bench(args.named, n_texts=args.texts, compare_qlora=args.compare_qlora, overrides=args.overrides)
     return 0
 
 
@@ -155,4 +211,7 @@ def cmd_schema(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict, "ls": cmd_ls, "schema": cmd_schema}
+COMMANDS = {
+    "train": cmd_train, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict, "ls": cmd_ls,
+    "schema": cmd_schema, "merge": cmd_merge, "serve-bench": cmd_serve_bench,
+}

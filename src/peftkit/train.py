@@ -281,6 +281,7 @@ def _save_bundle(model, adapter_dir: Path, recipe: Recipe, source, tokenizer, la
         "method": recipe.method.name,
         "max_length": recipe.data.max_length,
         "data_card": recipe.data.card,
+        "quantization": recipe.quantization.model_dump() if recipe.quantization else None,
         "recipe_hash": "sha256:" + hashlib.sha256(resolved.encode()).hexdigest(),
     }
     save_adapter(model, adapter_dir, meta)

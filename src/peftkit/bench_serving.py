@@ -1,0 +1,142 @@
+"""`peftkit serve-bench`: the serving side of adapters, in figures (printed; no test asserts a speed).
+
+- swap latency: switching the active adapter of an `AdapterSet`, and a one-text request right after a swap
+  vs the same request without one;
+- inference latency on the same batch: adapter active vs the adapter merged (float32) vs the bare base;
+- resident memory with 1 vs N adapters on one base;
+- optionally QLoRA vs fp32 LoRA training (accuracy, peak RSS, examples/s), each recipe in its own process so
+  its peak RSS is its own.
+Targets (issue 5): swap ≤ 5 ms; adapter-active ≤ 1.15× base; merged = base; QLoRA accuracy ≥ LoRA − 0.5 pt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process, MiB (Linux /proc; 0 where unavailable)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def serving_figures(named: list[tuple[str, str]], *, n_texts: int = 64, repeats: int = 5) -> dict:
+    """Swap latency, adapter/merged/base latency and memory for the adapters `named` (name, path) on one base."""
+    import gc
+
+    import torch
+
+    from peftkit.adapters import load_adapter
+    from peftkit.data.prepare import tokenize_texts
+    from peftkit.inference import forward_split
+    from peftkit.merge import _sample_texts
+    from peftkit.swap import AdapterSet
+
+    res: dict = {"rss_mb_start": round(rss_mb(), 1)}
+    adapters = AdapterSet()
+    for i, (name, path) in enumerate(named):
+        adapters.add(name, path)
+        gc.collect()
+        res[f"rss_mb_{i + 1}_adapters"] = round(rss_mb(), 1)
+    first = adapters.entries[named[0][0]]
+    texts = _sample_texts(first.meta, n_texts)
+    tok = adapters.tokenizer
+    ids = tokenize_texts(tok, texts, first.meta.get("max_length", 128))
+
+    def run(model):
+        forward_split(model, ids, None, pad_token_id=tok.pad_token_id, padding_side=tok.padding_side, batch_size=64)
+
+    names = adapters.names
+    k = iter(range(10**9))
+    res["swap_activate_ms"] = _median_ms(lambda: adapters.activate(names[next(k) % len(names)]), 200)
+    one = texts[:1]
+    if len(names) > 1:
+        same = _median_ms(lambda: adapters.logits(names[0], one), 30)
+        swapped = _median_ms(lambda: adapters.logits(names[next(k) % len(names)], one), 30)
+        res["one_text_request_ms_same_adapter"], res["one_text_request_ms_after_swap"] = same, swapped
+    with torch.no_grad():
+        run(first.model)  # warm-up
+        res["batch_ms_adapter_active"] = _median_ms(lambda: run(first.model), repeats)
+        res["batch_ms_base"] = _median_ms(lambda: run(adapters.base), repeats)
+        merged = load_adapter(first.path, dtype="float32").model.merge_and_unload().eval()
+        run(merged)
+        res["batch_ms_merged"] = _median_ms(lambda: run(merged), repeats)
+    res["adapter_over_base"] = res["batch_ms_adapter_active"] / res["batch_ms_base"]
+    res["merged_over_base"] = res["batch_ms_merged"] / res["batch_ms_base"]
+    res["n_texts"], res["threads"] = len(texts), torch.get_num_threads()
+    return res
+
+
+def train_in_process(recipe: str, overrides: list[str], out: Path) -> dict:
+    """Train `recipe` in a child process; its metrics plus the child's own peak RSS (MiB) and wall time."""
+    cmd = [sys.executable, "-m", "peftkit", "train", recipe, "--overwrite", "--no-progress", *overrides,
+           f"train.output_dir={out}", "train.save_every=null", "train.report_to=none"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"training {recipe} failed (exit {os.waitstatus_to_exitcode(status)}): {' '.join(cmd)}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    test = metrics.get("test") or metrics.get("validation") or {}
+    return {"recipe": recipe, "accuracy": test.get("accuracy"), "macro_f1": test.get("macro_f1"),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "examples_per_s": metrics["train"]["examples_per_second"],
+            "train_s": metrics["train"]["seconds"], "wall_s": round(time.perf_counter() - t0, 1),
+            "adapter": str(out / "adapter")}
+
+
+def run_serve_bench(named_specs: list[str], *, n_texts: int = 64, compare_qlora=None, overrides=None) -> dict:
+    """The `peftkit serve-bench` command: print the figures (and return them)."""
+    from peftkit.errors import PeftkitError
+    from peftkit.swap import parse_adapter_specs
+
+    if not named_specs and not compare_qlora:
+        raise PeftkitError("serve-bench: nothing to measure. Give --adapter NAME=PATH (one or more) and/or "
+                           "--compare-qlora FP32_RECIPE QLORA_RECIPE.")
+    out: dict = {}
+    if compare_qlora:
+        root = Path("runs/serve-bench")
+        rows = [train_in_process(r, list(overrides or []), root / Path(r).stem) for r in compare_qlora]
+        out["training"] = rows
+        print(f"{'recipe':45s} {'accuracy':>8s} {'macro_f1':>8s} {'peak RSS MiB':>12s} {'examples/s':>10s}")
+        for r in rows:
+            print(f"{Path(r['recipe']).stem:45s} {r['accuracy']:8.4f} {r['macro_f1']:8.4f} {r['peak_rss_mb']:12.1f} "
+                  f"{r['examples_per_s']:10.1f}")
+        delta = (rows[1]["accuracy"] - rows[0]["accuracy"]) * 100
+        print(f"QLoRA − LoRA accuracy: {delta:+.2f} pt (target ≥ −0.5); peak RSS ratio "
+              f"{rows[1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.2f}")
+        if not named_specs:
+            named_specs = [f"lora={rows[0]['adapter']}", f"qlora={rows[1]['adapter']}"]
+    pairs = parse_adapter_specs(named_specs)
+    figs = serving_figures(pairs, n_texts=n_texts)
+    out["serving"] = figs
+    print(f"swap (activate) median: {figs['swap_activate_ms'] * 1000:.1f} µs (target ≤ 5 ms)")
+    if "one_text_request_ms_after_swap" in figs:
+        print(f"one-text request: {figs['one_text_request_ms_same_adapter']:.2f} ms same adapter, "
+              f"{figs['one_text_request_ms_after_swap']:.2f} ms right after a swap")
+    print(f"batch of {figs['n_texts']}: base {figs['batch_ms_base']:.1f} ms, adapter active "
+          f"{figs['batch_ms_adapter_active']:.1f} ms ({figs['adapter_over_base']:.2f}× base, target ≤ 1.15×), merged "
+          f"{figs['batch_ms_merged']:.1f} ms ({figs['merged_over_base']:.2f}× base)")
+    mem = [k for k in figs if k.startswith("rss_mb_") and k.endswith("_adapters")]
+    print("RSS MiB: start {:.0f}; ".format(figs["rss_mb_start"]) + ", ".join(
+        f"{k.split('_')[2]} adapter(s) {figs[k]:.0f}" for k in mem))
+    return out

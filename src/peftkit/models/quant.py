@@ -1,0 +1,73 @@
+"""bitsandbytes quantization: the load config for a quantized base and the 8-bit / paged optimizers.
+
+The only module that imports bitsandbytes, and only inside functions. Classification heads (`classifier`,
+`score`) stay out of quantization: they are trained in full and saved with the adapter, and a 4-bit head cannot
+take gradients. bitsandbytes >= 0.45 runs NF4/FP4 and int8 on CPU too, so this works without a GPU.
+"""
+
+from __future__ import annotations
+
+from peftkit.errors import PeftkitError
+
+# Modules never quantized: trained heads (every transformers *ForSequenceClassification uses one of these names)
+# and the LM head, which transformers keeps in full precision anyway.
+HEAD_MODULES = ["classifier", "score"]
+LM_HEAD_MODULES = ["lm_head"]
+
+
+def compute_dtype(name: str, device: str):
+    """`auto` → bfloat16 on a GPU that supports it, float32 elsewhere (bf16 matmuls are very slow on CPUs)."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    if device == "cpu" and name in ("bfloat16", "float16"):
+        raise PeftkitError(
+            f"quantization.compute_dtype: {name} on CPU is many times slower than float32 here and loses precision. "
+            f"Set quantization.compute_dtype: auto (float32 on CPU, bfloat16 on a capable GPU)."
+        )
+    return getattr(torch, name)
+
+
+def _require_bnb():
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise PeftkitError(
+            "quantization: bitsandbytes is not installed, so the base cannot be loaded in 4/8 bits. "
+            "Install it (pip install 'bitsandbytes>=0.45'), or remove the quantization block from the recipe."
+        ) from None
+    return bnb
+
+
+def bnb_config(*, task: str, device: str, bits: int = 4, quant_type: str = "nf4", double_quant: bool = True,
+               compute_dtype: str = "auto"):
+    """transformers' BitsAndBytesConfig for the recipe's quantization block; heads are skipped (kept unquantized)."""
+    from transformers import BitsAndBytesConfig
+
+    _require_bnb()
+    skip = HEAD_MODULES + LM_HEAD_MODULES if task == "classification" else LM_HEAD_MODULES
+    dtype = _compute_dtype(compute_dtype, device)
+    if bits == 4:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                                  bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=dtype,
+                                  llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+
+
+_compute_dtype = compute_dtype  # the keyword argument of bnb_config shadows the function's name
+
+
+def bnb_optimizer(name: str, params, *, lr: float, weight_decay: float):
+    """bitsandbytes' AdamW8bit (`adamw_8bit`) or PagedAdamW8bit (`paged_adamw_8bit`, pages state to CPU on a GPU)."""
+    bnb = _require_bnb()
+    classes = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit}
+    if name not in classes:
+        raise PeftkitError(f"train.optimizer: '{name}' is not a bitsandbytes optimizer (choose from "
+                           f"{', '.join(classes)}).")
+    return classes[name](params, lr=lr, weight_decay=weight_decay)
+
+
+def quantized_modules(model) -> dict[str, str]:
+    """Name → class of every bitsandbytes layer in `model` (to check what was and wasn't quantized)."""
+    return {n: type(m).__name__ for n, m in model.named_modules() if type(m).__name__ in ("Linear4bit", "Linear8bitLt")}

@@ -1,0 +1,234 @@
+"""Several named adapters on ONE loaded base, of any types and with their own heads, routed per request.
+
+PEFT keeps one adapter type per model (`Cannot combine adapters with different peft types`) and one head
+shape per model. peftkit sidesteps both without a second copy of the base weights: each adapter gets its own
+*module skeleton* of the base — a deep copy in which every parameter and buffer is the same tensor object as
+in the base — with its own head of the right size, and is loaded with plain `PeftModel.from_pretrained`.
+LoRA-style adapters inject their layers into their own skeleton, prompt-learning adapters wrap theirs,
+peftkit's bottleneck adapters do whichever they do: none of them can see another. So each adapter gives
+exactly the logits it gives when loaded alone, the base's weights sit in memory once, and a swap is a
+dictionary lookup (nothing is moved, merged or re-wrapped).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from peftkit.errors import PeftkitError
+
+HEAD_NAMES = ("classifier", "score")
+
+
+def shared_copy(model):
+    """A deep copy of `model`'s modules whose parameters and buffers are the original tensors (no weight copied)."""
+    memo = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
+def _resize_head(model, n_labels: int, labels: list[str]) -> None:
+    """Give `model` (a shared copy) its own classification head with `n_labels` outputs and matching config."""
+    import torch
+
+    name = next((n for n in HEAD_NAMES if hasattr(model, n)), None)
+    if name is None:
+        raise PeftkitError(f"swap: the base model ({type(model).__name__}) has no classifier/score head to give "
+                           f"each adapter its own labels.")
+    old = getattr(model, name)
+    fresh = copy.deepcopy(old)  # a private head: its weights come from the adapter file
+    for child_name, child in [("", fresh), *fresh.named_modules()]:
+        if isinstance(child, torch.nn.Linear) and child.out_features == model.config.num_labels:
+            new = torch.nn.Linear(child.in_features, n_labels, bias=child.bias is not None,
+                                  dtype=child.weight.dtype, device=child.weight.device)
+            if child_name:
+                parent, _, leaf = child_name.rpartition(".")
+                setattr(fresh.get_submodule(parent) if parent else fresh, leaf, new)
+            else:
+                fresh = new
+    setattr(model, name, fresh)
+    model.config.num_labels = n_labels
+    model.config.id2label = dict(enumerate(labels))
+    model.config.label2id = {lab: i for i, lab in enumerate(labels)}
+
+
+@dataclass
+class SwapEntry:
+    """One named adapter: its PEFT model (over a shared skeleton of the base), labels and metadata."""
+
+    name: str
+    model: object
+    labels: list[str] | None
+    meta: dict
+    path: Path
+
+
+class AdapterSet:
+    """One base model, several named adapters; `predict(name, texts)` runs texts through the named adapter.
+
+    The base is loaded on the first `add` (from the adapter's recorded base, or `base_source`). Every later
+    adapter must match its fingerprint (base model, tokenizer, task) or is refused with expected vs found.
+    """
+
+    def __init__(self, base_source: str | None = None, *, device: str | None = None, dtype: str = "auto",
+                 quantization: dict | None = None):
+        self.base_source, self.device, self.dtype, self.quantization = base_source, device, dtype, quantization
+        self.base = self.tokenizer = self.task = self.base_hash = self.tok_hash = None
+        self.entries: dict[str, SwapEntry] = {}
+        self.active: str | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def add(self, name: str, path: str | Path) -> SwapEntry:
+        """Check and load the adapter at `path` under `name` (refused if the fingerprint does not match)."""
+        from peft import PeftModel
+
+        from peftkit.adapters import check_bundle, resolve_adapter_dir
+
+        if name in self.entries:
+            raise PeftkitError(f"swap: adapter name '{name}' is used twice. Give each --adapter a distinct name.")
+        adapter_dir = resolve_adapter_dir(path)
+        meta, shapes = check_bundle(adapter_dir)
+        if meta is None:
+            meta = self._plain_meta(adapter_dir, shapes)
+        if self.base is None:
+            self._load_base(meta)
+        self._check_fingerprint(adapter_dir, meta)
+        skeleton = shared_copy(self.base)
+        labels = meta.get("labels")
+        if self.task == "classification" and labels and len(labels) != self.base.config.num_labels:
+            _resize_head(skeleton, len(labels), labels)
+        elif self.task == "classification" and labels:
+            skeleton.config.id2label = dict(enumerate(labels))
+            skeleton.config.label2id = {lab: i for i, lab in enumerate(labels)}
+        model = PeftModel.from_pretrained(skeleton, str(adapter_dir))
+        model.eval()
+        entry = SwapEntry(name, model, labels, meta, adapter_dir)
+        self.entries[name] = entry
+        self.active = self.active or name
+        return entry
+
+    def activate(self, name: str):
+        """Make `name` the active adapter (the swap) and return its model."""
+        entry = self.entries.get(name)
+        if entry is None:
+            raise PeftkitError(f"swap: no adapter named '{name}' (loaded: {', '.join(self.entries) or 'none'}). "
+                               f"Name one of them, or add it with --adapter {name}=PATH.")
+        self.active = name
+        return entry.model
+
+    def logits(self, name: str, texts: list[str], *, batch_size: int = 64):
+        """Classification logits of `texts` through adapter `name` (numpy, input order)."""
+        from peftkit.data.prepare import tokenize_texts
+        from peftkit.inference import forward_split
+
+        model = self.activate(name)
+        ids = tokenize_texts(self.tokenizer, texts, self.entries[name].meta.get("max_length", 512))
+        logits, _ = forward_split(model, ids, None, pad_token_id=self.tokenizer.pad_token_id,
+                                  padding_side=self.tokenizer.padding_side, batch_size=batch_size)
+        return logits
+
+    def predict(self, name: str, texts: list[str], *, batch_size: int = 64) -> list[dict]:
+        """One dict per text: `adapter`, `label`, `probabilities` under adapter `name`'s own label set."""
+        import numpy as np
+
+        if self.task != "classification":
+            raise PeftkitError(f"predict: the loaded adapters are {self.task} adapters; predict needs classification.")
+        logits = self.logits(name, texts, batch_size=batch_size)
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        labels = self.entries[name].labels
+        return [{"adapter": name, "label": labels[int(p.argmax())],
+                 "probabilities": {lab: round(float(v), 6) for lab, v in zip(labels, p, strict=True)}} for p in probs]
+
+    def route(self, rows: list[tuple[str, str]], *, batch_size: int = 64) -> list[dict]:
+        """Predict (adapter name, text) rows: grouped per adapter for batching, answered in input order."""
+        out: list[dict | None] = [None] * len(rows)
+        for name in dict.fromkeys(n for n, _ in rows):
+            idx = [i for i, (n, _) in enumerate(rows) if n == name]
+            for i, res in zip(idx, self.predict(name, [rows[i][1] for i in idx], batch_size=batch_size), strict=True):
+                out[i] = res
+        return out
+
+    # -- loading -------------------------------------------------------------------------------------------------
+
+    def _load_base(self, meta: dict) -> None:
+        from peftkit.models.load import load_base_model, load_tokenizer, tokenizer_hash
+        from peftkit.models.sources import content_hash, resolve_source
+
+        source = resolve_source(self.base_source or meta["base_model"]["source"])
+        cache_dir = meta["base_model"].get("cache_dir")
+        self.tokenizer = load_tokenizer(source, cache_dir)
+        self.task = meta["task"]
+        self.base_hash, self.tok_hash = content_hash(source), tokenizer_hash(self.tokenizer)
+        self.base_spec = source.spec
+        labels = meta.get("labels")
+        if self.task == "classification" and not labels:  # a plain PEFT adapter without a saved head
+            from peftkit.models.load import load_config
+
+            cfg = load_config(source, cache_dir)
+            labels = meta["labels"] = [cfg.id2label[i] for i in sorted(cfg.id2label)]
+        self.base = load_base_model(source, task=self.task, labels=labels,
+                                    pad_token_id=self.tokenizer.pad_token_id, dtype=self.dtype, device=self.device,
+                                    quantization=self.quantization, cache_dir=cache_dir)
+        self.base.eval()
+
+    def _check_fingerprint(self, adapter_dir: Path, meta: dict) -> None:
+        from peftkit.adapters import fingerprint_differences
+
+        diffs = [] if meta.get("plain") else fingerprint_differences(meta, base_hash=self.base_hash,
+                                                                      tok_hash=self.tok_hash)
+        if meta["task"] != self.task:
+            diffs.append(f"task: expected {self.task}, found {meta['task']}")
+        if diffs:
+            raise PeftkitError(f"adapter '{adapter_dir}' does not fit the loaded base '{self.base_spec}': "
+                               + "; ".join(diffs) + ". Serve it with the base it was trained on, in a separate set.")
+
+    def _plain_meta(self, adapter_dir: Path, shapes: dict) -> dict:
+        from peftkit.adapters import META_FILE, _is_head_weight
+
+        config = json.loads((adapter_dir / "adapter_config.json").read_text())
+        warnings.warn(f"adapter '{adapter_dir}' has no {META_FILE}: a plain PEFT adapter, so nothing could be "
+                      f"checked (base model, tokenizer, labels).", stacklevel=3)
+        task = "classification" if config.get("task_type") == "SEQ_CLS" else "causal_lm"
+        rows = [s[0] for k, s in shapes.items() if _is_head_weight(k)]
+        labels = [f"LABEL_{i}" for i in range(rows[0])] if rows else None
+        return {"task": task, "labels": labels, "plain": True,
+                "base_model": {"source": config.get("base_model_name_or_path")}}
+
+
+def parse_adapter_specs(specs: list[str]) -> list[tuple[str, str]]:
+    """`name=path` pairs from --adapter options."""
+    pairs = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise PeftkitError(f"--adapter: expected NAME=PATH (e.g. sentiment=runs/a/adapter), found '{spec}'.")
+        pairs.append((name, path))
+    return pairs
+
+
+def read_routed(path: str, names: list[str]) -> list[tuple[str, str]]:
+    """(adapter, text) rows from a JSONL file whose lines have 'adapter' and 'text' fields."""
+    p = Path(path)
+    if not p.is_file():
+        raise PeftkitError(f"--file: '{path}' does not exist. Give a JSONL file with 'adapter' and 'text' fields.")
+    rows = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            row = (obj["adapter"], obj["text"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise PeftkitError(f"--file {path}:{n}: expected a JSON object with 'adapter' and 'text' fields, found "
+                               f"{line[:60]!r}.") from None
+        if row[0] not in names:
+            raise PeftkitError(f"--file {path}:{n}: adapter '{row[0]}' was not given (loaded: {', '.join(names)}). "
+                               f"Add --adapter {row[0]}=PATH.")
+        rows.append(row)
+    return rows

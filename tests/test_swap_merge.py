@@ -1,0 +1,174 @@
+"""Merge parity and swapping adapters of different types and label sets on one base (tiny BERT)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from peftkit.adapters import load_adapter
+from peftkit.cli import main
+from peftkit.merge import REPORT_FILE, merge_adapter
+from peftkit.swap import AdapterSet
+from tests.conftest import make_texts, write_card
+from tests.tiny_runs import train_tiny
+
+TEXTS = [t for t, _ in make_texts(12, seed=7)]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_bert, tiny_card, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("swap")
+    three = write_card(tmp / "data3", [(t, ["neg", "pos", "meh"][i % 3]) for i, (t, _) in enumerate(make_texts(150))],
+                       name="three", labels=("neg", "pos", "meh"))
+    runs = {}
+    if _has_bottleneck():  # issue 3's bottleneck adapters (Pfeiffer layout), once merged
+        runs["bottleneck"] = train_tiny(tmp, "bottleneck", model=tiny_bert, card=tiny_card, epochs=1,
+                                        method={"name": "pfeiffer"})
+    return runs | {
+        "lora": train_tiny(tmp, "lora", model=tiny_bert, card=tiny_card),
+        "prefix": train_tiny(tmp, "prefix", model=tiny_bert, card=tiny_card, epochs=1,
+                             method={"name": "prefix_tuning", "num_virtual_tokens": 4}),
+        "lora3": train_tiny(tmp, "lora3", model=tiny_bert, card=three, epochs=1),
+        "qlora": train_tiny(tmp, "qlora", model=tiny_bert, card=tiny_card, quantization={"bits": 4}),
+    }
+
+
+def _alone(path, texts=TEXTS):
+    """Logits of the adapter loaded on its own (its own base copy), the reference a swap must reproduce."""
+    from peftkit.data.prepare import tokenize_texts
+    from peftkit.inference import forward_split
+
+    loaded = load_adapter(path)
+    ids = tokenize_texts(loaded.tokenizer, texts, loaded.meta["max_length"])
+    logits, _ = forward_split(loaded.model, ids, None, pad_token_id=loaded.tokenizer.pad_token_id,
+                              padding_side=loaded.tokenizer.padding_side, batch_size=64)
+    return logits
+
+
+def _has_bottleneck() -> bool:
+    try:
+        import peftkit.methods.bottleneck  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _bottleneck_row():
+    if _has_bottleneck():
+        return "bottleneck"
+    return pytest.param("bottleneck", marks=pytest.mark.skip(reason="BOTTLENECK ROW: peftkit.methods.bottleneck "
+                                                                    "(issue 3) is not in this branch yet"))
+
+
+def test_swap_gives_each_adapter_its_own_logits_exactly(runs):
+    adapters = AdapterSet()
+    for name in ("lora", "prefix", "lora3"):
+        adapters.add(name, runs[name])
+    # Interleave requests so every call follows a swap.
+    for _ in range(2):
+        for name in ("prefix", "lora", "lora3"):
+            np.testing.assert_array_equal(adapters.logits(name, TEXTS), _alone(runs[name]))
+    assert adapters.logits("lora3", TEXTS).shape == (len(TEXTS), 3)
+    # One base in memory: every adapter's frozen weights are the very same tensors.
+    ptrs = [{p.data_ptr() for n, p in e.model.named_parameters() if "word_embeddings" in n}
+            for e in adapters.entries.values()]
+    assert len(set().union(*ptrs)) == 1
+
+
+@pytest.mark.parametrize("kind", ["prefix", "lora3", _bottleneck_row()])
+def test_swap_pairs_with_lora(runs, kind):
+    adapters = AdapterSet()
+    adapters.add("a", runs["lora"])
+    adapters.add("b", runs[kind])
+    np.testing.assert_array_equal(adapters.logits("b", TEXTS), _alone(runs[kind]))
+    np.testing.assert_array_equal(adapters.logits("a", TEXTS), _alone(runs["lora"]))
+
+
+def test_predict_cli_routes_each_line_to_its_adapter(runs, tmp_path, capsys):
+    lines = [{"adapter": "sent", "text": "a good film"}, {"adapter": "three", "text": "a dull plot"},
+             {"adapter": "pre", "text": "bad"}]
+    f = tmp_path / "in.jsonl"
+    f.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    args = ["predict", "--adapter", f"sent={runs['lora']}", "--adapter", f"three={runs['lora3']}",
+            "--adapter", f"pre={runs['prefix']}", "--file", str(f), "--json"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["adapter"] for r in rows] == ["sent", "three", "pre"]
+    assert set(rows[1]["probabilities"]) == {"neg", "pos", "meh"} and set(rows[0]["probabilities"]) == {"neg", "pos"}
+    assert rows[0]["label"] == "pos"
+    f.write_text(json.dumps({"adapter": "nope", "text": "x"}) + "\n")
+    assert main(args) == 2
+    assert "adapter 'nope' was not given" in capsys.readouterr().err
+    assert main(["predict", "--adapter", "oops", "--file", str(f)]) == 2
+    assert "expected NAME=PATH" in capsys.readouterr().err
+
+
+def test_merge_fp32_parity_and_plain_transformers_load(runs, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    messages = []
+    report = merge_adapter(runs["lora"], tmp_path / "merged", texts=TEXTS, progress=messages.append)
+    assert report["vs_adapter_on_full_precision_base"]["max_abs_logit_diff"] <= 1e-5
+    assert report["vs_adapter_on_full_precision_base"]["label_agreement"] == 1.0
+    assert json.loads((tmp_path / "merged" / REPORT_FILE).read_text()) == report
+    assert any("[3/5] merging" in m for m in messages)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
+    assert model.config.id2label == {0: "neg", 1: "pos"}
+    assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+def test_merge_of_quantized_trained_adapter_goes_to_full_precision(runs, tmp_path):
+    report = merge_adapter(runs["qlora"], tmp_path / "merged", texts=TEXTS, progress=lambda m: None)
+    assert report["merged_dtype"] == "float32"
+    assert report["vs_adapter_on_full_precision_base"]["max_abs_logit_diff"] <= 1e-5
+    assert report["vs_quantized_training_base"]["label_agreement"] == 1.0
+    assert report["vs_quantized_training_base"]["max_abs_logit_diff"] > 0  # 4-bit vs fp32 base: not bit-equal
+
+
+def test_merge_refuses_prefix_tuning_and_existing_out(runs, tmp_path, capsys):
+    assert main(["merge", str(runs["prefix"]), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "prefix_tuning, which cannot be merged" in err and "virtual tokens" in err
+    assert not (tmp_path / "m").exists()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    assert main(["merge", str(runs["lora"]), "--out", str(tmp_path / "full")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    if "bottleneck" in runs:
+        assert main(["merge", str(runs["bottleneck"]), "--out", str(tmp_path / "b")]) == 2
+        assert "cannot be merged" in capsys.readouterr().err
+
+
+def test_merge_cli_writes_model_and_report(runs, tmp_path, capsys):
+    assert main(["merge", str(runs["lora"]), "--out", str(tmp_path / "m"), "--samples", "8"]) == 0
+    captured = capsys.readouterr()
+    assert "[5/5]" in captured.err and json.loads(captured.out)["n_samples"] == 8
+    assert (tmp_path / "m" / "model.safetensors").is_file() and (tmp_path / "m" / REPORT_FILE).is_file()
+
+
+def test_swap_refuses_adapter_for_another_base(runs, tiny_gpt2, tiny_card, tmp_path):
+    other = train_tiny(tmp_path, "g", model=tiny_gpt2, card=tiny_card, epochs=1)
+    adapters = AdapterSet()
+    adapters.add("a", runs["lora"])
+    from peftkit.errors import PeftkitError
+
+    with pytest.raises(PeftkitError, match=r"does not fit the loaded base.*base model: expected .* found"):
+        adapters.add("b", other)
+    with pytest.raises(PeftkitError, match="no adapter named 'zz'"):
+        adapters.activate("zz")
+    shutil.rmtree(other.parent)
+
+
+def test_serve_bench_prints_figures(runs, capsys):
+    args = ["serve-bench", "--texts", "8"]
+    for i in range(3):
+        args += ["--adapter", f"a{i}={runs['lora']}"]
+    assert main([*args, "--adapter", f"p={runs['prefix']}"]) == 0
+    out = capsys.readouterr().out
+    for words in ("swap (activate) median", "right after a swap", "adapter active", "merged", "4 adapter(s)"):
+        assert words in out
+    assert main(["serve-bench"]) == 2
+    assert "nothing to measure" in capsys.readouterr().err
