@@ -45,6 +45,21 @@ def _build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="one JSON object per line")
 
     sub.add_parser("ls", help="list shipped recipes and data cards")
+
+    d = sub.add_parser("data", help="check a data card against its data, or describe the data")
+    dsub = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    dc = dsub.add_parser("check", help="verify source, checksum, counts, labels and columns; exit 1 on mismatch")
+    dc.add_argument("cards", nargs="*", metavar="CARD", help="card names or .md paths (default: every card)")
+    ds = dsub.add_parser("show", help="sizes, label distribution, text-length percentiles")
+    ds.add_argument("card", metavar="CARD")
+    ds.add_argument("--model", metavar="SOURCE", help="also give lengths in tokens of this model's tokenizer")
+    ds.add_argument("--json", action="store_true", help="print as JSON")
+
+    pb = sub.add_parser("publish", help="export a run as a self-contained folder, or upload it to the Hub")
+    pb.add_argument("run", help="run folder")
+    where = pb.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to", metavar="DIR", help="new folder to write (must not exist)")
+    where.add_argument("--hub", metavar="REPO_ID", help="Hugging Face Hub repo to upload to (needs network)")
     return p
 
 
@@ -145,4 +160,42 @@ def cmd_ls(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict, "ls": cmd_ls}
+def cmd_data(args) -> int:
+    from peftkit.data import report
+
+    if args.data_command == "show":
+        info = report.describe_card(args.card, model=args.model)
+        print(json.dumps(info, indent=2) if args.json else report.format_description(info))
+        return 0
+    from peftkit.data.cards import list_cards
+
+    failed = 0
+    for name in args.cards or [str(p) for p in list_cards()]:
+        card, problems = report.verify_card(name)
+        if problems:
+            failed += 1
+            print(f"{card.path}: {len(problems)} problem(s)")
+            for line in problems:
+                print(f"  - {line}")
+        else:
+            print(f"{card.path}: OK ({sum(card.counts.values()):,} examples, {card.checksum or 'no checksum'})")
+    return 1 if failed else 0
+
+
+def cmd_publish(args) -> int:
+    from peftkit.publish import publish_run, push_to_hub
+
+    if args.hub:
+        url = push_to_hub(args.run, args.hub)
+        print(f"uploaded {args.run} to {url}")
+    else:
+        out = publish_run(args.run, args.to)
+        print(f"published {args.run} to {out}:")
+        for p in sorted(out.rglob("*")):
+            if p.is_file():
+                print(f"  {p.relative_to(out)}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict, "ls": cmd_ls,
+            "data": cmd_data, "publish": cmd_publish}
