@@ -37,6 +37,8 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="data card name/path, or a .csv/.jsonl file with text and label columns")
     e.add_argument("--split", default="test", help="split of the data card (default: test)")
     e.add_argument("--json", action="store_true", help="print metrics as JSON")
+    e.add_argument("--plots", metavar="DIR", help="write the confusion-matrix PNG here (default: RUN/plots/ when "
+                   "given a run folder; none for a bare adapter folder)")
 
     pr = sub.add_parser("predict", help="labels and probabilities for texts")
     pr.add_argument("adapter", help="run folder or adapter folder")
@@ -118,6 +120,15 @@ def cmd_eval(args) -> int:
     from peftkit.predict import evaluate_adapter
 
     metrics = evaluate_adapter(args.adapter, data=args.data, split=args.split)
+    plots = Path(args.plots) if args.plots else (Path(args.adapter) / "plots" if (Path(args.adapter) / "adapter").is_dir()
+                                                 else None)
+    if plots is not None and "confusion_matrix" in metrics:
+        from peftkit.plots import plot_confusion
+
+        name = Path(args.data).stem if args.data else "card"
+        png = plot_confusion(metrics["confusion_matrix"], metrics["labels"], plots / f"confusion_matrix-{name}-{args.split}.png",
+                             title=f"Confusion matrix ({name}, {args.split}, n={metrics['n']})")
+        print(f"plot: {png}", file=sys.stderr)
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0

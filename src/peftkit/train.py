@@ -159,6 +159,11 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     if accelerator.is_main_process:
         _save_bundle(accelerator.unwrap_model(model), out / "adapter", recipe, source, tokenizer, labels)
         atomic_write_json(out / "metrics.json", results)
+        from peftkit.adapter_card import write_adapter_card
+        from peftkit.plots import write_run_plots
+
+        write_run_plots(out)
+        write_adapter_card(out)
     accelerator.wait_for_everyone()
     return out
 
