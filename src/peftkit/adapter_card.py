@@ -169,7 +169,7 @@ def render_card(run_dir: str | Path, *, adapter_ref: str, plots_prefix: str = ".
             else "adapts the base model's text generation to the data below")
     parts = [
         f"# {run_dir.name}",
-        f"A **{method}** adapter for `{base}`, trained with [peftkit](https://github.com/peftkit/peftkit) on "
+        f"A **{method}** adapter for `{base}`, trained with peftkit on "
         f"**{dataset_name}**. It {what}. The adapter alone is small: the base model is loaded separately.",
         "## How to load it",
         "With peftkit (checks that the base model and tokenizer are the ones it was trained on):",
@@ -177,7 +177,8 @@ def render_card(run_dir: str | Path, *, adapter_ref: str, plots_prefix: str = ".
         "With plain peft and transformers:",
         f"```python\n{plain}```",
         "## Training recipe",
-        "Reproduce with `peftkit train recipe.yaml` (the resolved recipe, every default written out):",
+        "Reproduce with `peftkit train recipe.resolved.yaml` (the resolved recipe, every default written out; point "
+        "`model.source` and `data.card` at your copies):",
         f"```yaml\n{recipe_text}```",
         "## Data",
         _data_section(card, dataset_name),
@@ -199,16 +200,15 @@ def render_card(run_dir: str | Path, *, adapter_ref: str, plots_prefix: str = ".
 def _data_section(card, dataset_name: str) -> str:
     if card is None:
         return f"Data card `{dataset_name}` (not found when this card was written)."
-    lines = [f"Data card **{card.name}** ({dataset_name}), license `{card.metadata.get('license', 'unknown')}`."]
+    head = f"Data card **{card.name}** ({dataset_name}), license `{card.metadata.get('license', 'unknown')}`."
     if card.counts:
-        lines.append("Examples: " + ", ".join(f"{k} {v:,}" for k, v in card.counts.items()) + ".")
+        head += " Examples: " + ", ".join(f"{k} {v:,}" for k, v in card.counts.items()) + "."
     if card.labels:
-        lines.append("Labels (id order): " + ", ".join(f"`{name}`" for name in card.labels) + ".")
-    paragraphs = [p for p in card.prose.split("\n\n") if p.strip() and not p.lstrip().startswith(("#", "|"))]
-    if paragraphs:
-        lines.append("\n" + paragraphs[0].strip())
-    lines.append("\nThe full data card (source, license, known limits) is `data_card.md` in the published folder.")
-    return " ".join(lines[:3]) + "".join("\n" + x for x in lines[3:])
+        head += " Labels (id order): " + ", ".join(f"`{name}`" for name in card.labels) + "."
+    # The prose's first paragraph (headings and tables skipped) says what the data is.
+    paragraphs = [p.strip() for p in card.prose.split("\n\n") if p.strip() and not p.lstrip().startswith(("#", "|"))]
+    tail = "The full data card (source, license, known limits) is `data_card.md` in the published folder."
+    return "\n\n".join([head, *paragraphs[:1], tail])
 
 
 def write_adapter_card(run_dir: str | Path) -> Path:

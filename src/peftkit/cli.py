@@ -125,9 +125,9 @@ def cmd_eval(args) -> int:
     if plots is not None and "confusion_matrix" in metrics:
         from peftkit.plots import plot_confusion
 
-        name = Path(args.data).stem if args.data else "card"
-        png = plot_confusion(metrics["confusion_matrix"], metrics["labels"], plots / f"confusion_matrix-{name}-{args.split}.png",
-                             title=f"Confusion matrix ({name}, {args.split}, n={metrics['n']})")
+        name = f"{Path(args.data).stem}-{args.split}" if args.data else args.split
+        png = plot_confusion(metrics["confusion_matrix"], metrics["labels"], plots / f"confusion_matrix-{name}.png",
+                             title=f"Confusion matrix ({name}, n={metrics['n']})")
         print(f"plot: {png}", file=sys.stderr)
     if args.json:
         print(json.dumps(metrics, indent=2))
