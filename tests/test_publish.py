@@ -90,6 +90,20 @@ def test_tensorboard_is_the_default_and_none_writes_no_logs(tiny_bert, tiny_card
     assert (tmp_path / "run" / "train_log.jsonl").is_file()
 
 
+def test_report_to_a_missing_package_is_refused_before_writing(tiny_bert, tiny_card, tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed")
+    recipe = write_recipe(tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run",
+                          train={"max_steps": 2, "report_to": "wandb"})
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "train.report_to: 'wandb' needs the `wandb` package, which is not installed" in err
+    assert "train.report_to=tensorboard or none" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_adapter_card_metadata_and_model_index(run):
     from huggingface_hub import ModelCard
     from huggingface_hub.repocard_data import model_index_to_eval_results
