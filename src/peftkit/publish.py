@@ -71,13 +71,21 @@ def find_leaks(folder: Path, local_paths: list[str]) -> list[str]:
     return leaks
 
 
-def publish_run(run: str | Path, to: str | Path, *, adapter_ref: str | None = None) -> Path:
-    """Write the self-contained folder `to` for `run`; refuses an existing `to` and any local-path leak."""
-    from peftkit.adapter_card import CARD_FILE, portable_recipe, portable_source, render_card
+def publish_run(run: str | Path, to: str | Path, *, adapter_ref: str | None = None,
+                base_model: str | None = None) -> Path:
+    """Write the self-contained folder `to` for `run`; refuses an existing `to` and any local-path leak.
+
+    `base_model` (a Hub id) names the base in the card metadata and adapter_config.json when the run used a
+    local folder or package; without it they hold the run's portable source name.
+    """
+    from peftkit.adapter_card import CARD_FILE, is_hub_id, portable_recipe, portable_source, render_card
     from peftkit.adapters import META_FILE
 
     run, to = Path(run), Path(to)
     _check_run(run)
+    if base_model is not None and not is_hub_id(base_model):
+        raise PeftkitError(f"publish --base-model: '{base_model}' is not a Hub model id. Write it as ORG/NAME, "
+                           f"e.g. sentence-transformers/all-MiniLM-L6-v2.")
     if to.exists():
         raise PeftkitError(f"publish --to: '{to}' already exists; publish never overwrites. Choose a new folder "
                            f"or remove the old one first.")
@@ -87,7 +95,7 @@ def publish_run(run: str | Path, to: str | Path, *, adapter_ref: str | None = No
             if f.is_file() and f.name not in (CARD_FILE, META_FILE, "adapter_config.json"):
                 shutil.copy2(f, tmp / f.name)
         config = json.loads((run / "adapter" / "adapter_config.json").read_text())
-        config["base_model_name_or_path"] = portable_source(meta["base_model"]["source"])
+        config["base_model_name_or_path"] = base_model or portable_source(meta["base_model"]["source"])
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (tmp / META_FILE).write_text(json.dumps(_portable_meta(meta), indent=2, sort_keys=True) + "\n")
         (tmp / "recipe.resolved.yaml").write_text(portable_recipe((run / "recipe.resolved.yaml").read_text()))
@@ -97,7 +105,8 @@ def publish_run(run: str | Path, to: str | Path, *, adapter_ref: str | None = No
         card = _data_card_file(meta.get("data_card"))
         if card is not None:
             shutil.copy2(card, tmp / "data_card.md")
-        (tmp / CARD_FILE).write_text(render_card(run, adapter_ref=adapter_ref or to.name, plots_prefix="plots/"))
+        (tmp / CARD_FILE).write_text(render_card(run, adapter_ref=adapter_ref or to.name, plots_prefix="plots/",
+                                                    base_model=base_model))
         leaks = find_leaks(tmp, _local_paths(run, meta))
         if leaks:
             raise PeftkitError(
@@ -119,9 +128,9 @@ def _data_card_file(ref: str | None) -> Path | None:
         return None
 
 
-def push_to_hub(run: str | Path, repo_id: str, *, private: bool = False) -> str:
+def push_to_hub(run: str | Path, repo_id: str, *, base_model: str | None = None, private: bool = False) -> str:
     """Publish `run` into a temporary folder and upload it to the Hub repo `repo_id`; returns the repo URL."""
-    from peftkit.adapter_card import is_hub_id
+    from peftkit.adapter_card import is_hub_id, portable_source
     from peftkit.models.sources import hub_offline
 
     if hub_offline():
@@ -132,10 +141,20 @@ def push_to_hub(run: str | Path, repo_id: str, *, private: bool = False) -> str:
         )
     if not is_hub_id(repo_id):
         raise PeftkitError(f"publish --hub: '{repo_id}' is not a Hub repo id. Write it as `user/name` or `org/name`.")
+    _check_run(Path(run))
+    base = base_model or portable_source(json.loads((Path(run) / "adapter" / "peftkit_adapter.json").read_text())
+                                         ["base_model"]["source"])
+    if not is_hub_id(base):
+        # The Hub rejects a model card whose base_model is not a model id.
+        raise PeftkitError(
+            f"publish --hub {repo_id}: the run's base model is '{base}', not a Hub model id, and the Hub refuses "
+            f"cards whose base_model is not one. Pass --base-model ORG/NAME (the Hub id of the same weights, e.g. "
+            f"sentence-transformers/all-MiniLM-L6-v2), or publish with --to DIR."
+        )
     from huggingface_hub import HfApi
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = publish_run(run, Path(tmp) / repo_id.split("/")[1], adapter_ref=repo_id)
+        folder = publish_run(run, Path(tmp) / repo_id.split("/")[1], adapter_ref=repo_id, base_model=base)
         api = HfApi()
         try:
             api.create_repo(repo_id, private=private, exist_ok=True)
