@@ -172,7 +172,7 @@ def render_card(run_dir: str | Path, *, adapter_ref: str, plots_prefix: str = ".
         model_name=f"{run_dir.name}", eval_results=_eval_results(metrics, task, dataset, dataset_name) or None,
     )
     ours, plain = snippets(base=base, adapter=adapter_ref, task=task, labels=labels, plain_base=base_model)
-    what = (f"classifies English text into {', '.join(labels)}" if task == "classification"
+    what = (f"classifies text into {', '.join(labels)}" if task == "classification"
             else "adapts the base model's text generation to the data below")
     parts = [
         f"# {run_dir.name}",
