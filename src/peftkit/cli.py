@@ -182,9 +182,14 @@ def cmd_data(args) -> int:
         return 0
     from peftkit.data.cards import list_cards
 
-    failed = 0
+    failed, broken = 0, 0
     for name in args.cards or [str(p) for p in list_cards()]:
-        card, problems = report.verify_card(name)
+        try:
+            card, problems = report.verify_card(name)
+        except PeftkitError as exc:  # a card that does not parse: say so, and still check the others
+            broken += 1
+            print(f"peftkit: error: {exc}", file=sys.stderr)
+            continue
         if problems:
             failed += 1
             print(f"{card.path}: {len(problems)} problem(s)")
@@ -192,7 +197,8 @@ def cmd_data(args) -> int:
                 print(f"  - {line}")
         else:
             print(f"{card.path}: OK ({sum(card.counts.values()):,} examples, {card.checksum or 'no checksum'})")
-    return 1 if failed else 0
+    # 2: a card could not be read at all (like any bad input); 1: cards that read but disagree with their data.
+    return 2 if broken else 1 if failed else 0
 
 
 def cmd_publish(args) -> int:

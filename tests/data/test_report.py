@@ -171,3 +171,13 @@ def test_show_sizes_labels_and_lengths(tmp_path, capsys, tiny_bert):
     assert "share" in out and "60.0%" in out and "40.0%" in out
     assert main(["data", "show", card, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["sizes"] == COUNTS
+
+
+def test_check_several_cards_goes_on_after_a_broken_one(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    broken, good = write(tmp_path / "a", text_column=None), write(tmp_path / "b")
+    assert main(["data", "check", broken, good]) == 2
+    captured = capsys.readouterr()
+    assert "`peftkit.text_column` is missing" in captured.err
+    assert f"{good}: OK" in captured.out
