@@ -21,7 +21,7 @@ def run(tiny_bert, tiny_card, tmp_path_factory):
 
 
 def test_run_folder_contents(run):
-    assert sorted(p.name for p in run.iterdir()) >= ["adapter", "metrics.json", "recipe.resolved.yaml"]
+    assert {p.name for p in run.iterdir()} >= {"adapter", "metrics.json", "recipe.resolved.yaml", "plots"}
     adapter = run / "adapter"
     assert (adapter / "adapter_config.json").is_file()
     assert (adapter / "adapter_model.safetensors").is_file()

@@ -37,6 +37,8 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="data card name/path, or a .csv/.jsonl file with text and label columns")
     e.add_argument("--split", default="test", help="split of the data card (default: test)")
     e.add_argument("--json", action="store_true", help="print metrics as JSON")
+    e.add_argument("--plots", metavar="DIR", help="write the confusion-matrix PNG here (default: RUN/plots/ when "
+                   "given a run folder; none for a bare adapter folder)")
 
     pr = sub.add_parser("predict", help="labels and probabilities for texts")
     pr.add_argument("adapter", nargs="?", help="run folder or adapter folder (or use --adapter NAME=PATH)")
@@ -66,6 +68,22 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("schema", help="print the recipe JSON Schema (or the Markdown reference)")
     sc.add_argument("--markdown", action="store_true", help="the recipe reference as Markdown tables")
+    d = sub.add_parser("data", help="check a data card against its data, or describe the data")
+    dsub = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    dc = dsub.add_parser("check", help="verify source, checksum, counts, labels and columns; exit 1 on mismatch")
+    dc.add_argument("cards", nargs="*", metavar="CARD", help="card names or .md paths (default: every card)")
+    ds = dsub.add_parser("show", help="sizes, label distribution, text-length percentiles")
+    ds.add_argument("card", metavar="CARD")
+    ds.add_argument("--model", metavar="SOURCE", help="also give lengths in tokens of this model's tokenizer")
+    ds.add_argument("--json", action="store_true", help="print as JSON")
+
+    pb = sub.add_parser("publish", help="export a run as a self-contained folder, or upload it to the Hub")
+    pb.add_argument("run", help="run folder")
+    where = pb.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to", metavar="DIR", help="new folder to write (must not exist)")
+    where.add_argument("--hub", metavar="REPO_ID", help="Hugging Face Hub repo to upload to (needs network)")
+    pb.add_argument("--base-model", metavar="HUB_ID", help="the base's Hub id for the card metadata and "
+                    "adapter_config.json, when the run used a local folder or package (needed for --hub)")
     return p
 
 
@@ -124,6 +142,15 @@ def cmd_eval(args) -> int:
     from peftkit.predict import evaluate_adapter
 
     metrics = evaluate_adapter(args.adapter, data=args.data, split=args.split)
+    plots = Path(args.plots) if args.plots else (Path(args.adapter) / "plots" if (Path(args.adapter) / "adapter").is_dir()
+                                                 else None)
+    if plots is not None and "confusion_matrix" in metrics:
+        from peftkit.plots import plot_confusion
+
+        name = f"{Path(args.data).stem}-{args.split}" if args.data else args.split
+        png = plot_confusion(metrics["confusion_matrix"], metrics["labels"], plots / f"confusion_matrix-{name}.png",
+                             title=f"Confusion matrix ({name}, n={metrics['n']})")
+        print(f"plot: {png}", file=sys.stderr)
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
@@ -211,7 +238,58 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from peftkit.data import report
+
+    if args.data_command == "show":
+        info = report.describe_card(args.card, model=args.model)
+        print(json.dumps(info, indent=2) if args.json else report.format_description(info))
+        return 0
+    from peftkit.data.cards import list_cards
+
+    failed, broken = 0, 0
+    for name in args.cards or [str(p) for p in list_cards()]:
+        try:
+            card, problems = report.verify_card(name)
+        except PeftkitError as exc:  # a card that does not parse: say so, and still check the others
+            broken += 1
+            print(f"peftkit: error: {exc}", file=sys.stderr)
+            continue
+        if problems:
+            failed += 1
+            print(f"{card.path}: {len(problems)} problem(s)")
+            for line in problems:
+                print(f"  - {line}")
+        else:
+            print(f"{card.path}: OK ({sum(card.counts.values()):,} examples, {card.checksum or 'no checksum'})")
+    # 2: a card could not be read at all (like any bad input); 1: cards that read but disagree with their data.
+    return 2 if broken else 1 if failed else 0
+
+
+def cmd_publish(args) -> int:
+    from peftkit.publish import publish_run, push_to_hub
+
+    if args.hub:
+        url = push_to_hub(args.run, args.hub, base_model=args.base_model)
+        print(f"uploaded {args.run} to {url}")
+    else:
+        out = publish_run(args.run, args.to, base_model=args.base_model)
+        print(f"published {args.run} to {out}:")
+        for p in sorted(out.rglob("*")):
+            if p.is_file():
+                print(f"  {p.relative_to(out)}")
+    return 0
+
+
 COMMANDS = {
-    "train": cmd_train, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict, "ls": cmd_ls,
-    "schema": cmd_schema, "merge": cmd_merge, "serve-bench": cmd_serve_bench,
+    "train": cmd_train,
+    "validate": cmd_validate,
+    "eval": cmd_eval,
+    "predict": cmd_predict,
+    "ls": cmd_ls,
+    "schema": cmd_schema,
+    "merge": cmd_merge,
+    "serve-bench": cmd_serve_bench,
+    "data": cmd_data,
+    "publish": cmd_publish,
 }

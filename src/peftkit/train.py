@@ -51,6 +51,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     rc, tc = recipe.model, recipe.train
     out = Path(tc.output_dir)
     _check_output_dir(out, overwrite=overwrite, resume=resume)
+    check_report_to(tc.report_to)
 
     # 1. Data and model source, checked before anything is written.
     card = load_card(recipe.data.card)
@@ -159,6 +160,11 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     if accelerator.is_main_process:
         _save_bundle(accelerator.unwrap_model(model), out / "adapter", recipe, source, tokenizer, labels)
         atomic_write_json(out / "metrics.json", results)
+        from peftkit.adapter_card import write_adapter_card
+        from peftkit.plots import write_run_plots
+
+        write_run_plots(out)
+        write_adapter_card(out)
     accelerator.wait_for_everyone()
     return out
 
@@ -285,6 +291,15 @@ def _save_bundle(model, adapter_dir: Path, recipe: Recipe, source, tokenizer, la
         "recipe_hash": "sha256:" + hashlib.sha256(resolved.encode()).hexdigest(),
     }
     save_adapter(model, adapter_dir, meta)
+
+
+def check_report_to(report_to: str) -> None:
+    """Refuse a logger whose package is missing before the run folder is touched."""
+    import importlib.util
+
+    if report_to != "none" and importlib.util.find_spec(report_to) is None:
+        raise PeftkitError(f"train.report_to: '{report_to}' needs the `{report_to}` package, which is not installed. "
+                           f"Install it (pip install {report_to}) or set train.report_to=tensorboard or none.")
 
 
 class _Logger:

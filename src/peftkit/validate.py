@@ -15,7 +15,7 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     from peftkit.methods.apply import build_peft_config
     from peftkit.models.load import load_config
     from peftkit.models.sources import resolve_source
-    from peftkit.train import _check_max_length
+    from peftkit.train import _check_max_length, check_report_to
 
     card = load_card(recipe.data.card)
     if card.task != recipe.model.task:
@@ -32,5 +32,6 @@ def validate_recipe(recipe: Recipe) -> list[str]:
         build_peft_config(recipe.method.name, recipe.method.settings(), task=recipe.model.task,
                           model_type=config.model_type)
     check_metric_names(recipe.eval.metrics)
+    check_report_to(recipe.train.report_to)
     return [f"data card: {card.name} ({card.path})", f"model source: {source.spec} → {source.kind} "
             f"{source.path or source.hub_id}", f"method: {recipe.method.name}"]

@@ -54,12 +54,13 @@ def check_card(card: DataCard) -> list[str]:
         checksum, frames = _load_frames(card, verify_checksum=False)
         counts = {name: len(df) for name, df in _split_frames(card, frames).items()}
     except PeftkitError as exc:
-        return [str(exc)]
-    problems = []
-    if checksum and card.checksum is None:
-        problems.append(f"The card has no checksum; add `checksum: {checksum}` to its `peftkit:` block.")
-    elif checksum and checksum != card.checksum:
-        problems.append(f"checksum: the card says {card.checksum}, the data hashes to {checksum}.")
+        # Changed data often breaks parsing too: say that it changed as well as what broke.
+        try:
+            changed = _checksum_problems(card, source_checksum(card))
+        except PeftkitError:
+            changed = []
+        return [*changed, str(exc)]
+    problems = _checksum_problems(card, checksum)
     found = "{" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + "}"
     if card.counts is None:
         problems.append(f"The card lists no counts; add `counts: {found}` to its `peftkit:` block.")
@@ -73,6 +74,14 @@ def check_card(card: DataCard) -> list[str]:
             if i not in seen:
                 problems.append(f"Label '{name}' is listed in `labels` but has no examples in the data.")
     return problems
+
+
+def _checksum_problems(card: DataCard, checksum: str | None) -> list[str]:
+    if checksum and card.checksum is None:
+        return [f"The card has no checksum; add `checksum: {checksum}` to its `peftkit:` block."]
+    if checksum and checksum != card.checksum:
+        return [f"checksum: the card says {card.checksum}, the data hashes to {checksum} (the data changed)."]
+    return []
 
 
 def _load_frames(card: DataCard, verify_checksum: bool):

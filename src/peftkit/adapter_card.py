@@ -1,0 +1,226 @@
+"""The adapter card: `README.md` in Hugging Face model-card format, written into a run's adapter folder.
+
+Metadata: `base_model`, `library_name: peft`, `pipeline_tag`, `tags`, `datasets`, `license` and a
+`model-index` holding the run's validation and test results. Body: what the adapter does, how to load it
+with peftkit and with plain peft, the training recipe, a data card summary, the metrics and the plots.
+
+Nothing machine-specific goes into a card meant for publishing: local model folders and data card paths
+are shown by name (`portable_source`), and `publish` renders the card again for the published folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+from peftkit.fileio import atomic_write_text
+
+CARD_FILE = "README.md"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+TASK_TAGS = {"classification": ("text-classification", "AutoModelForSequenceClassification"),
+             "causal_lm": ("text-generation", "AutoModelForCausalLM")}
+
+
+def is_hub_id(spec: str) -> bool:
+    """`org/name` that is not a local path."""
+    return bool(_HUB_ID.match(spec)) and not Path(spec).exists()
+
+
+def portable_source(spec: str) -> str:
+    """A model source that names no local path: hub ids and `package:` specs stay, folders become their name."""
+    spec = spec.strip()
+    if spec.startswith("hub:"):
+        return spec[4:]
+    if spec.startswith("package:") or is_hub_id(spec):
+        return spec
+    return Path(spec.removeprefix("path:")).name
+
+
+def portable_recipe(text: str) -> str:
+    """The resolved recipe with local paths replaced by names (model source, data card, run folder, cache)."""
+    recipe = yaml.safe_load(text)
+    recipe["model"]["source"] = portable_source(recipe["model"]["source"])
+    recipe["model"]["cache_dir"] = None
+    card = recipe["data"]["card"]
+    recipe["data"]["card"] = Path(card).stem if card.endswith(".md") or "/" in card else card
+    if recipe["train"].get("output_dir"):
+        recipe["train"]["output_dir"] = f"runs/{Path(recipe['train']['output_dir']).name}"
+    return yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True)
+
+
+def _base_license(source_spec: str) -> str | None:
+    """The `license` in the base model folder's own README front matter, when there is one."""
+    try:
+        from peftkit.models.sources import resolve_source
+
+        path = resolve_source(source_spec).path
+    except Exception:  # hub ids offline, moved folders: the card then says license: other
+        return None
+    readme = path / "README.md" if path is not None and path.is_dir() else None
+    if readme is None or not readme.is_file():
+        return None
+    from huggingface_hub import ModelCard
+
+    return ModelCard(readme.read_text(encoding="utf-8")).data.to_dict().get("license")
+
+
+def _card_summary(card_ref: str):
+    try:
+        from peftkit.data.cards import load_card
+
+        return load_card(card_ref)
+    except Exception:  # the card moved since training: the adapter card just says less
+        return None
+
+
+def _eval_results(metrics: dict, task: str, dataset: str, dataset_name: str) -> list:
+    from huggingface_hub import EvalResult
+
+    task_type = TASK_TAGS[task][0]
+    results = []
+    for split in ("validation", "test"):
+        res = metrics.get(split) or {}
+        for key, mtype, mname, config in (("accuracy", "accuracy", "Accuracy", None),
+                                          ("macro_f1", "f1", "Macro F1", "macro"),
+                                          ("loss", "loss", "Loss", None), ("perplexity", "perplexity", "Perplexity", None)):
+            if isinstance(res.get(key), float):
+                results.append(EvalResult(task_type=task_type, dataset_type=dataset, dataset_name=dataset_name,
+                                          dataset_split=split, metric_type=mtype, metric_name=mname,
+                                          metric_config=config, metric_value=round(res[key], 4)))
+    return results
+
+
+def snippets(*, base: str, adapter: str, task: str, labels: list[str] | None,
+             plain_base: str | None = None) -> tuple[str, str]:
+    """(peftkit snippet, plain peft snippet) that load `adapter` on `base` (plain peft: `plain_base`) once."""
+    plain_base = plain_base or base
+    example = "a sharp, witty and moving film"
+    if task == "classification":
+        use = f'print(predict_texts(adapter, [{example!r}], loaded=loaded))'
+        ours = (f'from peftkit import load_adapter\nfrom peftkit.predict import predict_texts\n\n'
+                f'adapter = {adapter!r}\nloaded = load_adapter(adapter, base_source={base!r})\n{use}\n')
+    else:
+        ours = (f'from peftkit import load_adapter\n\nadapter = {adapter!r}\n'
+                f'loaded = load_adapter(adapter, base_source={base!r})\nprint(loaded.model)\n')
+    if plain_base.startswith("package:"):
+        base_line = f'base = str(resolve_source({plain_base!r}).path)  # the model folder inside the installed package\n'
+        head = "from peftkit.models.sources import resolve_source\n"
+    else:
+        base_line = f"base = {plain_base!r}\n"
+        head = ""
+    auto = TASK_TAGS[task][1]
+    plain = f"import torch\nfrom peft import PeftModel\nfrom transformers import {auto}, AutoTokenizer\n{head}\n{base_line}"
+    if task == "classification":
+        plain += (f"labels = {labels!r}\n"
+                  f"model = {auto}.from_pretrained(base, num_labels=len(labels), id2label=dict(enumerate(labels)),\n"
+                  f"    label2id={{name: i for i, name in enumerate(labels)}})\n"
+                  f"model = PeftModel.from_pretrained(model, {adapter!r}).eval()\n"
+                  "tokenizer = AutoTokenizer.from_pretrained(base)\nwith torch.no_grad():\n"
+                  f"    logits = model(**tokenizer([{example!r}], return_tensors='pt')).logits\n"
+                  "print(labels[int(logits.argmax(-1))])\n")
+    else:
+        plain += (f"model = PeftModel.from_pretrained({auto}.from_pretrained(base), {adapter!r}).eval()\n"
+                  "tokenizer = AutoTokenizer.from_pretrained(base)\n"
+                  "out = model.generate(**tokenizer(['The film'], return_tensors='pt'), max_new_tokens=20)\n"
+                  "print(tokenizer.decode(out[0]))\n")
+    return ours, plain
+
+
+def _metrics_table(metrics: dict) -> str:
+    keys = [k for k in ("accuracy", "macro_f1", "loss", "perplexity")
+            if any(isinstance((metrics.get(s) or {}).get(k), float) for s in ("validation", "test"))]
+    rows = ["| split | n | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
+    for split in ("validation", "test"):
+        res = metrics.get(split)
+        if res:
+            rows.append(f"| {split} | {res.get('n', '')} | " + " | ".join(f"{res[k]:.4f}" for k in keys) + " |")
+    test = metrics.get("test") or {}
+    if test.get("per_class"):
+        rows += ["", "Per class (test):", "", "| label | precision | recall | F1 | support |",
+                 "|---|---:|---:|---:|---:|"]
+        rows += [f"| {name} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
+                 for name, s in test["per_class"].items()]
+    return "\n".join(rows)
+
+
+def render_card(run_dir: str | Path, *, adapter_ref: str, plots_prefix: str = "../plots/",
+                base_model: str | None = None) -> str:
+    """The adapter card text for a run; `adapter_ref` is what the snippets load (a folder or a hub repo id).
+
+    `base_model`: the base's Hub id, for the metadata and the plain-peft snippet, when the run used a local
+    folder or package (the peftkit snippet keeps the run's source: its fingerprint is checked on load).
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / "adapter" / "peftkit_adapter.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    recipe_text = portable_recipe((run_dir / "recipe.resolved.yaml").read_text())
+    recipe = yaml.safe_load(recipe_text)
+    task, method, labels = meta["task"], meta["method"], meta.get("labels")
+    base = portable_source(meta["base_model"]["source"])
+    card = _card_summary(meta.get("data_card") or recipe["data"]["card"])
+    dataset = (card.source.hub if card and card.source.kind == "hub" else recipe["data"]["card"])
+    dataset_name = (card.metadata.get("pretty_name") if card else None) or dataset
+    license_ = _base_license(meta["base_model"]["source"]) or "other"
+    data = ModelCardData(
+        base_model=base_model or base, library_name="peft", pipeline_tag=TASK_TAGS[task][0], license=license_,
+        tags=["peft", "peftkit", method, TASK_TAGS[task][0]], datasets=[dataset],
+        model_name=f"{run_dir.name}", eval_results=_eval_results(metrics, task, dataset, dataset_name) or None,
+    )
+    ours, plain = snippets(base=base, adapter=adapter_ref, task=task, labels=labels, plain_base=base_model)
+    what = (f"classifies text into {', '.join(labels)}" if task == "classification"
+            else "adapts the base model's text generation to the data below")
+    parts = [
+        f"# {run_dir.name}",
+        f"A **{method}** adapter for `{base}`, trained with peftkit on "
+        f"**{dataset_name}**. It {what}. The adapter alone is small: the base model is loaded separately.",
+        "## How to load it",
+        "With peftkit (checks that the base model and tokenizer are the ones it was trained on):",
+        f"```python\n{ours}```",
+        "With plain peft and transformers:",
+        f"```python\n{plain}```",
+        "## Training recipe",
+        "Reproduce with `peftkit train recipe.resolved.yaml` (the resolved recipe, every default written out; point "
+        "`model.source` and `data.card` at your copies):",
+        f"```yaml\n{recipe_text}```",
+        "## Data",
+        _data_section(card, dataset_name),
+        "## Results",
+        _metrics_table(metrics),
+        "## Plots",
+        *[f"![{alt}]({plots_prefix}{name})" for alt, name in (("training loss", "loss.png"),
+                                                                ("validation metrics", "eval_metrics.png"),
+                                                                ("confusion matrix", "confusion_matrix.png"))
+          if (run_dir / "plots" / name).is_file()],
+        "## Framework versions",
+        ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()),
+    ]
+    text = f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(parts) + "\n"
+    ModelCard(text)  # parses as a model card, or raises here rather than on the Hub
+    return text
+
+
+def _data_section(card, dataset_name: str) -> str:
+    if card is None:
+        return f"Data card `{dataset_name}` (not found when this card was written)."
+    head = f"Data card **{card.name}** ({dataset_name}), license `{card.metadata.get('license', 'unknown')}`."
+    if card.counts:
+        head += " Examples: " + ", ".join(f"{k} {v:,}" for k, v in card.counts.items()) + "."
+    if card.labels:
+        head += " Labels (id order): " + ", ".join(f"`{name}`" for name in card.labels) + "."
+    # The prose's first paragraph (headings and tables skipped) says what the data is.
+    paragraphs = [p.strip() for p in card.prose.split("\n\n") if p.strip() and not p.lstrip().startswith(("#", "|"))]
+    tail = "The full data card (source, license, known limits) is `data_card.md` in the published folder."
+    return "\n\n".join([head, *paragraphs[:1], tail])
+
+
+def write_adapter_card(run_dir: str | Path) -> Path:
+    """Write RUN/adapter/README.md (replacing the stub peft writes); returns its path."""
+    run_dir = Path(run_dir)
+    path = run_dir / "adapter" / CARD_FILE
+    atomic_write_text(path, render_card(run_dir, adapter_ref=str(run_dir / "adapter")))
+    return path
