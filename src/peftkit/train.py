@@ -99,6 +99,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     optimizer = _optimizer(model, tc)
     scheduler = _scheduler(optimizer, tc, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if accelerator.num_processes > 1:  # same initial weights above; from here each process draws its own dropout
+        set_seed(tc.seed + accelerator.process_index)
     start_step = restore_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler,
                                     process_index=accelerator.process_index,
                                     processes=accelerator.num_processes) if resume else 0
@@ -158,6 +160,9 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
                 logger.log(step, _evaluate(model, data["validation"], recipe, tokenizer, labels, "eval", accelerator))
     bar.close()
     seconds = time.perf_counter() - t0
+    if accelerator.num_processes > 1:  # throughput counts the examples of every process
+        examples, tokens = (int(accelerator.reduce(torch.tensor(v, device=accelerator.device), "sum"))
+                            for v in (examples, tokens))
 
     # 4. Final evaluation, adapter, metrics.
     results = {"train": {"steps": step, "examples": examples, "seconds": round(seconds, 2),
