@@ -206,3 +206,17 @@ def test_more_processes_than_gpus_and_config_conflicts(tmp_path):
     with pytest.raises(PeftkitError, match="quantized"):
         check_distributed("auto", str(cfg), quantized=True)
     assert check_distributed("auto", str(cfg), quantized=False, processes=2, cuda_devices=2) == "fsdp"
+
+
+def test_sharded_strategies_skip_checkpoints_and_refuse_resume():
+    from types import SimpleNamespace
+
+    from peftkit.distributed import checkpoints_supported
+
+    fsdp = SimpleNamespace(distributed_type="DistributedType.FSDP")
+    with pytest.raises(PeftkitError, match="--resume: peftkit's checkpoints are for DDP"):
+        checkpoints_supported(fsdp, resume=True, save_every=10)
+    with pytest.warns(UserWarning, match="no intermediate checkpoints under FSDP"):
+        assert checkpoints_supported(fsdp, resume=False, save_every=10) is False
+    ddp = SimpleNamespace(distributed_type="DistributedType.MULTI_CPU")
+    assert checkpoints_supported(ddp, resume=True, save_every=10) is True

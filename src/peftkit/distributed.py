@@ -255,3 +255,22 @@ def gather_rng_states(accelerator) -> list[dict]:
     from accelerate.utils import gather_object
 
     return gather_object([local_rng_state()])
+
+
+def checkpoints_supported(accelerator, *, resume: bool, save_every: int | None) -> bool:
+    """Resumable checkpoints hold whole trainable tensors and one optimizer state: DDP and one process only.
+
+    Under FSDP / DeepSpeed each process holds shards, so checkpoints are skipped (with a warning) and --resume refused.
+    """
+    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if kind not in ("FSDP", "DEEPSPEED"):
+        return True
+    if resume:
+        raise PeftkitError(f"--resume: peftkit's checkpoints are for DDP and single-process runs, and this run uses "
+                           f"{kind}. Start the run again with --overwrite, or use distributed.strategy: ddp.")
+    if save_every:
+        import warnings
+
+        warnings.warn(f"train.save_every: no intermediate checkpoints under {kind} (sharded weights); the adapter is "
+                      f"saved at the end. Set train.save_every: null to silence this.", stacklevel=2)
+    return False

@@ -44,7 +44,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     from peftkit.checkpoints import restore_checkpoint, save_checkpoint
     from peftkit.data.cards import load_card
     from peftkit.data.sources import load_splits
-    from peftkit.distributed import gather_rng_states, make_accelerator
+    from peftkit.distributed import checkpoints_supported, gather_rng_states, make_accelerator
     from peftkit.methods.apply import apply_method
     from peftkit.models.load import load_base_model, load_config, load_tokenizer
     from peftkit.models.sources import resolve_source
@@ -72,6 +72,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
 
     accelerator = make_accelerator(recipe.distributed.strategy, quantized=recipe.quantization is not None,
                                    batch_size=tc.batch_size, grad_accum_steps=tc.grad_accum_steps)
+    can_checkpoint = checkpoints_supported(accelerator, resume=resume, save_every=tc.save_every)
     set_seed(tc.seed)  # the same on every process: same initial adapter, same data order
     labels = card.labels if rc.task == "classification" else None
     quant = recipe.quantization.model_dump() if recipe.quantization else None
@@ -145,7 +146,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
                 logger.log(step, {"loss": loss_sum, "lr": scheduler.get_last_lr()[0]})
             if tc.eval_every and step % tc.eval_every == 0 and data["validation"].ids:
                 logger.log(step, _evaluate(model, data["validation"], recipe, tokenizer, labels, "eval", accelerator))
-            if tc.save_every and step % tc.save_every == 0 or step == stop_after_step:
+            if can_checkpoint and (tc.save_every and step % tc.save_every == 0 or step == stop_after_step):
                 save_checkpoint(out, step, accelerator.unwrap_model(model), optimizer, scheduler, tc.keep_checkpoints,
                                 accelerator.is_main_process, rng_states=gather_rng_states(accelerator))
                 accelerator.wait_for_everyone()
