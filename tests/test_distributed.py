@@ -72,10 +72,11 @@ def test_two_processes_match_one_and_resume(tmp_path, tiny_bert, tiny_card, chil
     k = 9  # past the first epoch's 7 steps, not on a save_every multiple
 
     train(load_recipe(one), progress=False)
-    # One launch of 2 processes for: the invariance run, a full dropout run, and the same run stopped at step k.
+    # One launch of 2 processes (the `peftkit train` CLI under accelerate) for: the invariance run, a full dropout
+    # run, the same run stopped at step k, and its --resume.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           str(ROOT / "tests" / "distributed_worker.py"), str(two), str(full), f"{cut}@{k}"]
+           str(ROOT / "tests" / "distributed_worker.py"), str(two), str(full), f"{cut}@{k}", f"{cut}@resume"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -90,24 +91,26 @@ def test_two_processes_match_one_and_resume(tmp_path, tiny_bert, tiny_card, chil
     assert m2["validation"]["accuracy"] == m1["validation"]["accuracy"]
     assert m2["test"]["loss"] == pytest.approx(m1["test"]["loss"], abs=1e-5)
     assert m2["train"]["examples"] == m1["train"]["examples"] == 2 * 51
+    assert not list((tmp_path / "two").rglob("*.tmp"))
 
-    # The stopped run's checkpoint holds each process's RNG state, and they differ (own dropout masks).
-    ckpt = tmp_path / "cut" / "checkpoints" / "step-000009"
-    assert json.loads((ckpt / "state.json").read_text()) == {"step": k, "processes": 2}
+    # Checkpoints hold each process's RNG state, and they differ (each process draws its own dropout masks).
+    from peftkit.checkpoints import latest_checkpoint
+
+    ckpt = latest_checkpoint(tmp_path / "cut")
+    assert json.loads((ckpt / "state.json").read_text()) == {"step": 12, "processes": 2}
     import torch
 
     r0, r1 = torch.load(ckpt / "rng.pt"), torch.load(ckpt / "rng-1.pt")
     assert not torch.equal(r0["cpu"], r1["cpu"])
 
-    # Resuming with another process count is refused; with 2 (through the CLI launcher) it matches the full run.
-    with pytest.raises(PeftkitError, match="written by a run of 2 process"):
-        train(load_recipe(cut), resume=True, progress=False)
-    assert main(["train", str(cut), "--resume", "--processes", "2", "--no-progress"]) == 0
+    # Resumed with 2 processes it matches the full run; resuming with another process count is refused.
     f, c = _losses(tmp_path / "full"), _losses(tmp_path / "cut")
     assert sorted(f) == sorted(c) == list(range(1, 15))
     for step in range(k + 1, 15):
         assert c[step] == pytest.approx(f[step], abs=1e-6), step
     assert _max_diff(_adapter(tmp_path / "full"), _adapter(tmp_path / "cut")) <= 1e-6
+    with pytest.raises(PeftkitError, match="written by a run of 2 process"):
+        train(load_recipe(cut), resume=True, progress=False)
 
 
 def test_shard_weights_give_the_global_mean():
