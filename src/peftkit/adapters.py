@@ -41,16 +41,49 @@ def versions() -> dict:
             "peft": peft.__version__}
 
 
-def save_adapter(model, out_dir: str | Path, meta: dict) -> Path:
-    """Write the PEFT adapter and the peftkit metadata into `out_dir`, atomically (all or nothing)."""
+def save_adapter(model, out_dir: str | Path, meta: dict, state_dict: dict | None = None) -> Path:
+    """Write the PEFT adapter and the peftkit metadata into `out_dir`, atomically (all or nothing).
+
+    `state_dict`: the full model state gathered from every process (`accelerator.get_state_dict`) when weights are
+    sharded (FSDP, ZeRO-3); PEFT picks the adapter tensors out of it. The written tensors are checked before the
+    folder appears: an empty adapter is refused rather than saved.
+    """
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({} if state_dict is None else {"state_dict": state_dict}))
+        check_adapter_weights(tmp)
         weights = sorted(p for p in tmp.iterdir() if p.suffix == ".safetensors")
         full = {"format": FORMAT_VERSION, **meta, "versions": versions(),
                 "files": {p.name: file_sha256(p) for p in weights}}
         (tmp / META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
     return out_dir
+
+
+def check_adapter_weights(adapter_dir: Path) -> dict:
+    """Tensor count, parameter count and global L2 norm of a saved adapter; refuse an empty or broken one.
+
+    Under DeepSpeed ZeRO-3 (and FSDP) a process holds only a shard of each weight: saving without gathering writes
+    zero-sized tensors, an adapter that loads but does nothing.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    files = sorted(Path(adapter_dir).glob("*.safetensors"))
+    tensors = {k: v for f in files for k, v in load_file(str(f)).items()}
+    empty = [k for k, v in tensors.items() if v.numel() == 0]
+    bad = [k for k, v in tensors.items() if v.numel() and not bool(torch.isfinite(v.float()).all())]
+    norm = float(torch.sqrt(sum((v.float() ** 2).sum() for v in tensors.values()))) if tensors else 0.0
+    problem = ("no adapter tensors at all" if not tensors else
+               f"{len(empty)} of {len(tensors)} tensors are empty (e.g. {empty[0]})" if empty else
+               f"{len(bad)} tensors hold NaN or inf values (e.g. {bad[0]})" if bad else
+               "every adapter weight is zero" if norm == 0.0 else None)
+    if problem:
+        raise PeftkitError(
+            f"adapter '{adapter_dir}': refusing to save an empty or broken adapter: {problem}. With FSDP or DeepSpeed "
+            f"ZeRO-3 the weights must be gathered from all processes before saving (peftkit does this through "
+            f"accelerator.get_state_dict); with NaN values, lower train.learning_rate."
+        )
+    return {"tensors": len(tensors), "parameters": sum(v.numel() for v in tensors.values()), "norm": norm}
 
 
 def read_meta(adapter_dir: str | Path) -> dict | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +28,8 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--processes", type=int, metavar="N", help="train with N processes (GPUs, or CPU cores without a "
+                   "GPU) through `accelerate launch`; strategy from the recipe's distributed section")
 
     v = sub.add_parser("validate", help="check a recipe, its data card and model source without loading a model")
     v.add_argument("recipe")
@@ -118,9 +121,20 @@ def _load(recipe: str, overrides: list[str]):
 
 def cmd_train(args) -> int:
     recipe = _load(args.recipe, args.overrides)
+    if args.processes is not None:
+        from peftkit.distributed import launch_training
+
+        flags = [f for f, on in (("--overwrite", args.overwrite), ("--resume", args.resume),
+                                 ("--no-progress", args.no_progress)) if on]
+        return launch_training(args.recipe, [*args.overrides, *flags], args.processes,
+                               strategy=recipe.distributed.strategy,
+                               accelerate_config=recipe.distributed.accelerate_config,
+                               quantized=recipe.quantization is not None)
     from peftkit.train import train
 
     out = train(recipe, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:  # one summary per run, not per process
+        return 0
     metrics = json.loads((out / "metrics.json").read_text())
     test = metrics.get("test") or metrics.get("validation") or {}
     shown = ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))

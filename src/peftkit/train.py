@@ -12,6 +12,7 @@ import json
 import math
 import shutil
 import time
+from contextlib import nullcontext as _nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +39,12 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
           stop_after_step: int | None = None) -> Path:
     """Train `recipe`; return the run folder. `stop_after_step` simulates an interruption (tests of --resume)."""
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from peftkit.checkpoints import restore_checkpoint, save_checkpoint
     from peftkit.data.cards import load_card
     from peftkit.data.sources import load_splits
+    from peftkit.distributed import checkpoints_supported, gather_rng_states, make_accelerator
     from peftkit.methods.apply import apply_method
     from peftkit.models.load import load_base_model, load_config, load_tokenizer
     from peftkit.models.sources import resolve_source
@@ -70,8 +71,10 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     if not data["train"].ids:
         raise PeftkitError(f"data.card: card '{card.name}' gives an empty training split. Check its split settings.")
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    set_seed(tc.seed)
+    accelerator = make_accelerator(recipe.distributed.strategy, quantized=recipe.quantization is not None,
+                                   batch_size=tc.batch_size, grad_accum_steps=tc.grad_accum_steps)
+    can_checkpoint = checkpoints_supported(accelerator, resume=resume, save_every=tc.save_every)
+    set_seed(tc.seed)  # the same on every process: same initial adapter, same data order
     labels = card.labels if rc.task == "classification" else None
     quant = recipe.quantization.model_dump() if recipe.quantization else None
     model = load_base_model(source, task=rc.task, labels=labels, pad_token_id=tokenizer.pad_token_id,
@@ -88,6 +91,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
                          total_steps=total_steps)
 
     # 2. The run folder: from here on, files appear (each atomically).
+    accelerator.wait_for_everyone()  # every process has checked the folder before the main one fills it
     if accelerator.is_main_process:
         if overwrite and out.exists() and not resume:
             shutil.rmtree(out)
@@ -97,7 +101,11 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     optimizer = _optimizer(model, tc)
     scheduler = _scheduler(optimizer, tc, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    start_step = restore_checkpoint(out, model, optimizer, scheduler) if resume else 0
+    if accelerator.num_processes > 1:  # same initial weights above; from here each process draws its own dropout
+        set_seed(tc.seed + accelerator.process_index)
+    start_step = restore_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler,
+                                    process_index=accelerator.process_index,
+                                    processes=accelerator.num_processes) if resume else 0
     logger = _Logger(out, tc.report_to, start_step, accelerator.is_main_process)
 
     # 3. The loop.
@@ -110,17 +118,22 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     model.train()
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
-        batches = _epoch_batches(data["train"], tc, recipe.data.group_by_length, epoch, accelerator)
+        batches = _epoch_batches(data["train"], tc, recipe.data.group_by_length, epoch, accelerator, rc.task)
         for micro in batches[offset:]:
             loss_sum = 0.0
-            for idx in micro:
+            for i, (idx, weight) in enumerate(micro):
                 batch = _collate(data["train"], idx, tokenizer.pad_token_id, padding_side, rc.task, accelerator.device)
-                with accelerator.autocast():
-                    loss = model(**batch).loss / len(micro)
+                # Gradients are all-reduced once per optimizer step, on its last micro-batch.
+                with accelerator.no_sync(model) if i < len(micro) - 1 else _nullcontext(), accelerator.autocast():
+                    output = model(**batch)
+                    # weight 0: a placeholder batch (this process's slice is empty) that only keeps collectives aligned
+                    loss = (output.loss if weight else output.logits.sum()) * weight
                 accelerator.backward(loss)
                 loss_sum += loss.item()
-                examples += len(idx)
-                tokens += int(batch["attention_mask"].sum())
+                examples += len(idx) if weight else 0
+                tokens += int(batch["attention_mask"].sum()) if weight else 0
+            if accelerator.num_processes > 1:  # the global batch's mean loss, as one process would log it
+                loss_sum = accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "mean").item()
             if tc.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
             _adalora_update(model, step)
@@ -133,9 +146,11 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
             if step % tc.log_every == 0 or step == total_steps:
                 logger.log(step, {"loss": loss_sum, "lr": scheduler.get_last_lr()[0]})
             if tc.eval_every and step % tc.eval_every == 0 and data["validation"].ids:
-                logger.log(step, _evaluate(model, data["validation"], recipe, tokenizer, labels, "eval"))
-            if tc.save_every and step % tc.save_every == 0 or step == stop_after_step:
-                save_checkpoint(out, step, model, optimizer, scheduler, tc.keep_checkpoints, accelerator.is_main_process)
+                logger.log(step, _evaluate(model, data["validation"], recipe, tokenizer, labels, "eval", accelerator))
+            if can_checkpoint and (tc.save_every and step % tc.save_every == 0 or step == stop_after_step):
+                save_checkpoint(out, step, accelerator.unwrap_model(model), optimizer, scheduler, tc.keep_checkpoints,
+                                accelerator.is_main_process, rng_states=gather_rng_states(accelerator))
+                accelerator.wait_for_everyone()
             if step == stop_after_step:
                 bar.close()
                 logger.close()
@@ -144,9 +159,12 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
                 break
         else:
             if not tc.eval_every and data["validation"].ids:
-                logger.log(step, _evaluate(model, data["validation"], recipe, tokenizer, labels, "eval"))
+                logger.log(step, _evaluate(model, data["validation"], recipe, tokenizer, labels, "eval", accelerator))
     bar.close()
     seconds = time.perf_counter() - t0
+    if accelerator.num_processes > 1:  # throughput counts the examples of every process
+        examples, tokens = (int(accelerator.reduce(torch.tensor(v, device=accelerator.device), "sum"))
+                            for v in (examples, tokens))
 
     # 4. Final evaluation, adapter, metrics.
     results = {"train": {"steps": step, "examples": examples, "seconds": round(seconds, 2),
@@ -155,10 +173,11 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
                          "final_loss": logger.last_loss}}
     for name in ("validation", "test"):
         if data[name].ids:
-            results[name] = _evaluate(model, data[name], recipe, tokenizer, labels, name, full=True)
+            results[name] = _evaluate(model, data[name], recipe, tokenizer, labels, name, accelerator, full=True)
     logger.close()
+    state_dict = accelerator.get_state_dict(model)  # gathered from every process (FSDP / ZeRO-3 shard weights)
     if accelerator.is_main_process:
-        _save_bundle(accelerator.unwrap_model(model), out / "adapter", recipe, source, tokenizer, labels)
+        _save_bundle(accelerator.unwrap_model(model), out / "adapter", recipe, source, tokenizer, labels, state_dict)
         atomic_write_json(out / "metrics.json", results)
         from peftkit.adapter_card import write_adapter_card
         from peftkit.plots import write_run_plots
@@ -201,17 +220,18 @@ def _tokenize(dataset, tokenizer, recipe: Recipe, limit: int | None) -> Split:
     return Split(ids, labels)
 
 
-def _epoch_batches(split: Split, tc, group_by_length: bool, epoch: int, accelerator) -> list[list[list[int]]]:
-    """Optimizer steps of this epoch: each a list of micro-batches (index lists) for this process."""
+def _epoch_batches(split: Split, tc, group_by_length: bool, epoch: int, accelerator, task: str) -> list[list[tuple]]:
+    """Optimizer steps of this epoch: each a list of (index list, loss weight) micro-batches for this process."""
     from peftkit.data.prepare import batch_order
+    from peftkit.distributed import shard_steps
 
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batches = batch_order(split.lengths, tc.batch_size * world, seed=tc.seed, epoch=epoch,
                                  group_by_length=group_by_length)
-    mine = [b[rank::world] for b in global_batches]
-    mine = [b for b in mine if b]
-    k = tc.grad_accum_steps
-    return [mine[i:i + k] for i in range(0, len(mine), k)]
+    lengths = split.lengths
+    # What the model's mean loss averages over: examples, or (causal LM) target tokens after the shift.
+    size = (lambda i: 1) if task == "classification" else (lambda i: max(lengths[i] - 1, 0))
+    return shard_steps(global_batches, tc.grad_accum_steps, rank, world, size)
 
 
 def _collate(split: Split, idx: list[int], pad_id: int, padding_side: str, task: str, device) -> dict:
@@ -249,16 +269,18 @@ def _adalora_update(model, step: int) -> None:
         base.update_and_allocate(step)
 
 
-def _evaluate(model, split: Split, recipe: Recipe, tokenizer, labels, prefix: str, full: bool = False) -> dict:
-    """Loss and metrics on a split; `full` adds per-class scores and the confusion matrix."""
+def _evaluate(model, split: Split, recipe: Recipe, tokenizer, labels, prefix: str, accelerator,
+              full: bool = False) -> dict:
+    """Loss and metrics on a split (each process evaluates a slice); `full` adds per-class scores and the confusion
+    matrix."""
+    from peftkit.distributed import forward_split_sharded
     from peftkit.evaluation import classification_metrics
-    from peftkit.inference import forward_split
 
     was_training = model.training
     model.eval()
-    logits, loss = forward_split(model, split.ids, split.labels, pad_token_id=tokenizer.pad_token_id,
-                                 padding_side=tokenizer.padding_side, batch_size=recipe.eval.batch_size,
-                                 task=recipe.model.task)
+    logits, loss = forward_split_sharded(model, split.ids, split.labels, accelerator,
+                                         pad_token_id=tokenizer.pad_token_id, padding_side=tokenizer.padding_side,
+                                         batch_size=recipe.eval.batch_size, task=recipe.model.task)
     model.train(was_training)
     if recipe.model.task != "classification":
         res = {"loss": loss, "perplexity": math.exp(min(loss, 50))}
@@ -270,7 +292,7 @@ def _evaluate(model, split: Split, recipe: Recipe, tokenizer, labels, prefix: st
     return res if full else {f"{prefix}/{k}": v for k, v in res.items()}
 
 
-def _save_bundle(model, adapter_dir: Path, recipe: Recipe, source, tokenizer, labels) -> None:
+def _save_bundle(model, adapter_dir: Path, recipe: Recipe, source, tokenizer, labels, state_dict=None) -> None:
     import hashlib
 
     from peftkit.adapters import save_adapter
@@ -290,7 +312,7 @@ def _save_bundle(model, adapter_dir: Path, recipe: Recipe, source, tokenizer, la
         "quantization": recipe.quantization.model_dump() if recipe.quantization else None,
         "recipe_hash": "sha256:" + hashlib.sha256(resolved.encode()).hexdigest(),
     }
-    save_adapter(model, adapter_dir, meta)
+    save_adapter(model, adapter_dir, meta, state_dict=state_dict)
 
 
 def check_report_to(report_to: str) -> None:

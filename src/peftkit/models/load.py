@@ -23,10 +23,21 @@ def resolve_dtype(name: str, device: str):
     import torch
 
     if name == "auto":
-        if device == "cuda" and torch.cuda.is_bf16_supported():
+        if str(device).startswith("cuda") and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
     return getattr(torch, name)
+
+
+def quant_device_map(device: str) -> dict:
+    """bitsandbytes places a quantized model at load time: on this process's own GPU (`cuda:3` → 3), so that N
+    processes on one machine each fill their own device rather than all landing on GPU 0."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return {"": dev.index if dev.index is not None else torch.cuda.current_device()}
+    return {"": "cpu"}
 
 
 def hf_folder(source: ModelSource, cache_dir: str | None = None) -> str:
@@ -108,7 +119,7 @@ def load_base_model(
         from peftkit.models.quant import bnb_config
 
         kwargs["quantization_config"] = bnb_config(task=task, device=device, **quantization)
-        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
+        kwargs["device_map"] = quant_device_map(device)
     model = cls.from_pretrained(hf_folder(source, cache_dir), **kwargs)
     if not quantization:
         model.to(device)

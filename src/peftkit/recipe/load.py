@@ -81,7 +81,7 @@ def recipe_to_yaml(recipe: Recipe) -> str:
     """
     dumped = recipe.model_dump(mode="json")
     out = {"description": recipe.description} if recipe.description else {}
-    for section in ("model", "method", "data", "train", "eval", "quantization"):
+    for section in ("model", "method", "data", "train", "eval", "distributed", "quantization"):
         if dumped[section] is not None:
             out[section] = dumped[section]
     method = out["method"]

@@ -161,6 +161,18 @@ class QuantizationSpec(_Section):
     """Dtype of the matmuls on dequantized weights. `auto`: float32 on CPU, bfloat16 on a GPU that supports it."""
 
 
+class DistributedSpec(_Section):
+    strategy: Literal["auto", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = "auto"
+    """How several processes share the work (`peftkit train R --processes N` or `accelerate launch -m peftkit
+    train R`). `auto`: what `accelerate_config` or the accelerate launcher says, else DDP (each process holds the
+    whole model, gradients are averaged). `fsdp`: shard weights, gradients and optimizer state (GPU only).
+    `deepspeed_zero2` / `deepspeed_zero3`: DeepSpeed ZeRO stage 2 / 3 (`pip install deepspeed`)."""
+
+    accelerate_config: str | None = None
+    """An accelerate config file (from `accelerate config`) that `--processes` passes to `accelerate launch`:
+    machines, mixed precision, FSDP / DeepSpeed details. None: peftkit's defaults for one machine."""
+
+
 class Recipe(_Section):
     """A whole recipe: what to adapt, how, on which data, and how to train and evaluate."""
 
@@ -169,6 +181,7 @@ class Recipe(_Section):
     data: DataSpec
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
+    distributed: DistributedSpec = DistributedSpec()
     quantization: QuantizationSpec | None = None
     """Train on a quantized base (bitsandbytes). Omit for a full-precision base."""
 

@@ -1,0 +1,276 @@
+"""Several processes, one run: launching through accelerate, the strategy (DDP / FSDP / DeepSpeed ZeRO), sharded
+steps whose gradients equal one process's, sharded evaluation, and per-process RNG state.
+
+`peftkit train RECIPE --processes N` checks everything that can be checked (devices, accelerate config file,
+strategy against quantization, DeepSpeed installed) and only then hands off to `accelerate launch`, which starts N
+copies of `peftkit train RECIPE`; `accelerate launch -m peftkit train RECIPE` works directly too. Every process
+builds the same (seed, epoch)-keyed global batches and takes its slice `batch[rank::world]`; each slice's loss is
+weighted by its share of the global batch, so after DDP's gradient average the update is exactly the one a single
+process makes on the whole global batch, even for a short last batch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from peftkit.errors import PeftkitError
+
+STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3")
+# accelerate's distributed_type names (config file `distributed_type:`) → our strategy family.
+_CONFIG_TYPES = {"MULTI_GPU": "ddp", "MULTI_CPU": "ddp", "NO": "ddp", "FSDP": "fsdp", "DEEPSPEED": "deepspeed"}
+
+
+def read_accelerate_config(path: str | None) -> dict:
+    """The accelerate config file a recipe names, as a dict ({} for None); a missing or bad file is an error."""
+    if path is None:
+        return {}
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise PeftkitError(
+            f"distributed.accelerate_config: file '{path}' does not exist. Write one with `accelerate config "
+            f"--config_file {path}`, fix the path, or remove the key to use distributed.strategy."
+        )
+    try:
+        cfg = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise PeftkitError(f"distributed.accelerate_config: '{path}' is not valid YAML ({exc}).") from None
+    if not isinstance(cfg, dict):
+        raise PeftkitError(f"distributed.accelerate_config: '{path}' must be a YAML mapping (accelerate's format).")
+    return cfg
+
+
+def resolved_strategy(strategy: str, accelerate_config: dict | None = None, env=None) -> str:
+    """The strategy family actually used: the recipe's, else the accelerate config's / launcher's, else ddp."""
+    env = os.environ if env is None else env
+    if strategy != "auto":
+        return strategy
+    kind = _CONFIG_TYPES.get(str((accelerate_config or {}).get("distributed_type", "")).upper())
+    if kind == "deepspeed":
+        stage = (accelerate_config.get("deepspeed_config") or {}).get("zero_stage", 2)
+        return f"deepspeed_zero{3 if int(stage) == 3 else 2}"
+    if kind:
+        return kind
+    if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "fsdp"
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return "deepspeed_zero3" if env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3" else "deepspeed_zero2"
+    return "ddp"
+
+
+def check_distributed(strategy: str, accelerate_config: str | None, *, quantized: bool, processes: int | None = None,
+                      cuda_devices: int | None = None, cpus: int | None = None) -> str:
+    """Refuse impossible set-ups before any process starts; return the resolved strategy.
+
+    `processes`: the N of `--processes N` (None when already launched). Device counts default to this machine's.
+    """
+    cfg = read_accelerate_config(accelerate_config)
+    chosen = resolved_strategy(strategy, cfg)
+    if strategy != "auto" and cfg.get("distributed_type"):
+        family = _CONFIG_TYPES.get(str(cfg["distributed_type"]).upper(), "ddp")
+        if not chosen.startswith(family):
+            raise PeftkitError(
+                f"distributed.strategy: the recipe asks for {strategy} but accelerate config '{accelerate_config}' "
+                f"says distributed_type: {cfg['distributed_type']}. Set distributed.strategy: auto to follow the "
+                f"config file, or drop distributed.accelerate_config."
+            )
+    if chosen.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        raise PeftkitError(
+            f"distributed.strategy: {chosen} needs DeepSpeed, which is not installed. Run `pip install deepspeed` "
+            f"(on a machine with CUDA), or use distributed.strategy: ddp or fsdp."
+        )
+    if quantized and chosen in ("fsdp", "deepspeed_zero3"):
+        raise PeftkitError(
+            f"distributed.strategy: {chosen} shards the base model's weights, which peftkit does not support for a "
+            f"quantized (bitsandbytes) base. Use distributed.strategy: ddp (each process holds its own 4-bit copy, "
+            f"little memory), deepspeed_zero2, or remove the quantization block."
+        )
+    if processes is not None:
+        if processes < 1:
+            raise PeftkitError(f"--processes: {processes} is not a process count. Give a whole number of 1 or more.")
+        machines = int(cfg.get("num_machines", 1) or 1)
+        if machines == 1:
+            _check_devices(processes, cuda_devices, cpus)
+    return chosen
+
+
+def _check_devices(processes: int, cuda_devices: int | None, cpus: int | None) -> None:
+    if cuda_devices is None:
+        import torch
+
+        cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if cuda_devices:
+        if processes > cuda_devices:
+            raise PeftkitError(
+                f"--processes: {processes} processes need {processes} GPUs, but this machine has {cuda_devices} "
+                f"visible (CUDA_VISIBLE_DEVICES). Use --processes {cuda_devices} or fewer; raise "
+                f"train.batch_size or train.grad_accum_steps for a larger global batch."
+            )
+        return
+    cpus = cpus or os.cpu_count() or 1
+    if processes > cpus:
+        raise PeftkitError(
+            f"--processes: {processes} processes on CPU need at least {processes} cores, but this machine has "
+            f"{cpus} and no GPU. Use --processes {cpus} or fewer."
+        )
+
+
+def launch_command(recipe_path: str, train_args: list[str], processes: int, accelerate_config: str | None,
+                   cuda_devices: int) -> list[str]:
+    """The `accelerate launch` command line that starts `processes` copies of `peftkit train` (no --processes)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if accelerate_config:
+        cmd += ["--config_file", accelerate_config]
+    else:
+        cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        # torchrun's launcher (`--multi_gpu`) also runs several CPU processes (gloo); port 0 picks a free port.
+        cmd += ["--multi_gpu", "--main_process_port", "0"] if processes > 1 else ([] if cuda_devices else ["--cpu"])
+    cmd += ["--num_processes", str(processes), "-m", "peftkit", "train", recipe_path, *train_args]
+    return cmd
+
+
+def launch_training(recipe_path: str, train_args: list[str], processes: int, *, strategy: str,
+                    accelerate_config: str | None, quantized: bool) -> int:
+    """Check, then run `processes` training processes through accelerate; return their exit code."""
+    import torch
+
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    check_distributed(strategy, accelerate_config, quantized=quantized, processes=processes, cuda_devices=cuda)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    return subprocess.call(launch_command(recipe_path, train_args, processes, accelerate_config, cuda), env=env)
+
+
+def make_accelerator(strategy: str, *, quantized: bool, batch_size: int, grad_accum_steps: int):
+    """An Accelerator for the recipe's strategy; `auto` follows whatever `accelerate launch` was told."""
+    import torch
+    from accelerate import Accelerator
+
+    cpu = not torch.cuda.is_available()
+    launched = resolved_strategy("auto")
+    if strategy != "auto" and launched != "ddp" and launched != strategy:
+        raise PeftkitError(f"distributed.strategy: the recipe asks for {strategy} but accelerate was launched with "
+                           f"{launched}. Make them agree, or set distributed.strategy: auto.")
+    chosen = check_distributed(strategy, None, quantized=quantized)
+    kwargs: dict = {}
+    if chosen == "fsdp" and strategy != "auto":
+        from accelerate import FullyShardedDataParallelPlugin
+
+        # use_orig_params: PEFT mixes frozen and trainable tensors inside one module.
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(use_orig_params=True, sync_module_states=True,
+                                                               state_dict_type="FULL_STATE_DICT")
+    elif chosen.startswith("deepspeed") and strategy != "auto":
+        from accelerate import DeepSpeedPlugin
+
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(zero_stage=int(chosen[-1]), gradient_clipping=None,
+                                                     zero3_save_16bit_model=True)
+    accelerator = Accelerator(cpu=cpu, **kwargs)
+    if accelerator.state.deepspeed_plugin is not None:
+        if grad_accum_steps > 1:
+            raise PeftkitError("train.grad_accum_steps: peftkit accumulates micro-batches itself, which DeepSpeed's "
+                               "engine does not allow. Set train.grad_accum_steps: 1 and raise train.batch_size.")
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = batch_size
+        ds["gradient_accumulation_steps"] = 1
+    return accelerator
+
+
+def shard_steps(global_batches: list[list[int]], accum: int, rank: int, world: int, size) -> list[list[tuple]]:
+    """This process's optimizer steps: each a list of (indices, loss weight) micro-batches.
+
+    `global_batches` are the same on every process; `accum` consecutive ones make one step. `size(i)` is what the
+    model's mean loss averages over for example i (1 for classification, its target tokens for causal LM). A
+    micro-batch's weight is its share of the step's total × world, so DDP's gradient *average* over processes
+    yields the gradient of the step's global mean loss. A process whose slice is empty still runs one example at
+    weight 0, so every process makes the same collective calls.
+    """
+    steps = []
+    for s in range(0, len(global_batches), accum):
+        group = global_batches[s:s + accum]
+        total = sum(size(i) for b in group for i in b) or 1
+        step = []
+        for b in group:
+            mine = b[rank::world]
+            step.append((mine, sum(size(i) for i in mine) / total * world) if mine else (b[:1], 0.0))
+        steps.append(step)
+    return steps
+
+
+def forward_split_sharded(model, ids: list[list[int]], labels: list[int] | None, accelerator, *, task: str,
+                          batch_size: int, **kw):
+    """`inference.forward_split` over all processes: each takes a slice, results are gathered.
+
+    Returns what forward_split returns on the whole split, on every process. A process with fewer batches than
+    the others runs one throw-away batch, so all make the same number of forward calls (FSDP gathers in each).
+    """
+    import numpy as np
+
+    from peftkit.inference import forward_split
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if world == 1:
+        return forward_split(model, ids, labels, task=task, batch_size=batch_size, **kw)
+    from accelerate.utils import gather_object
+
+    n = len(ids)
+    mine = list(range(rank, n, world))
+    logits, loss = forward_split(model, [ids[i] for i in mine], [labels[i] for i in mine] if labels else None,
+                                 task=task, batch_size=batch_size, **kw) if mine else (None, 0.0)
+    most = math.ceil(n / world)  # process 0's slice, the largest
+    if math.ceil(len(mine) / batch_size) < math.ceil(most / batch_size):
+        forward_split(model, ids[:1], labels[:1] if labels else None, task=task, batch_size=batch_size, **kw)
+    weight = len(mine) if task == "classification" else sum(len(ids[i]) - 1 for i in mine)
+    parts = gather_object([(mine, logits, loss, weight)])
+    total = sum(p[3] for p in parts) or 1
+    mean = sum(p[2] * p[3] for p in parts if p[3]) / total
+    if task != "classification":
+        return None, mean
+    width = next(p[1].shape[-1] for p in parts if p[1] is not None)
+    out = np.zeros((n, width), dtype=np.float32)
+    for idx, lg, _, _ in parts:
+        if idx:
+            out[idx] = lg
+    return out, (mean if labels is not None else float("nan"))
+
+
+def local_rng_state() -> dict:
+    """This process's RNG state (torch CPU, and CUDA when present)."""
+    import torch
+
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def gather_rng_states(accelerator) -> list[dict]:
+    """Every process's RNG state, in process order (a collective call: all processes must make it)."""
+    if accelerator.num_processes == 1:
+        return [local_rng_state()]
+    from accelerate.utils import gather_object
+
+    return gather_object([local_rng_state()])
+
+
+def checkpoints_supported(accelerator, *, resume: bool, save_every: int | None) -> bool:
+    """Resumable checkpoints hold whole trainable tensors and one optimizer state: DDP and one process only.
+
+    Under FSDP / DeepSpeed each process holds shards, so checkpoints are skipped (with a warning) and --resume refused.
+    """
+    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if kind not in ("FSDP", "DEEPSPEED"):
+        return True
+    if resume:
+        raise PeftkitError(f"--resume: peftkit's checkpoints are for DDP and single-process runs, and this run uses "
+                           f"{kind}. Start the run again with --overwrite, or use distributed.strategy: ddp.")
+    if save_every:
+        import warnings
+
+        warnings.warn(f"train.save_every: no intermediate checkpoints under {kind} (sharded weights); the adapter is "
+                      f"saved at the end. Set train.save_every: null to silence this.", stacklevel=2)
+    return False
