@@ -20,8 +20,9 @@ def compute_dtype(name: str, device: str):
     import torch
 
     if name == "auto":
-        return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    if device == "cpu" and name in ("bfloat16", "float16"):
+        gpu = str(device).startswith("cuda")
+        return torch.bfloat16 if gpu and torch.cuda.is_bf16_supported() else torch.float32
+    if str(device) == "cpu" and name in ("bfloat16", "float16"):
         raise PeftkitError(
             f"quantization.compute_dtype: {name} on CPU is many times slower than float32 here and loses precision. "
             f"Set quantization.compute_dtype: auto (float32 on CPU, bfloat16 on a capable GPU)."
