@@ -23,7 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]), "OMP_NUM_THREADS": "2"}
+# Keep the caller's PYTHONPATH (wheels carried to the GPU machine live there) after the checkout's own paths.
+ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": os.pathsep.join(
+    [str(ROOT / "src"), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 DRY = "--dry-run" in sys.argv  # CPU: check 1 in float32 and check 3 only, to test this script itself
 failures: list[str] = []
@@ -129,7 +131,7 @@ def main() -> int:
                       train={"epochs": 2, "batch_size": 16, "learning_rate": 0.005, "log_every": 1,
                              "save_every": None, "report_to": "none", "output_dir": str(tmp / "fsdp")})
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "1",
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--num_processes", "1",
                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                            "--main_process_port", "0", "-m", "peftkit", "train", str(r4), "--no-progress"],
                           env=ENV, capture_output=True, text=True, timeout=180, cwd=ROOT)

@@ -105,7 +105,7 @@ def train_steps(folder: Path, *, quantized: bool, steps: int, batch: int, seq: i
 
     Returns (peak GiB from load to last step, losses, seconds per step, the PEFT model, GiB once loaded)."""
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     _free()
@@ -118,8 +118,9 @@ def train_steps(folder: Path, *, quantized: bool, steps: int, batch: int, seq: i
                                                    double_quant=True, compute_dtype="auto")
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     if quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        from peftkit.models.quant import prepare_quantized_for_training
+
+        model = prepare_quantized_for_training(model, gradient_checkpointing=True)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

@@ -82,9 +82,9 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     steps_per_epoch = math.ceil(len(data["train"].ids) / (tc.batch_size * accelerator.num_processes * tc.grad_accum_steps))
     total_steps = tc.max_steps or max(1, math.ceil(steps_per_epoch * tc.epochs))
     if quant:
-        from peft import prepare_model_for_kbit_training
+        from peftkit.models.quant import prepare_quantized_for_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=tc.gradient_checkpointing)
+        model = prepare_quantized_for_training(model, gradient_checkpointing=tc.gradient_checkpointing)
     elif tc.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_method(model, name=recipe.method.name, settings=recipe.method.settings(), task=rc.task,
