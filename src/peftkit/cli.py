@@ -44,6 +44,13 @@ def _build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--file", help="a text file (one text per line) or JSONL with a 'text' field")
     pr.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    g = sub.add_parser("generate", help="sample a continuation of a prompt from a causal-LM adapter")
+    g.add_argument("adapter", help="run folder or adapter folder (task causal_lm)")
+    g.add_argument("prompt", help="text to continue")
+    g.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate (default: 50)")
+    g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default: 0.8)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+
     sub.add_parser("ls", help="list shipped recipes and data cards")
     return p
 
@@ -129,6 +136,15 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from peftkit.generate import generate_text
+
+    text = generate_text(args.adapter, args.prompt, max_new_tokens=args.max_new_tokens,
+                         temperature=args.temperature, seed=args.seed)
+    print(args.prompt + text)
+    return 0
+
+
 def cmd_ls(args) -> int:
     from peftkit.data.cards import list_cards
 
@@ -145,4 +161,5 @@ def cmd_ls(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict, "ls": cmd_ls}
+COMMANDS = {"train": cmd_train, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict,
+            "generate": cmd_generate, "ls": cmd_ls}
