@@ -107,13 +107,14 @@ def build_tiny_decoder(folder: Path, arch: str = "gpt2", *, hidden: int = 32, eo
 
 
 def build_pretrained_decoder(folder: Path, arch: str = "gpt2", *, steps: int = 150) -> Path:
-    """`build_tiny_decoder` plus a few full language-modelling steps on make_texts sentences, saved with its LM head.
+    """`build_tiny_decoder` plus a few full language-modelling steps on make_texts sentences, then `_pretrain`'s
+    sentiment steps on the transformer (as for the tiny BERT), saved with its LM head.
 
     A random tiny decoder's tied, near-zero embeddings cap how peaked its next-token distribution can get, so
     adapters on it barely move the loss; a little pretraining makes it behave like a (very small) real model.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     build_tiny_decoder(folder, arch)
     tok = AutoTokenizer.from_pretrained(folder)
@@ -132,6 +133,13 @@ def build_pretrained_decoder(folder: Path, arch: str = "gpt2", *, steps: int = 1
         opt.step()
         opt.zero_grad()
     model.eval().save_pretrained(folder)
+    tok.pad_token = tok.eos_token
+    classifier = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2,
+                                                                    pad_token_id=tok.eos_token_id)
+    _pretrain(classifier, tok)
+    prefix = model.base_model_prefix
+    getattr(model, prefix).load_state_dict(getattr(classifier, prefix).state_dict())
+    model.save_pretrained(folder)
     return folder
 
 

@@ -79,3 +79,30 @@ def test_decoder_without_pad_or_eos_is_refused(tmp_path):
         load_tokenizer(resolve_source(str(folder)))
     msg = str(err.value)
     assert "neither a pad token nor an eos token" in msg and "pad_token" in msg and str(folder) in msg
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def cls_run(request, pretrained_gpt2, pretrained_llama, tiny_card, tmp_path_factory):
+    from peftkit.cli import main
+    from tests.conftest import write_recipe
+
+    tmp = tmp_path_factory.mktemp(f"cls-{request.param}")
+    model = pretrained_gpt2 if request.param == "gpt2" else pretrained_llama
+    recipe = write_recipe(tmp / "r.yaml", model=model, card=tiny_card, out=tmp / "run",
+                          train={"epochs": 3, "learning_rate": 0.01})
+    assert main(["train", str(recipe), "--no-progress"]) == 0
+    return tmp / "run"
+
+
+def test_decoder_classification_train_then_predict(cls_run, capsys):
+    import json
+
+    from peftkit.cli import main
+
+    metrics = json.loads((cls_run / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] >= 0.85, metrics["test"]
+    capsys.readouterr()
+    texts = ["the film was superb and witty", "a dull and boring plot", "the actors were lovely", "awful"]
+    assert main(["predict", str(cls_run), *texts, "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["label"] for r in rows] == ["pos", "neg", "pos", "neg"]
