@@ -106,3 +106,18 @@ def test_decoder_classification_train_then_predict(cls_run, capsys):
     assert main(["predict", str(cls_run), *texts, "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["label"] for r in rows] == ["pos", "neg", "pos", "neg"]
+
+
+def test_validate_refuses_a_decoder_without_pad_or_eos(tmp_path, capsys):
+    from peftkit.cli import main
+    from tests.conftest import write_recipe
+    from tests.models._helpers import write_checked_card
+
+    folder = build_tiny_decoder(tmp_path / "no-eos", "llama", eos=None)
+    card = write_checked_card(tmp_path / "data", make_texts(60))
+    recipe = write_recipe(tmp_path / "r.yaml", model=folder, card=card, out=tmp_path / "run")
+    for command in ("validate", "train"):
+        assert main([command, str(recipe)]) == 2
+        err = capsys.readouterr().err
+        assert "neither a pad token nor an eos token" in err and "tokenizer_config.json" in err, command
+    assert not (tmp_path / "run").exists()
