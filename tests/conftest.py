@@ -106,6 +106,43 @@ def build_tiny_decoder(folder: Path, arch: str = "gpt2", *, hidden: int = 32, eo
     return folder
 
 
+def build_pretrained_decoder(folder: Path, arch: str = "gpt2", *, steps: int = 150) -> Path:
+    """`build_tiny_decoder` plus a few full language-modelling steps on make_texts sentences, then `_pretrain`'s
+    sentiment steps on the transformer (as for the tiny BERT), saved with its LM head.
+
+    A random tiny decoder's tied, near-zero embeddings cap how peaked its next-token distribution can get, so
+    adapters on it barely move the loss; a little pretraining makes it behave like a (very small) real model.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    build_tiny_decoder(folder, arch)
+    tok = AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    texts = [t + " <eos>" for t, _ in make_texts(320, seed=321)]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        chunk = [texts[(step * 16 + i) % len(texts)] for i in range(16)]
+        enc = [tok(t)["input_ids"] for t in chunk]
+        longest = max(map(len, enc))
+        ids = torch.tensor([x + [tok.eos_token_id] * (longest - len(x)) for x in enc])
+        mask = torch.tensor([[1] * len(x) + [0] * (longest - len(x)) for x in enc])
+        model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval().save_pretrained(folder)
+    tok.pad_token = tok.eos_token
+    classifier = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2,
+                                                                    pad_token_id=tok.eos_token_id)
+    _pretrain(classifier, tok)
+    prefix = model.base_model_prefix
+    getattr(model, prefix).load_state_dict(getattr(classifier, prefix).state_dict())
+    model.save_pretrained(folder)
+    return folder
+
+
 def write_card(folder: Path, rows, *, name: str = "tiny", labels=("neg", "pos"), extra: str = "") -> Path:
     """A CSV of (text, label) rows and a data card for it (split 0.2 test / 0.2 validation, seed 0)."""
     import csv
@@ -151,6 +188,16 @@ def tiny_gpt2(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     return build_tiny_decoder(tmp_path_factory.mktemp("models") / "tiny-llama", "llama")
+
+
+@pytest.fixture(scope="session")
+def pretrained_gpt2(tmp_path_factory) -> Path:
+    return build_pretrained_decoder(tmp_path_factory.mktemp("models") / "pretrained-gpt2", "gpt2")
+
+
+@pytest.fixture(scope="session")
+def pretrained_llama(tmp_path_factory) -> Path:
+    return build_pretrained_decoder(tmp_path_factory.mktemp("models") / "pretrained-llama", "llama")
 
 
 @pytest.fixture(scope="session")

@@ -66,6 +66,12 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="train both recipes (each in its own process) and compare accuracy, peak RSS, examples/s")
     sb.add_argument("--set", dest="overrides", action="append", default=[], metavar="key=value",
                     help="overrides for both --compare-qlora recipes (e.g. data.max_train_examples=1000)")
+    g = sub.add_parser("generate", help="sample a continuation of a prompt from a causal-LM adapter")
+    g.add_argument("adapter", help="run folder or adapter folder (task causal_lm)")
+    g.add_argument("prompt", help="text to continue")
+    g.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate (default: 50)")
+    g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default: 0.8)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
 
     sub.add_parser("ls", help="list shipped recipes and data cards")
 
@@ -229,6 +235,15 @@ def cmd_serve_bench(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from peftkit.generate import generate_text
+
+    text = generate_text(args.adapter, args.prompt, max_new_tokens=args.max_new_tokens,
+                         temperature=args.temperature, seed=args.seed)
+    print(args.prompt + text)
+    return 0
+
+
 def cmd_ls(args) -> int:
     from peftkit.data.cards import list_cards
 
@@ -306,4 +321,5 @@ COMMANDS = {
     "serve-bench": cmd_serve_bench,
     "data": cmd_data,
     "publish": cmd_publish,
+    "generate": cmd_generate,
 }

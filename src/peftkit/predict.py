@@ -100,7 +100,7 @@ def evaluate_adapter(adapter: str, *, data: str | None = None, split: str = "tes
             raise PeftkitError(f"--split: card '{card.name}' has no split '{split}' (has: {', '.join(splits)}).")
         texts, y = splits[split]["text"], (splits[split]["label"] if meta["task"] == "classification" else None)
     tok = loaded.tokenizer
-    ids = tokenize_texts(tok, texts, meta.get("max_length", 512))
+    ids = tokenize_texts(tok, texts, meta.get("max_length", 512), add_eos=meta["task"] == "causal_lm")
     logits, loss = forward_split(loaded.model, ids, y, pad_token_id=tok.pad_token_id, padding_side=tok.padding_side,
                                  batch_size=64, task=meta["task"])
     if meta["task"] != "classification":

@@ -56,11 +56,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
 
     # 1. Data and model source, checked before anything is written.
     card = load_card(recipe.data.card)
-    if card.task != rc.task:
-        raise PeftkitError(
-            f"data.card: card '{card.name}' ({card.path}) is a {card.task} card but model.task is {rc.task}. "
-            f"Use a {rc.task} data card, or set model.task: {card.task}."
-        )
+    check_card_task(card, rc.task)
     splits = load_splits(card)
     source = resolve_source(rc.source, rc.revision)
     tokenizer = load_tokenizer(source, rc.cache_dir)
@@ -174,6 +170,9 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     for name in ("validation", "test"):
         if data[name].ids:
             results[name] = _evaluate(model, data[name], recipe, tokenizer, labels, name, accelerator, full=True)
+            if rc.task == "causal_lm":
+                results[name].update(_evaluate_base(accelerator.unwrap_model(model), data[name], recipe, tokenizer,
+                                                    accelerator))
     logger.close()
     state_dict = accelerator.get_state_dict(model)  # gathered from every process (FSDP / ZeRO-3 shard weights)
     if accelerator.is_main_process:
@@ -201,6 +200,19 @@ def _check_output_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
         )
 
 
+def check_card_task(card, task: str) -> None:
+    """The data card must be made for the recipe's task (a labelled card is not a causal-LM corpus, nor back)."""
+    if card.task == task:
+        return
+    fix = ("A causal-LM card has `task: causal_lm` in its `peftkit:` block and names only a text column: use one "
+           "(e.g. rotten_tomatoes_text), or write one pointing at the same data file"
+           if task == "causal_lm" else "Use a classification card (with labels)")
+    raise PeftkitError(
+        f"data.card: card '{card.name}' ({card.path}) is a {card.task} card but model.task is {task}. {fix}; "
+        f"or set model.task: {card.task}."
+    )
+
+
 def _check_max_length(max_length: int, config, source_spec: str) -> None:
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if limit and max_length > limit:
@@ -215,7 +227,7 @@ def _tokenize(dataset, tokenizer, recipe: Recipe, limit: int | None) -> Split:
 
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
-    ids = tokenize_texts(tokenizer, dataset["text"], recipe.data.max_length)
+    ids = tokenize_texts(tokenizer, dataset["text"], recipe.data.max_length, add_eos=recipe.model.task == "causal_lm")
     labels = list(dataset["label"]) if "label" in dataset.column_names else None
     return Split(ids, labels)
 
@@ -290,6 +302,13 @@ def _evaluate(model, split: Split, recipe: Recipe, tokenizer, labels, prefix: st
         if not full:
             res = {k: v for k, v in res.items() if isinstance(v, float)}
     return res if full else {f"{prefix}/{k}": v for k, v in res.items()}
+
+
+def _evaluate_base(model, split: Split, recipe: Recipe, tokenizer, accelerator) -> dict:
+    """Loss and perplexity of the base model alone (adapter switched off): the numbers before training."""
+    with model.disable_adapter():
+        res = _evaluate(model, split, recipe, tokenizer, None, "base", accelerator, full=True)
+    return {"loss_before": res["loss"], "perplexity_before": res["perplexity"]}
 
 
 def _save_bundle(model, adapter_dir: Path, recipe: Recipe, source, tokenizer, labels, state_dict=None) -> None:

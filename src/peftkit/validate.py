@@ -13,14 +13,12 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     from peftkit.data.sources import check_card
     from peftkit.evaluation import check_metric_names
     from peftkit.methods.apply import build_peft_config
-    from peftkit.models.load import load_config
+    from peftkit.models.load import load_config, load_tokenizer
     from peftkit.models.sources import resolve_source
-    from peftkit.train import _check_max_length, check_report_to
+    from peftkit.train import _check_max_length, check_card_task, check_report_to
 
     card = load_card(recipe.data.card)
-    if card.task != recipe.model.task:
-        raise PeftkitError(f"data.card: card '{card.name}' is a {card.task} card but model.task is "
-                           f"{recipe.model.task}. Use a {recipe.model.task} data card.")
+    check_card_task(card, recipe.model.task)
     problems = check_card(card)
     if problems:
         raise PeftkitError(f"data.card: the data no longer matches card '{card.name}' ({card.path}): "
@@ -28,6 +26,7 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     source = resolve_source(recipe.model.source, recipe.model.revision)
     config = load_config(source, recipe.model.cache_dir) if source.kind != "hub" else None
     if config is not None:
+        load_tokenizer(source, recipe.model.cache_dir)  # a decoder with neither pad nor eos is refused here
         _check_max_length(recipe.data.max_length, config, recipe.model.source)
         build_peft_config(recipe.method.name, recipe.method.settings(), task=recipe.model.task,
                           model_type=config.model_type)

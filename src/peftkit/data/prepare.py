@@ -13,10 +13,15 @@ import numpy as np
 GROUP_CHUNK_BATCHES = 50
 
 
-def tokenize_texts(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
-    """Token ids per text, truncated to `max_length`, no padding (the collator pads per batch)."""
-    enc = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)
-    return enc["input_ids"]
+def tokenize_texts(tokenizer, texts: list[str], max_length: int, *, add_eos: bool = False) -> list[list[int]]:
+    """Token ids per text, truncated to `max_length`, no padding (the collator pads per batch).
+
+    `add_eos` (causal LM) ends each text with the eos token, room kept for it, so the model learns to stop.
+    """
+    eos = tokenizer.eos_token_id if add_eos else None
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length - (eos is not None), padding=False)
+    ids = enc["input_ids"]
+    return [x + [eos] for x in ids] if eos is not None else ids
 
 
 def batch_order(lengths, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True,

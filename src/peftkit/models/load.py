@@ -121,6 +121,10 @@ def load_base_model(
         kwargs["quantization_config"] = bnb_config(task=task, device=device, **quantization)
         kwargs["device_map"] = quant_device_map(device)
     model = cls.from_pretrained(hf_folder(source, cache_dir), **kwargs)
+    if is_decoder(model.config):
+        from peftkit.models.decoder import install_decoder_hooks
+
+        install_decoder_hooks(model, pool_last_token=task == "classification")
     if not quantization:
         model.to(device)
     return model

@@ -81,9 +81,8 @@ def prepare_quantized_for_training(model, *, gradient_checkpointing: bool):
     for the frozen input embeddings and lm_head it only doubles their size (0.5 GiB on a 7B Llama, which took
     QLoRA's peak from 0.38x to under 0.35x of 16-bit LoRA on an H200), so they go back to the compute dtype.
     """
-    from peft import prepare_model_for_kbit_training
-
     import torch
+    from peft import prepare_model_for_kbit_training
 
     qc = getattr(model.config, "quantization_config", None)
     dtype = qc.get("bnb_4bit_compute_dtype") if isinstance(qc, dict) else getattr(qc, "bnb_4bit_compute_dtype", None)

@@ -1,0 +1,104 @@
+"""task: causal_lm on tiny GPT-2 / Llama: perplexity drops on a repetitive corpus, generate returns text, and a
+classification card is refused for a causal-LM recipe."""
+
+from __future__ import annotations
+
+import json
+import random
+import textwrap
+
+import pytest
+
+from peftkit.cli import main
+from tests.conftest import VOCAB, write_recipe
+
+SENTENCES = ["the film was good and the story was superb", "the plot is dull and the actors are weak",
+             "a movie that is quite witty and very sharp", "the script was messy and the story was flat"]
+
+
+def write_lm_card(folder, n: int = 160):
+    """A causal-LM card over a CSV with one text column: the four sentences above, over and over."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    lines = ["text"] + [rng.choice(SENTENCES) for _ in range(n)]
+    (folder / "lm.csv").write_text("\n".join(lines) + "\n")
+    card = folder / "lm.md"
+    card.write_text(textwrap.dedent("""\
+        ---
+        license: cc0-1.0
+        language: [en]
+        task_categories: [text-generation]
+        pretty_name: Tiny repetitive corpus
+        peftkit:
+          task: causal_lm
+          source: {file: lm.csv}
+          text_column: text
+          split: {seed: 0, test: 0.2, validation: 0.2, stratify: false}
+        ---
+        # Tiny corpus
+        """))
+    return card
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def lm_run(request, pretrained_gpt2, pretrained_llama, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(f"lm-{request.param}")
+    model = pretrained_gpt2 if request.param == "gpt2" else pretrained_llama
+    recipe = write_recipe(tmp / "r.yaml", model=model, card=write_lm_card(tmp / "data"), out=tmp / "run",
+                          train={"epochs": 4, "learning_rate": 0.01})
+    assert main(["train", str(recipe), "--no-progress", "model.task=causal_lm"]) == 0
+    return tmp / "run"
+
+
+def test_perplexity_drops(lm_run):
+    metrics = json.loads((lm_run / "metrics.json").read_text())
+    for split in ("validation", "test"):
+        m = metrics[split]
+        assert set(m) >= {"loss", "perplexity", "loss_before", "perplexity_before"}
+        # A random base is near-uniform over the 34-word vocabulary; the corpus has a handful of patterns.
+        assert m["perplexity_before"] > 15, m
+        assert m["perplexity"] < m["perplexity_before"] / 2, m
+    meta = json.loads((lm_run / "adapter" / "peftkit_adapter.json").read_text())
+    assert meta["task"] == "causal_lm" and meta["labels"] is None
+
+
+def test_eval_gives_the_training_perplexity(lm_run, capsys):
+    assert main(["eval", str(lm_run), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    test = json.loads((lm_run / "metrics.json").read_text())["test"]
+    assert out["perplexity"] == pytest.approx(test["perplexity"], rel=1e-4)
+
+
+def test_generate_returns_text(lm_run, capsys):
+    from peftkit.adapters import load_adapter
+    from peftkit.generate import generate_text
+
+    assert main(["generate", str(lm_run), "the film", "--max-new-tokens", "6", "--temperature", "0"]) == 0
+    out = capsys.readouterr().out.strip()
+    words = out.split()
+    assert words[:2] == ["the", "film"] and len(words) > 2
+    # Greedy decoding continues the corpus it learned: "the film" is always followed by "was" there.
+    assert words[2] == "was", out
+    loaded = load_adapter(lm_run)
+    sampled = [generate_text(str(lm_run), "the", max_new_tokens=8, seed=s, loaded=loaded) for s in range(4)]
+    assert len(set(sampled)) > 1 and all(set(text.split()) <= set(VOCAB) for text in sampled), sampled
+    assert generate_text(str(lm_run), "the", max_new_tokens=8, seed=1, loaded=loaded) == \
+        generate_text(str(lm_run), "the", max_new_tokens=8, seed=1, loaded=loaded)
+
+
+def test_generate_bad_inputs(lm_run, capsys, tiny_bert, tiny_card, tmp_path):
+    assert main(["generate", str(lm_run), "the", "--max-new-tokens", "0"]) == 2
+    assert "--max-new-tokens: 0 is not a positive number" in capsys.readouterr().err
+    assert main(["generate", str(lm_run), "the", "--max-new-tokens", "500"]) == 2
+    err = capsys.readouterr().err
+    assert "more than the model's 64 positions" in err and "Lower --max-new-tokens" in err
+
+
+def test_causal_lm_recipe_refuses_a_classification_card(tiny_gpt2, tiny_card, tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "r.yaml", model=tiny_gpt2, card=tiny_card, out=tmp_path / "run")
+    for command in ("validate", "train"):
+        assert main([command, str(recipe), "model.task=causal_lm"]) == 2
+        err = capsys.readouterr().err
+        assert "is a classification card but model.task is causal_lm" in err, command
+        assert "task: causal_lm" in err and "rotten_tomatoes_text" in err
+    assert not (tmp_path / "run").exists()
