@@ -45,6 +45,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     from peftkit.data.cards import load_card
     from peftkit.data.sources import load_splits
     from peftkit.methods.apply import apply_method
+    from peftkit.methods.checks import check_method_for_model
     from peftkit.models.load import load_base_model, load_config, load_tokenizer
     from peftkit.models.sources import resolve_source
 
@@ -62,7 +63,9 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     splits = load_splits(card)
     source = resolve_source(rc.source, rc.revision)
     tokenizer = load_tokenizer(source, rc.cache_dir)
-    _check_max_length(recipe.data.max_length, load_config(source, rc.cache_dir), rc.source)
+    model_config = load_config(source, rc.cache_dir)
+    _check_max_length(recipe.data.max_length, model_config, rc.source)
+    check_method_for_model(recipe.method.name, recipe.method.settings(), model_config, rc.task, tc.gradient_checkpointing)
     data = {name: _tokenize(splits[name], tokenizer, recipe, limit) for name, limit in (
         ("train", recipe.data.max_train_examples), ("validation", recipe.data.max_eval_examples),
         ("test", recipe.data.max_test_examples))}

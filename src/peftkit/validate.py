@@ -12,7 +12,7 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     from peftkit.data.cards import load_card
     from peftkit.data.sources import check_card
     from peftkit.evaluation import check_metric_names
-    from peftkit.methods.apply import build_peft_config
+    from peftkit.methods.checks import check_method_for_model
     from peftkit.models.load import load_config
     from peftkit.models.sources import resolve_source
     from peftkit.train import _check_max_length
@@ -29,8 +29,8 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     config = load_config(source, recipe.model.cache_dir) if source.kind != "hub" else None
     if config is not None:
         _check_max_length(recipe.data.max_length, config, recipe.model.source)
-        build_peft_config(recipe.method.name, recipe.method.settings(), task=recipe.model.task,
-                          model_type=config.model_type)
+        check_method_for_model(recipe.method.name, recipe.method.settings(), config, recipe.model.task,
+                               recipe.train.gradient_checkpointing)
     check_metric_names(recipe.eval.metrics)
     return [f"data card: {card.name} ({card.path})", f"model source: {source.spec} → {source.kind} "
             f"{source.path or source.hub_id}", f"method: {recipe.method.name}"]
