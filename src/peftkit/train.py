@@ -125,8 +125,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
                 tokens += int(batch["attention_mask"].sum())
             if tc.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-            _adalora_update(model, step)
             optimizer.step()
+            _adalora_update(model, step)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -240,7 +240,8 @@ def _scheduler(optimizer, tc, total_steps: int):
 
 
 def _adalora_update(model, step: int) -> None:
-    """AdaLoRA reallocates ranks between backward and the optimizer step."""
+    """AdaLoRA reallocates ranks after the optimizer step, while the gradients still exist (PEFT's order: a mask
+    applied before the step would be undone by it, and the saved adapter would then differ from the trained one)."""
     base = getattr(model, "base_model", None)
     if hasattr(base, "update_and_allocate"):
         base.update_and_allocate(step)
