@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from peftkit.errors import PeftkitError, did_you_mean
 
 # Keys peftkit fills in itself; a recipe must not set them.
-_MANAGED = {"task_type", "peft_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping"}
+_MANAGED = {"task_type", "peft_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping",
+            "peft_version"}
 
 
 @dataclass
