@@ -45,6 +45,10 @@ def _build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="one JSON object per line")
 
     sub.add_parser("ls", help="list shipped recipes and data cards")
+
+    m = sub.add_parser("methods", help="trainable parameters and adapter size per shipped recipe's method")
+    m.add_argument("recipes", nargs="*", help="recipe files (default: the shipped recipes/minilm-*.yaml)")
+    m.add_argument("--model", help="base model source for every row (default: each recipe's own model)")
     return p
 
 
@@ -145,4 +149,13 @@ def cmd_ls(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict, "ls": cmd_ls}
+def cmd_methods(args) -> int:
+    from peftkit.methods.report import format_rows, method_rows
+
+    paths = [Path(p) for p in args.recipes] or sorted((project_root() / "recipes").glob("minilm-*.yaml"))
+    print(format_rows(method_rows(paths, args.model)))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict, "ls": cmd_ls,
+            "methods": cmd_methods}
