@@ -142,6 +142,12 @@ def check_method_settings(name: str, settings: dict) -> dict:
                 f"method.{key}: '{name}' has no setting '{key}'.{did_you_mean(key, fields)} "
                 f"Settings of {name}: {', '.join(sorted(fields))}."
             )
+        if key in entry.presets and value != entry.presets[key]:
+            raise PeftkitError(
+                f"method.{key}: '{name}' fixes {key}: {entry.presets[key]!r}, so {value!r} contradicts it. Remove "
+                f"method.{key}, or pick the method named for the {key} you want (e.g. lora instead of dora, "
+                f"parallel instead of houlsby)."
+            )
         try:
             out[key] = TypeAdapter(hints.get(key, typing.Any)).validate_python(value)
         except ValidationError as exc:
