@@ -28,6 +28,8 @@ CASES = [
     ("reduction factor too big", "tiny_bert", {"name": "houlsby", "reduction_factor": 64}, {},
      ["method.reduction_factor: 64", "hidden size (32)"]),
     ("unknown variant", "tiny_bert", {"name": "bottleneck", "variant": "sideways"}, {}, ["method.variant", "sideways"]),
+    ("layer out of range", "tiny_gpt2", {"name": "pfeiffer", "layers_to_transform": [1, 5]}, {},
+     ["method.layers_to_transform: [5]", "layers 0–1"]),
     ("preset contradicted", "tiny_bert", {"name": "houlsby", "variant": "parallel"}, {},
      ["method.variant", "'houlsby' fixes variant: 'houlsby'"]),
     ("adalora schedule", "tiny_bert", {"name": "adalora", "tinit": 20000}, {},

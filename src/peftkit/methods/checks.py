@@ -58,6 +58,13 @@ def _check_ranges(name: str, settings: dict, config) -> None:
         if isinstance(value, int | float) and value <= 0:
             raise PeftkitError(f"method.{key}: {value} is not a valid size for {name}; it must be 1 or more "
                                f"(e.g. {key}: 8).")
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    selected = settings.get("layers_to_transform")
+    selected = [selected] if isinstance(selected, int) else selected or []
+    bad = [i for i in selected if not isinstance(i, int) or i < 0 or (layers and i >= layers)]
+    if bad:
+        raise PeftkitError(f"method.layers_to_transform: {bad} {'is' if len(bad) == 1 else 'are'} not layers of this "
+                           f"model, which has layers 0–{layers - 1}. Pick indices in that range.")
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
     if hidden is None:
         return
