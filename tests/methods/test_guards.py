@@ -95,3 +95,28 @@ def test_bottleneck_starts_as_identity(tiny_llama):
         for variant in ("houlsby", "pfeiffer", "parallel"):
             wrapped = apply_method(_model(tiny_llama)[0], name=variant, settings={}, task="classification").eval()
             assert torch.allclose(wrapped.base_model.model.model(**batch).last_hidden_state, base_hidden, atol=1e-6)
+
+
+def test_bottleneck_adapters_swap_on_one_base(tiny_gpt2, tmp_path):
+    """Two saved bottleneck adapters load side by side on one base; set_adapter switches between their outputs."""
+    from peft import PeftModel
+
+    expected = {}
+    for i, variant in enumerate(("houlsby", "parallel")):
+        model, batch = _model(tiny_gpt2)
+        model = apply_method(model, name=variant, settings={"bottleneck_size": 4}, task="classification")
+        torch.manual_seed(i)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.normal_(0, 0.2)
+        model.eval()
+        expected[variant] = model(**batch).logits
+        model.save_pretrained(tmp_path / variant)
+    base, batch = _model(tiny_gpt2)
+    both = PeftModel.from_pretrained(base, tmp_path / "houlsby", adapter_name="houlsby")
+    both.load_adapter(tmp_path / "parallel", adapter_name="parallel")
+    both.eval()
+    for variant in ("houlsby", "parallel", "houlsby"):
+        both.set_adapter(variant)
+        assert torch.allclose(both(**batch).logits, expected[variant], atol=1e-6), variant
