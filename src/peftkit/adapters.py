@@ -242,6 +242,7 @@ def load_adapter(path: str | Path, *, base_source: str | None = None, device: st
     """
     from peft import PeftModel
 
+    import peftkit.methods.bottleneck  # noqa: F401  (registers peftkit's own PEFT types before reading configs)
     from peftkit.models.load import load_base_model, load_tokenizer
     from peftkit.models.sources import content_hash, resolve_source
 
@@ -276,6 +277,7 @@ def _tok_hash(tokenizer) -> str:
 def _load_plain_peft(adapter_dir: Path, base_source: str | None, device, dtype) -> LoadedAdapter:
     from peft import PeftConfig, PeftModel
 
+    import peftkit.methods.bottleneck  # noqa: F401
     from peftkit.models.load import load_base_model, load_tokenizer
     from peftkit.models.sources import resolve_source
 

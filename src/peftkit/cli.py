@@ -93,6 +93,9 @@ def _build_parser() -> argparse.ArgumentParser:
     where.add_argument("--hub", metavar="REPO_ID", help="Hugging Face Hub repo to upload to (needs network)")
     pb.add_argument("--base-model", metavar="HUB_ID", help="the base's Hub id for the card metadata and "
                     "adapter_config.json, when the run used a local folder or package (needed for --hub)")
+    m = sub.add_parser("methods", help="trainable parameters and adapter size per shipped recipe's method")
+    m.add_argument("recipes", nargs="*", help="recipe files (default: the shipped recipes/minilm-*.yaml)")
+    m.add_argument("--model", help="base model source for every row (default: each recipe's own model)")
     return p
 
 
@@ -310,6 +313,14 @@ def cmd_publish(args) -> int:
     return 0
 
 
+def cmd_methods(args) -> int:
+    from peftkit.methods.report import format_rows, method_rows
+
+    paths = [Path(p) for p in args.recipes] or sorted((project_root() / "recipes").glob("minilm-*.yaml"))
+    print(format_rows(method_rows(paths, args.model)))
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "validate": cmd_validate,
@@ -322,4 +333,5 @@ COMMANDS = {
     "data": cmd_data,
     "publish": cmd_publish,
     "generate": cmd_generate,
+    "methods": cmd_methods,
 }

@@ -46,6 +46,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     from peftkit.data.sources import load_splits
     from peftkit.distributed import checkpoints_supported, gather_rng_states, make_accelerator
     from peftkit.methods.apply import apply_method
+    from peftkit.methods.checks import check_method_for_model
     from peftkit.models.load import load_base_model, load_config, load_tokenizer
     from peftkit.models.sources import resolve_source
 
@@ -60,7 +61,9 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     splits = load_splits(card)
     source = resolve_source(rc.source, rc.revision)
     tokenizer = load_tokenizer(source, rc.cache_dir)
-    _check_max_length(recipe.data.max_length, load_config(source, rc.cache_dir), rc.source)
+    model_config = load_config(source, rc.cache_dir)
+    _check_max_length(recipe.data.max_length, model_config, rc.source)
+    check_method_for_model(recipe.method.name, recipe.method.settings(), model_config, rc.task, tc.gradient_checkpointing)
     data = {name: _tokenize(splits[name], tokenizer, recipe, limit) for name, limit in (
         ("train", recipe.data.max_train_examples), ("validation", recipe.data.max_eval_examples),
         ("test", recipe.data.max_test_examples))}
@@ -132,8 +135,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
                 loss_sum = accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "mean").item()
             if tc.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-            _adalora_update(model, step)
             optimizer.step()
+            _adalora_update(model, step)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -275,7 +278,8 @@ def _scheduler(optimizer, tc, total_steps: int):
 
 
 def _adalora_update(model, step: int) -> None:
-    """AdaLoRA reallocates ranks between backward and the optimizer step."""
+    """AdaLoRA reallocates ranks after the optimizer step, while the gradients still exist (PEFT's order: a mask
+    applied before the step would be undone by it, and the saved adapter would then differ from the trained one)."""
     base = getattr(model, "base_model", None)
     if hasattr(base, "update_and_allocate"):
         base.update_and_allocate(step)

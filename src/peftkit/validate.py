@@ -12,7 +12,7 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     from peftkit.data.cards import load_card
     from peftkit.data.sources import check_card
     from peftkit.evaluation import check_metric_names
-    from peftkit.methods.apply import build_peft_config
+    from peftkit.methods.checks import check_method_for_model
     from peftkit.models.load import load_config, load_tokenizer
     from peftkit.models.sources import resolve_source
     from peftkit.train import _check_max_length, check_card_task, check_report_to
@@ -28,8 +28,8 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     if config is not None:
         load_tokenizer(source, recipe.model.cache_dir)  # a decoder with neither pad nor eos is refused here
         _check_max_length(recipe.data.max_length, config, recipe.model.source)
-        build_peft_config(recipe.method.name, recipe.method.settings(), task=recipe.model.task,
-                          model_type=config.model_type)
+        check_method_for_model(recipe.method.name, recipe.method.settings(), config, recipe.model.task,
+                               recipe.train.gradient_checkpointing)
     check_metric_names(recipe.eval.metrics)
     check_report_to(recipe.train.report_to)
     return [f"data card: {card.name} ({card.path})", f"model source: {source.spec} → {source.kind} "

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from peftkit.errors import PeftkitError, did_you_mean
 
 # Keys peftkit fills in itself; a recipe must not set them.
-_MANAGED = {"task_type", "peft_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping"}
+_MANAGED = {"task_type", "peft_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping",
+            "peft_version"}
 
 
 @dataclass
@@ -62,6 +63,39 @@ register(MethodEntry("rslora", _peft_config("LORA"), presets={"use_rslora": True
                      doc="Rank-stabilised LoRA: scaling alpha/sqrt(r) (Kalajievski 2023)."))
 
 
+def _bottleneck_config():
+    from peftkit.methods.bottleneck import BottleneckConfig  # registers the type with PEFT
+
+    return BottleneckConfig
+
+
+BOTTLENECK = {"bottleneck", "houlsby", "pfeiffer", "parallel"}
+register(MethodEntry("bottleneck", _bottleneck_config, mergeable=False,
+                     doc="Bottleneck adapters; choose `variant` (houlsby, pfeiffer, parallel)."))
+register(MethodEntry("houlsby", _bottleneck_config, presets={"variant": "houlsby"}, mergeable=False,
+                     doc="Bottleneck adapters after attention and feed-forward (Houlsby et al. 2019)."))
+register(MethodEntry("pfeiffer", _bottleneck_config, presets={"variant": "pfeiffer"}, mergeable=False,
+                     doc="One bottleneck adapter per layer after the feed-forward block (Pfeiffer et al. 2020)."))
+register(MethodEntry("parallel", _bottleneck_config, presets={"variant": "parallel"}, mergeable=False,
+                     doc="Bottleneck adapter beside the feed-forward block (He et al. 2022)."))
+
+_PROMPT_REFUSAL = ("{name} cannot be merged: it adds learned virtual tokens (or key/value prefixes) to every input "
+                   "instead of changing weights, so there is nothing to fold into the base model. Keep the adapter "
+                   "separate, or train a LoRA-family method if you need a merged model.")
+
+
+def merge_refusal_reason(name: str) -> str | None:
+    """Why method `name` cannot be merged into its base weights, or None when it can (for `peftkit merge`)."""
+    entry = get_method(name)
+    if entry.mergeable:
+        return None
+    if entry.name in BOTTLENECK:
+        from peftkit.methods.bottleneck.layer import MERGE_REFUSAL
+
+        return MERGE_REFUSAL
+    return _PROMPT_REFUSAL.format(name=entry.name)
+
+
 def get_method(name: str) -> MethodEntry:
     """The registry entry for `name`; PEFT methods not listed explicitly are passed through by their PEFT name."""
     # peftkit's own method folders register on import.
@@ -70,7 +104,7 @@ def get_method(name: str) -> MethodEntry:
     if name in _REGISTRY:
         return _REGISTRY[name]
     peft_names = _peft_names()
-    if name in peft_names:
+    if name in peft_names and name != "bottleneck":
         return MethodEntry(name, _peft_config(name.upper()), mergeable=name not in _PROMPT_LEARNING)
     choices = sorted(set(_REGISTRY) | set(peft_names))
     raise PeftkitError(
@@ -107,6 +141,12 @@ def check_method_settings(name: str, settings: dict) -> dict:
             raise PeftkitError(
                 f"method.{key}: '{name}' has no setting '{key}'.{did_you_mean(key, fields)} "
                 f"Settings of {name}: {', '.join(sorted(fields))}."
+            )
+        if key in entry.presets and value != entry.presets[key]:
+            raise PeftkitError(
+                f"method.{key}: '{name}' fixes {key}: {entry.presets[key]!r}, so {value!r} contradicts it. Remove "
+                f"method.{key}, or pick the method named for the {key} you want (e.g. lora instead of dora, "
+                f"parallel instead of houlsby)."
             )
         try:
             out[key] = TypeAdapter(hints.get(key, typing.Any)).validate_python(value)
