@@ -33,12 +33,11 @@ def run_bench(recipe_path: str, *, methods: list[str], budget: int | None = None
               matmul_size: int = 2048) -> Path:
     """Bench `methods` on `recipe_path` (+ `overrides`) with `budget` training examples; return the output folder."""
     import torch
+    from transformers.utils import logging
 
     from peftkit.fileio import atomic_write_json, atomic_write_text
     from peftkit.flops import FORMULA, matmul_peak
     from peftkit.recipe import load_recipe
-
-    from transformers.utils import logging
 
     logging.set_verbosity_error()  # the per-row model loads would otherwise print load reports and bars
     logging.disable_progress_bar()

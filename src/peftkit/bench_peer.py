@@ -20,8 +20,13 @@ def run_peer(recipe, padding: str, train_limit: int | None) -> dict:
     """Train and evaluate the peer pipeline for `recipe`'s method; return the bench row's measured values."""
     import numpy as np
     import torch
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     from peftkit.data.cards import load_card
     from peftkit.data.sources import load_splits
