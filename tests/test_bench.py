@@ -24,7 +24,7 @@ def test_bench_json_rows_filled_and_plausible(bench):
     result = json.loads((bench / "bench.json").read_text())
     assert result["matmul_peak_flops"] > 1e8 and "6·N·T" in result["flop_formula"]
     rows = {r["name"]: r for r in result["rows"]}
-    assert list(rows) == ["lora", "full", "nosuch", "peer_pad128 (lora)", "peer_dynamic (lora)"]
+    assert list(rows) == ["lora", "peer_pad128 (lora)", "peer_dynamic (lora)", "full", "nosuch"]
     assert rows["nosuch"]["status"].startswith("skipped: method.name: unknown method 'nosuch'")
     ok = [r for r in result["rows"] if r["status"] == "ok"]
     assert len(ok) == 4

@@ -48,13 +48,15 @@ def run_bench(recipe_path: str, *, methods: list[str], budget: int | None = None
     base = {"recipe": str(recipe_path), "overrides": list(overrides), "budget": budget,
             "threads": torch.get_num_threads(), **_environment()}
     peak = matmul_peak(matmul_size)
+    out.mkdir(parents=True, exist_ok=True)
     say = print if progress else (lambda *a, **k: None)
     say(f"matmul peak (fp32, {base['threads']} threads): {peak / 1e9:.1f} GFLOP/s")
     rows = []
     with tempfile.TemporaryDirectory(prefix="peftkit-bench-") as tmp, _row_pool() as pool:
         jobs = [("peftkit", m) for m in methods]
-        if peer:
-            jobs += [(f"peer_{p}", recipe.method.name) for p in ("pad128", "dynamic")]
+        if peer:  # right after the peftkit row they are compared with
+            at = methods.index(recipe.method.name) + 1 if recipe.method.name in methods else 0
+            jobs[at:at] = [(f"peer_{p}", recipe.method.name) for p in ("pad128", "dynamic")]
         for kind, method in jobs:
             name = method if kind == "peftkit" else f"{kind} ({method})"
             say(f"bench: {name} …", flush=True)
@@ -72,11 +74,11 @@ def run_bench(recipe_path: str, *, methods: list[str], budget: int | None = None
                 row["status"] = f"failed: {type(exc).__name__}: {exc}"
             say(f"  {_short(row)}")
             rows.append(row)
-    _ratios(rows, recipe.method.name)
-    result = {**base, "matmul_peak_flops": peak, "flop_formula": FORMULA, "rows": rows}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "bench.json", result)
-    atomic_write_text(out / "bench.md", render_markdown(result))
+            # Rewritten after every row, so an interrupted bench still leaves the rows it finished.
+            _ratios(rows, recipe.method.name)
+            result = {**base, "matmul_peak_flops": peak, "flop_formula": FORMULA, "rows": rows}
+            atomic_write_json(out / "bench.json", result)
+            atomic_write_text(out / "bench.md", render_markdown(result))
     return out
 
 
