@@ -156,12 +156,14 @@ def run_row(spec: dict) -> dict:
     """Train one row (in a child process) as described by `spec`; return its measured values."""
     import resource
 
+    import datasets
     from transformers.utils import logging
 
     from peftkit.recipe import load_recipe
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    datasets.disable_progress_bars()
     recipe = _recipe_for(load_recipe(spec["recipe"], spec["overrides"]), spec["method"])
     if spec["budget"]:
         recipe.data.max_train_examples = spec["budget"]
