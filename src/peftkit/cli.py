@@ -96,6 +96,14 @@ def _build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("methods", help="trainable parameters and adapter size per shipped recipe's method")
     m.add_argument("recipes", nargs="*", help="recipe files (default: the shipped recipes/minilm-*.yaml)")
     m.add_argument("--model", help="base model source for every row (default: each recipe's own model)")
+    b = sub.add_parser("bench", help="compare methods (and the plain Trainer pipeline) on one recipe: bench.md/json")
+    b.add_argument("recipe", help="recipe YAML file (its method's settings are used for that method)")
+    b.add_argument("overrides", nargs="*", metavar="key=value", help="override recipe fields, e.g. train.epochs=1")
+    b.add_argument("--methods", default="lora,dora,ia3,prefix_tuning,houlsby,full",
+                   help="comma-separated methods; `full` is full fine-tuning (default: %(default)s)")
+    b.add_argument("--budget", type=int, help="training examples per row (default: the recipe's)")
+    b.add_argument("--peer", action="store_true", help="add transformers Trainer + peft rows (pad-to-128, dynamic)")
+    b.add_argument("--output", help="folder for bench.md and bench.json (default: bench/<recipe name>)")
     return p
 
 
@@ -321,6 +329,19 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from peftkit.bench import run_bench
+
+    if args.budget is not None and args.budget < 1:
+        raise PeftkitError(f"--budget: expected a positive number of training examples, found {args.budget}.")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    out = run_bench(args.recipe, methods=methods, budget=args.budget, peer=args.peer, output=args.output,
+                    overrides=args.overrides)
+    print((out / "bench.md").read_text())
+    print(f"wrote {out / 'bench.md'} and {out / 'bench.json'}")
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "validate": cmd_validate,
@@ -334,4 +355,5 @@ COMMANDS = {
     "publish": cmd_publish,
     "generate": cmd_generate,
     "methods": cmd_methods,
+    "bench": cmd_bench,
 }

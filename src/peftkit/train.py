@@ -166,7 +166,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
                             for v in (examples, tokens))
 
     # 4. Final evaluation, adapter, metrics.
-    results = {"train": {"steps": step, "examples": examples, "seconds": round(seconds, 2),
+    results = {"train": {"steps": step, "examples": examples, "tokens": tokens, "seconds": round(seconds, 2),
                          "examples_per_second": round(examples / max(seconds, 1e-9), 2),
                          "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
                          "final_loss": logger.last_loss}}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from peftkit.errors import PeftkitError
-from peftkit.methods.registry import check_method_settings, get_method
+from peftkit.methods.registry import FULL, check_method_settings, get_method
 
 # Where the LoRA family goes by default: every linear layer in attention and the feed-forward block, and for
 # BERT the pooler too ("dense" matches it). The PEFT docs' query/value-only default leaves MiniLM, a mean-pooling
@@ -26,8 +26,10 @@ _VALIDATION_STEPS = 10_000
 
 def build_peft_config(name: str, settings: dict, *, task: str, model_type: str, total_steps: int | None = None):
     """PEFT config for `name` with the recipe's settings, peftkit's defaults filling what the recipe leaves out."""
-    entry = get_method(name)
     kwargs = check_method_settings(name, settings)
+    if name == FULL:
+        return None
+    entry = get_method(name)
     if name in TARGETED and "target_modules" not in kwargs and model_type in DEFAULT_TARGETS:
         kwargs["target_modules"] = DEFAULT_TARGETS[model_type]
     if name == "ln_tuning" and "target_modules" not in kwargs and model_type in LN_TARGETS:
@@ -48,6 +50,9 @@ def apply_method(model, *, name: str, settings: dict, task: str, total_steps: in
     """Wrap `model` with method `name`. Only the adapter (and, for classification, the head) trains."""
     from peft import get_peft_model
 
+    if name == FULL:  # full fine-tuning: the plain model, every parameter trainable
+        check_method_settings(name, settings)
+        return model.requires_grad_(True)
     config = build_peft_config(name, settings, task=task, model_type=model.config.model_type, total_steps=total_steps)
     try:
         return get_peft_model(model, config)

@@ -54,6 +54,7 @@ def _peft_names() -> list[str]:
     return [t.value.lower() for t in PeftType]
 
 
+FULL = "full"  # full fine-tuning, the quality reference of `peftkit bench`: every parameter trains
 _PROMPT_LEARNING = {"prompt_tuning", "p_tuning", "prefix_tuning", "multitask_prompt_tuning", "adaption_prompt", "cpt"}
 
 register(MethodEntry("lora", _peft_config("LORA"), doc="Low-rank adaptation (Hu et al. 2021)."))
@@ -106,7 +107,7 @@ def get_method(name: str) -> MethodEntry:
     peft_names = _peft_names()
     if name in peft_names and name != "bottleneck":
         return MethodEntry(name, _peft_config(name.upper()), mergeable=name not in _PROMPT_LEARNING)
-    choices = sorted(set(_REGISTRY) | set(peft_names))
+    choices = sorted(set(_REGISTRY) | set(peft_names) | {FULL})
     raise PeftkitError(
         f"method.name: unknown method '{name}'.{did_you_mean(name, choices)} Known methods: {', '.join(choices)}."
     )
@@ -116,7 +117,7 @@ def method_names() -> list[str]:
     """Every name `method.name` accepts."""
     import peftkit.methods  # noqa: F401
 
-    return sorted(set(_REGISTRY) | set(_peft_names()))
+    return sorted(set(_REGISTRY) | set(_peft_names()) | {FULL})
 
 
 def config_fields(entry: MethodEntry) -> dict[str, dataclasses.Field]:
@@ -131,6 +132,11 @@ def check_method_settings(name: str, settings: dict) -> dict:
     """
     from pydantic import TypeAdapter, ValidationError
 
+    if name == FULL:  # full fine-tuning: no PEFT config, no settings
+        if settings:
+            raise PeftkitError(f"method.{next(iter(settings))}: 'full' (full fine-tuning) takes no settings. "
+                               f"Remove them, or pick a PEFT method.")
+        return {}
     entry = get_method(name)
     fields = config_fields(entry)
     cls = entry.config_cls()

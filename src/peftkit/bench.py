@@ -1,0 +1,246 @@
+"""`peftkit bench`: train several methods (and optionally the hand-written peer pipeline) under one budget and
+compare them in one table — trainable parameters, adapter bytes, speed, memory, accuracy, MFU.
+
+Every row trains in its own child process, one after another (forked from a server that has imported the
+libraries once), so each row's peak RSS is its own and no row inherits another's caches or allocations. The parent measures the fp32 matmul peak of this machine in the
+same run and counts each method's parameters and matmul weights (see `peftkit.flops` for the FLOP formula).
+A method that cannot be built (unknown name, bad settings) or whose run fails becomes a row that says why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from peftkit.errors import PeftkitError
+
+DEFAULT_METHODS = ("lora", "dora", "ia3", "prefix_tuning", "houlsby", "full")
+# Settings a method needs when it is not the recipe's own (PEFT has no default for these).
+BENCH_SETTINGS = {"prefix_tuning": {"num_virtual_tokens": 20}}
+COLUMNS = [  # (key, header, format)
+    ("name", "row", "{}"), ("trainable_params", "trainable", "{:,}"), ("trainable_pct", "trainable %", "{:.3g}"),
+    ("adapter_bytes", "adapter bytes", "{:,}"), ("examples_per_second", "train ex/s", "{:.1f}"),
+    ("tokens_per_second", "real tok/s", "{:.0f}"), ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
+    ("eval_loss", "eval loss", "{:.4f}"), ("accuracy", "accuracy", "{:.4f}"), ("macro_f1", "macro-F1", "{:.4f}"),
+    ("mfu_pct", "MFU %", "{:.1f}"),
+]
+
+
+def run_bench(recipe_path: str, *, methods: list[str], budget: int | None = None, peer: bool = False,
+              output: str | Path | None = None, overrides: list[str] = (), progress: bool = True,
+              matmul_size: int = 2048) -> Path:
+    """Bench `methods` on `recipe_path` (+ `overrides`) with `budget` training examples; return the output folder."""
+    import torch
+    from transformers.utils import logging
+
+    from peftkit.fileio import atomic_write_json, atomic_write_text
+    from peftkit.flops import FORMULA, matmul_peak
+    from peftkit.recipe import load_recipe
+
+    logging.set_verbosity_error()  # the per-row model loads would otherwise print load reports and bars
+    logging.disable_progress_bar()
+    recipe = load_recipe(recipe_path, overrides)  # refuse a bad recipe before anything runs
+    if not methods:
+        raise PeftkitError("--methods: no method given. Name one or more, e.g. --methods lora,ia3,full.")
+    out = Path(output or Path("bench") / Path(recipe_path).stem)
+    base = {"recipe": str(recipe_path), "overrides": list(overrides), "budget": budget,
+            "threads": torch.get_num_threads(), **_environment()}
+    peak = matmul_peak(matmul_size)
+    out.mkdir(parents=True, exist_ok=True)
+    say = print if progress else (lambda *a, **k: None)
+    say(f"matmul peak (fp32, {base['threads']} threads): {peak / 1e9:.1f} GFLOP/s")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="peftkit-bench-") as tmp, _row_pool() as pool:
+        jobs = [("peftkit", m) for m in methods]
+        if peer:  # right after the peftkit row they are compared with
+            at = methods.index(recipe.method.name) + 1 if recipe.method.name in methods else 0
+            jobs[at:at] = [(f"peer_{p}", recipe.method.name) for p in ("pad128", "dynamic")]
+        for kind, method in jobs:
+            name = method if kind == "peftkit" else f"{kind} ({method})"
+            say(f"bench: {name} …", flush=True)
+            row = {"name": name, "kind": kind, "method": method}
+            try:
+                row.update(_count(recipe, method))
+                row.update(_child(pool, {"recipe": str(recipe_path), "overrides": list(overrides), "budget": budget,
+                                   "method": method, "kind": kind, "run_dir": str(Path(tmp) / kind / method)}))
+                _add_flops(row)
+                row["mfu_pct"] = 100 * row["train_flops"] / row["seconds"] / peak
+                row["status"] = "ok"
+            except PeftkitError as exc:
+                row["status"] = f"skipped: {str(exc).split('. ')[0]}."  # first sentence: what is wrong
+            except Exception as exc:  # one broken method must not lose the other rows
+                row["status"] = f"failed: {type(exc).__name__}: {exc}"
+            say(f"  {_short(row)}")
+            rows.append(row)
+            # Rewritten after every row, so an interrupted bench still leaves the rows it finished.
+            _ratios(rows, recipe.method.name)
+            result = {**base, "matmul_peak_flops": peak, "flop_formula": FORMULA, "rows": rows}
+            atomic_write_json(out / "bench.json", result)
+            atomic_write_text(out / "bench.md", render_markdown(result))
+    return out
+
+
+def _environment() -> dict:
+    import platform
+    import time
+
+    from peftkit.adapters import versions
+
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu_count": os.cpu_count(),
+            "machine": platform.machine(), "versions": versions()}
+
+
+def _recipe_for(recipe, method: str):
+    """The recipe with `method`: its own settings when it is the recipe's method, peftkit's defaults otherwise."""
+    from peftkit.recipe.schema import MethodSpec
+
+    r = recipe.model_copy(deep=True)
+    if method != recipe.method.name:
+        r.method = MethodSpec(name=method, **BENCH_SETTINGS.get(method, {}))
+    return r
+
+
+def _count(recipe, method: str) -> dict:
+    """Parameter and matmul-weight counts of the base model with `method` applied (no training)."""
+    from peftkit.data.cards import load_card
+    from peftkit.flops import matmul_params
+    from peftkit.methods.apply import apply_method
+    from peftkit.methods.registry import check_method_settings
+    from peftkit.models.load import load_base_model, load_tokenizer
+    from peftkit.models.sources import resolve_source
+
+    r = _recipe_for(recipe, method)
+    check_method_settings(method, r.method.settings())  # an unknown method stops here, as a skipped row
+    source = resolve_source(r.model.source, r.model.revision)
+    tok = load_tokenizer(source, r.model.cache_dir)
+    labels = load_card(r.data.card).labels if r.model.task == "classification" else None
+    model = load_base_model(source, task=r.model.task, labels=labels, pad_token_id=tok.pad_token_id,
+                            dtype=r.model.dtype, device="cpu", quantization=None, cache_dir=r.model.cache_dir)
+    model = apply_method(model, name=method, settings=r.method.settings(), task=r.model.task)
+    n_all = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    mm, mm_train = matmul_params(model)
+    return {"trainable_params": n_train, "total_params": n_all, "trainable_pct": 100 * n_train / n_all,
+            "matmul_params": mm, "matmul_trainable_params": mm_train}
+
+
+# Imported once by the fork server, so each row's process starts with them loaded (no 10 s import per row) and
+# every row's peak RSS counts the same library footprint.
+_PRELOAD = ["torch", "transformers", "peft", "accelerate", "datasets", "sklearn.metrics", "peftkit.train",
+            "peftkit.bench_peer", "transformers.trainer"]
+
+
+def _row_pool():
+    """A pool that runs each row in a fresh process forked from a pre-imported server."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    return ProcessPoolExecutor(max_workers=1, mp_context=ctx, max_tasks_per_child=1)
+
+
+def _child(pool, spec: dict) -> dict:
+    """Run one row in its own process; its peak RSS is then its own."""
+    try:
+        return pool.submit(run_row, spec).result()
+    except PeftkitError:
+        raise
+    except Exception as exc:
+        raise PeftkitError(f"run failed: {type(exc).__name__}: {exc}") from None
+
+
+def run_row(spec: dict) -> dict:
+    """Train one row (in a child process) as described by `spec`; return its measured values."""
+    import resource
+
+    import datasets
+    from transformers.utils import logging
+
+    from peftkit.recipe import load_recipe
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    recipe = _recipe_for(load_recipe(spec["recipe"], spec["overrides"]), spec["method"])
+    if spec["budget"]:
+        recipe.data.max_train_examples = spec["budget"]
+    recipe.data.max_test_examples = 1  # bench compares on the validation subset; test stays for the user
+    if spec["kind"] == "peftkit":
+        res = _run_peftkit(recipe, spec["run_dir"])
+    else:
+        from peftkit.bench_peer import run_peer
+
+        res = run_peer(recipe, spec["kind"].removeprefix("peer_"), recipe.data.max_train_examples)
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return res
+
+
+def _run_peftkit(recipe, run_dir: str) -> dict:
+    from peftkit.train import train
+
+    recipe.train.output_dir = run_dir
+    recipe.train.save_every = None
+    recipe.train.report_to = "none"
+    out = train(recipe, overwrite=True, progress=False)
+    m = json.loads((out / "metrics.json").read_text())
+    tr, val = m["train"], m.get("validation", {})
+    return {"examples": tr["examples"], "seconds": tr["seconds"], "examples_per_second": tr["examples_per_second"],
+            "real_tokens": tr["tokens"], "tokens_per_second": tr["tokens"] / tr["seconds"],
+            "final_loss": tr["final_loss"], "eval_loss": val.get("loss"), "accuracy": val.get("accuracy"),
+            "macro_f1": val.get("macro_f1"),
+            "adapter_bytes": sum(p.stat().st_size for p in (out / "adapter").rglob("*.safetensors"))}
+
+
+def _add_flops(row: dict) -> None:
+    from peftkit.flops import train_flops
+
+    row["train_flops"] = train_flops(row["matmul_params"], row["matmul_trainable_params"], row["real_tokens"])
+
+
+def _ratios(rows: list[dict], method: str) -> None:
+    """peftkit's train examples/s for the peer's method over each peer row's (the `peftkit ×` column)."""
+    ours = next((r for r in rows if r["kind"] == "peftkit" and r["method"] == method and r["status"] == "ok"), None)
+    for r in rows:
+        if r["kind"].startswith("peer_") and r["status"] == "ok" and ours:
+            r["peftkit_speedup"] = ours["examples_per_second"] / r["examples_per_second"]
+
+
+def _short(row: dict) -> str:
+    if row["status"] != "ok":
+        return row["status"]
+    return (f"{row['examples_per_second']:.1f} ex/s, {row['tokens_per_second']:.0f} tok/s, acc {row['accuracy']:.4f}, "
+            f"MFU {row['mfu_pct']:.1f}%, RSS {row['peak_rss_mb']:.0f} MB")
+
+
+def render_markdown(result: dict) -> str:
+    """bench.md: the command, the machine, the table, the peer ratios and the FLOP formula."""
+    over = " ".join(result["overrides"])
+    budget = f" --budget {result['budget']}" if result["budget"] else ""
+    lines = [
+        "# peftkit bench", "",
+        f"`peftkit bench {result['recipe']}{budget} {over}`".replace("  ", " "), "",
+        f"{result['date']}; {result['cpu_count']} CPUs ({result['machine']}), torch threads {result['threads']}; "
+        + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".", "",
+        f"Measured fp32 matmul peak (same run): **{result['matmul_peak_flops'] / 1e9:.1f} GFLOP/s**.", "",
+        "| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+        "|" + "|".join("---" if k == "name" else "---:" for k, _, _ in COLUMNS) + "|",
+    ]
+    skipped = []
+    for row in result["rows"]:
+        if row["status"] != "ok":
+            skipped.append(f"- {row['name']}: {row['status']}")
+            continue
+        cells = [fmt.format(row[k]) if row.get(k) is not None else "—" for k, _, fmt in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    peers = [r for r in result["rows"] if r.get("peftkit_speedup")]
+    if peers:
+        lines += ["", "peftkit's train examples/s relative to the peer pipeline (transformers Trainer + peft "
+                  "get_peft_model, same model, data, epochs, batch size, schedule and PEFT config):", ""]
+        lines += [f"- {r['name']}: **{r['peftkit_speedup']:.2f}×**" for r in peers]
+    if skipped:
+        lines += ["", "Rows not run:", "", *skipped]
+    lines += ["", f"MFU = train FLOPs / train seconds / matmul peak, where {result['flop_formula']}", ""]
+    return "\n".join(lines)

@@ -1,0 +1,87 @@
+"""The peer pipeline for `peftkit bench --peer`: what a user writes by hand with the same libraries.
+
+transformers `Trainer` + peft `get_peft_model`, on the same model, data subset, epochs, batch size, learning
+rate, schedule and PEFT config as the peftkit row. Two padding styles:
+- `pad128`: transformers' text-classification example defaults (every example padded to `max_length`);
+- `dynamic`: the PEFT docs' `DataCollatorWithPadding` (each random batch padded to its longest member).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+PADDINGS = ("pad128", "dynamic")
+
+
+def run_peer(recipe, padding: str, train_limit: int | None) -> dict:
+    """Train and evaluate the peer pipeline for `recipe`'s method; return the bench row's measured values."""
+    import numpy as np
+    import torch
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
+
+    from peftkit.data.cards import load_card
+    from peftkit.data.sources import load_splits
+    from peftkit.evaluation import classification_metrics
+    from peftkit.methods.apply import apply_method
+    from peftkit.models.load import hf_folder
+    from peftkit.models.sources import resolve_source
+
+    rc, tc, dc = recipe.model, recipe.train, recipe.data
+    card = load_card(dc.card)
+    splits = load_splits(card)
+    train_ds = splits["train"].select(range(min(train_limit or len(splits["train"]), len(splits["train"]))))
+    val_ds = splits["validation"]
+    val_ds = val_ds.select(range(min(dc.max_eval_examples or len(val_ds), len(val_ds))))
+    folder = hf_folder(resolve_source(rc.source, rc.revision), rc.cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+
+    def tokenize(batch):
+        if padding == "pad128":
+            return tokenizer(batch["text"], truncation=True, max_length=dc.max_length, padding="max_length")
+        return tokenizer(batch["text"], truncation=True, max_length=dc.max_length)
+
+    train_tok = train_ds.map(tokenize, batched=True, remove_columns=["text"]).rename_column("label", "labels")
+    val_tok = val_ds.map(tokenize, batched=True, remove_columns=["text"]).rename_column("label", "labels")
+    real_tokens = int(sum(int(np.sum(m)) for m in train_tok["attention_mask"]))
+    padded_tokens = int(sum(len(m) for m in train_tok["attention_mask"]))
+
+    torch.manual_seed(tc.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, num_labels=len(card.labels), id2label=dict(enumerate(card.labels)),
+        label2id={name: i for i, name in enumerate(card.labels)})
+    # The same PEFT config peftkit builds (get_peft_model inside apply_method), so the two compute the same thing.
+    model = apply_method(model, name=recipe.method.name, settings=recipe.method.settings(), task=rc.task)
+    steps = math.ceil(len(train_tok) / tc.batch_size) * tc.epochs
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=tc.batch_size, per_device_eval_batch_size=recipe.eval.batch_size,
+            num_train_epochs=tc.epochs, learning_rate=tc.learning_rate, weight_decay=tc.weight_decay,
+            warmup_steps=int(tc.warmup_ratio * steps), lr_scheduler_type=tc.lr_scheduler,
+            max_grad_norm=tc.max_grad_norm or 0.0, seed=tc.seed, report_to="none", save_strategy="no",
+            logging_steps=tc.log_every, use_cpu=True, dataloader_num_workers=0, disable_tqdm=True)
+        trainer = Trainer(model=model, args=args, train_dataset=train_tok, eval_dataset=val_tok,
+                          data_collator=DataCollatorWithPadding(tokenizer))
+        t0 = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - t0
+        pred = trainer.predict(val_tok)
+        adapter = Path(tmp) / "adapter"
+        trainer.model.save_pretrained(adapter, safe_serialization=True)
+        adapter_bytes = sum(p.stat().st_size for p in adapter.rglob("*.safetensors"))
+        losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    metrics = classification_metrics(pred.label_ids, pred.predictions.argmax(-1), card.labels, ["accuracy", "macro_f1"])
+    examples = len(train_tok) * tc.epochs
+    return {"examples": examples, "seconds": seconds, "examples_per_second": examples / seconds,
+            "real_tokens": real_tokens * tc.epochs, "tokens_per_second": real_tokens * tc.epochs / seconds,
+            "pad_share": 1 - real_tokens / max(padded_tokens, 1) if padding == "pad128" else None,
+            "final_loss": losses[-1] if losses else None, "eval_loss": float(pred.metrics["test_loss"]),
+            "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "adapter_bytes": adapter_bytes}

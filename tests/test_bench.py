@@ -1,0 +1,71 @@
+"""`peftkit bench` on a tiny BERT: two methods + the peer pipeline, both output files, every column plausible."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from peftkit.bench import run_bench
+from peftkit.cli import main
+from tests.conftest import write_recipe
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_bert, tiny_card, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    recipe = write_recipe(tmp / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp / "run", train={"epochs": 1})
+    # run_bench directly: the CLI's 2048² matmul-peak probe takes seconds on one thread; 512² shows the same.
+    return run_bench(str(recipe), methods=["lora", "full", "nosuch"], peer=True, budget=80, output=tmp / "out",
+                     progress=False, matmul_size=512)
+
+
+def test_bench_json_rows_filled_and_plausible(bench):
+    result = json.loads((bench / "bench.json").read_text())
+    assert result["matmul_peak_flops"] > 1e8 and "6·N·T" in result["flop_formula"]
+    rows = {r["name"]: r for r in result["rows"]}
+    assert list(rows) == ["lora", "peer_pad128 (lora)", "peer_dynamic (lora)", "full", "nosuch"]
+    assert rows["nosuch"]["status"].startswith("skipped: method.name: unknown method 'nosuch'")
+    ok = [r for r in result["rows"] if r["status"] == "ok"]
+    assert len(ok) == 4
+    for r in ok:
+        assert 0 < r["trainable_pct"] <= 100
+        assert r["examples"] == 80  # the budget, one epoch
+        assert r["examples_per_second"] > 0 and r["tokens_per_second"] > 0
+        assert r["peak_rss_mb"] > 50 and r["adapter_bytes"] > 0
+        assert 0 <= r["accuracy"] <= 1 and 0 <= r["macro_f1"] <= 1 and r["eval_loss"] > 0
+        assert 0 < r["mfu_pct"] < 100
+    assert rows["full"]["trainable_pct"] == 100
+    assert rows["lora"]["trainable_pct"] < 100
+    # Full fine-tuning saves the whole model; LoRA only the adapter (+ head).
+    assert rows["full"]["adapter_bytes"] > rows["lora"]["adapter_bytes"]
+    # The same data: peftkit and the peer see the same real tokens; pad-to-max_length pads most of them away.
+    assert rows["lora"]["real_tokens"] == rows["peer_dynamic (lora)"]["real_tokens"]
+    assert 0.3 < rows["peer_pad128 (lora)"]["pad_share"] < 1
+    for peer in ("peer_pad128 (lora)", "peer_dynamic (lora)"):
+        assert rows[peer]["peftkit_speedup"] == pytest.approx(
+            rows["lora"]["examples_per_second"] / rows[peer]["examples_per_second"])
+
+
+def test_bench_markdown_table(bench):
+    md = (bench / "bench.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 4  # header + the four rows that ran
+    for line in table[1:]:
+        assert "—" not in line  # every column filled
+    assert "peer_dynamic (lora): **" in md and "nosuch: skipped" in md and "(4·N + 2·N_train)·T" in md
+
+
+def test_bench_refuses_bad_budget(tiny_bert, tiny_card, tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run")
+    assert main(["bench", str(recipe), "--budget", "0"]) == 2
+    assert "--budget: expected a positive number" in capsys.readouterr().err
+
+
+def test_full_method_takes_no_settings():
+    from peftkit.errors import PeftkitError
+    from peftkit.methods.registry import check_method_settings
+
+    assert check_method_settings("full", {}) == {}
+    with pytest.raises(PeftkitError, match="'full' \\(full fine-tuning\\) takes no settings"):
+        check_method_settings("full", {"r": 8})
