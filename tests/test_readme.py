@@ -1,0 +1,26 @@
+"""The README's recipe reference is the one the schema generates, so the docs cannot drift from the code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peftkit.recipe.jsonschema import recipe_reference_markdown
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_recipe_reference_is_current():
+    text = README.read_text()
+    start = text.index("<!-- recipe-reference:start -->\n") + len("<!-- recipe-reference:start -->\n")
+    end = text.index("<!-- recipe-reference:end -->")
+    assert text[start:end] == recipe_reference_markdown(), "run `peftkit schema --markdown` and paste it into README"
+
+
+def test_readme_commands_exist():
+    from peftkit.cli import COMMANDS
+
+    text = README.read_text()
+    for name in COMMANDS:
+        assert f"peftkit {name}" in text, name
+    assert "bash scripts/install.sh && .venv/bin/peftkit train recipes/minilm-lora-rotten_tomatoes.yaml" in text
+    assert "bash scripts/install.sh --dev && .venv/bin/python -m pytest" in text
