@@ -7,7 +7,6 @@ hash, versions, and the sha256 of each weight file. Loading compares the fingerp
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass
@@ -15,18 +14,15 @@ from pathlib import Path
 
 from peftkit.errors import PeftkitError
 from peftkit.fileio import atomic_dir
+from peftkit.fileio import file_sha256 as _hex_sha256
 
 META_FILE = "peftkit_adapter.json"
 FORMAT_VERSION = 1
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
+    """`sha256:<hex>` of a file's bytes, the form recorded in peftkit_adapter.json."""
+    return "sha256:" + _hex_sha256(path)
 
 
 def versions() -> dict:

@@ -204,12 +204,18 @@ def cmd_predict(args) -> int:
     texts = list(args.texts) + (read_texts(args.file) if args.file else [])
     if not texts:
         raise PeftkitError("predict: no input. Give texts as arguments or --file F (one text per line or JSONL).")
-    for text, row in zip(texts, predict_texts(args.adapter, texts), strict=True):
-        if args.json:
+    _print_predictions(texts, predict_texts(args.adapter, texts), as_json=args.json)
+    return 0
+
+
+def _print_predictions(texts, rows, *, as_json: bool) -> None:
+    """One line per text: JSON, or tab-separated [adapter] label, probability, text."""
+    for text, row in zip(texts, rows, strict=True):
+        if as_json:
             print(json.dumps({"text": text, **row}))
         else:
-            print(f"{row['label']}\t{row['probabilities'][row['label']]:.3f}\t{text}")
-    return 0
+            who = f"{row['adapter']}\t" if "adapter" in row else ""
+            print(f"{who}{row['label']}\t{row['probabilities'][row['label']]:.3f}\t{text}")
 
 
 def _predict_routed(args) -> int:
@@ -223,11 +229,7 @@ def _predict_routed(args) -> int:
     adapters = AdapterSet()
     for name, path in pairs:
         adapters.add(name, path)
-    for (_, text), row in zip(rows, adapters.route(rows), strict=True):
-        if args.json:
-            print(json.dumps({"text": text, **row}))
-        else:
-            print(f"{row['adapter']}\t{row['label']}\t{row['probabilities'][row['label']]:.3f}\t{text}")
+    _print_predictions([text for _, text in rows], adapters.route(rows), as_json=args.json)
     return 0
 
 

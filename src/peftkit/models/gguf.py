@@ -15,7 +15,6 @@ rebuilt with a warning. A lock file serialises conversions between processes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -23,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from peftkit.errors import PeftkitError
+from peftkit.fileio import file_sha256
 
 MARKER = "peftkit_gguf.json"
 MAGIC = b"GGUF"
@@ -33,14 +33,6 @@ _digests: dict[tuple, str] = {}  # (gguf path, size, mtime) → sha256: train re
 def cache_root(cache_dir: str | Path | None = None) -> Path:
     """The peftkit cache: `cache_dir`, else `$PEFTKIT_CACHE`, else `~/.cache/peftkit`."""
     return Path(cache_dir or os.environ.get("PEFTKIT_CACHE") or "~/.cache/peftkit").expanduser()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_gguf(path: str | Path) -> Path:
@@ -71,7 +63,7 @@ def converted_folder(gguf_path: str | Path, cache_dir: str | Path | None = None)
         check_gguf(path)  # raises the missing-file error
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    digest = _digests[key] = _digests.get(key) or _sha256(path)
+    digest = _digests[key] = _digests.get(key) or file_sha256(path)
     root = cache_root(cache_dir) / "gguf"
     target = root / f"{path.stem}-{digest[:16]}"
     if _is_complete(target, digest):
@@ -99,7 +91,7 @@ def _is_complete(folder: Path, digest: str) -> bool:
     files = record.get("files") or {}
     ok = record.get("gguf_sha256") == digest and "config.json" in files and all(
         (folder / name).is_file() and (folder / name).stat().st_size == meta["size"]
-        and _sha256(folder / name) == meta["sha256"] for name, meta in files.items())
+        and file_sha256(folder / name) == meta["sha256"] for name, meta in files.items())
     if ok:
         _verified[str(folder)] = stamp
     return ok
@@ -117,7 +109,7 @@ def _build(path: Path, digest: str, target: Path) -> None:
                 f"The file may be damaged, or its architecture is not one transformers' GGUF loader supports; "
                 f"convert it with llama.cpp's tools or use the model's transformers folder instead."
             ) from exc
-        files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+        files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(tmp.iterdir())}
         record = {"gguf_file": str(path), "gguf_sha256": digest, "files": files}
         (tmp / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     _verified.pop(str(target), None)
