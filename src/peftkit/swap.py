@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftkit.errors import PeftkitError
+from peftkit.methods.lora_fast import use_fast_lora
 
 HEAD_NAMES = ("classifier", "score")
 
@@ -106,6 +107,7 @@ class AdapterSet:
             skeleton.config.id2label = dict(enumerate(labels))
             skeleton.config.label2id = {lab: i for i, lab in enumerate(labels)}
         model = PeftModel.from_pretrained(skeleton, str(adapter_dir))
+        use_fast_lora(model)
         model.eval()
         entry = SwapEntry(name, model, labels, meta, adapter_dir)
         self.entries[name] = entry

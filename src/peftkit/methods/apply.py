@@ -50,12 +50,16 @@ def apply_method(model, *, name: str, settings: dict, task: str, total_steps: in
     """Wrap `model` with method `name`. Only the adapter (and, for classification, the head) trains."""
     from peft import get_peft_model
 
+    from peftkit.methods.lora_fast import use_fast_lora
+
     if name == FULL:  # full fine-tuning: the plain model, every parameter trainable
         check_method_settings(name, settings)
         return model.requires_grad_(True)
     config = build_peft_config(name, settings, task=task, model_type=model.config.model_type, total_steps=total_steps)
     try:
-        return get_peft_model(model, config)
+        wrapped = get_peft_model(model, config)
     except ValueError as exc:
         raise PeftkitError(f"method: PEFT could not apply {name} to this {model.config.model_type} model: {exc} "
                            f"Set method.target_modules, or choose another method.") from None
+    use_fast_lora(wrapped)
+    return wrapped

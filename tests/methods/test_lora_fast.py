@@ -1,0 +1,63 @@
+"""The lean LoRA forward gives PEFT's numbers: outputs and gradients, train (dropout on) and eval, and falls back."""
+
+import pytest
+import torch
+
+from peftkit.methods.lora_fast import use_fast_lora
+
+
+def _model(folder, **lora):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=3, pad_token_id=0)
+    config = LoraConfig(task_type="SEQ_CLS", r=4, target_modules="all-linear", lora_alpha=8, lora_dropout=0.2, **lora)
+    model = get_peft_model(base, config)
+    for name, p in model.named_parameters():  # non-zero B so the adapter changes the output
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    return model
+
+
+def _run(model, train: bool):
+    model.train(train)
+    torch.manual_seed(1)  # same dropout masks in both runs
+    ids = torch.randint(3, model.config.vocab_size, (3, 9))
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True).hidden_states[-1]
+    grads = {}
+    if train:
+        out.float().pow(2).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad()
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+@pytest.mark.parametrize("train", [True, False])
+def test_same_outputs_and_grads_as_peft(family, train, tiny_bert, tiny_gpt2):
+    model = _model(tiny_bert if family == "bert" else tiny_gpt2)
+    ref_out, ref_grads = _run(model, train)
+    assert use_fast_lora(model) >= 4
+    out, grads = _run(model, train)
+    assert torch.allclose(out, ref_out, atol=1e-5), (out - ref_out).abs().max()
+    assert ref_out.abs().max() > 0
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        assert torch.allclose(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4), name
+    assert not train or any("lora_A" in n for n in grads)
+
+
+def test_falls_back_for_dora_disabled_and_merged(tiny_bert):
+    model = _model(tiny_bert, use_dora=True)
+    ref, _ = _run(model, False)
+    use_fast_lora(model)
+    assert torch.allclose(_run(model, False)[0], ref, atol=1e-6)  # DoRA: PEFT's own variant forward
+    plain = _model(tiny_bert)
+    use_fast_lora(plain)
+    with plain.disable_adapter():
+        off, _ = _run(plain, False)
+    on, _ = _run(plain, False)
+    assert not torch.allclose(on, off, atol=1e-4)  # the adapter is really applied, and really switched off
+    plain.merge_adapter()
+    assert torch.allclose(_run(plain, False)[0], on, atol=1e-5)  # merged: not added twice
