@@ -45,6 +45,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     from peftkit.data.cards import load_card
     from peftkit.data.sources import load_splits
     from peftkit.distributed import checkpoints_supported, gather_rng_states, make_accelerator
+    from peftkit.dropout import use_cpu_dropout
     from peftkit.methods.apply import apply_method
     from peftkit.methods.checks import check_method_for_model
     from peftkit.models.load import load_base_model, load_config, load_tokenizer
@@ -88,6 +89,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_method(model, name=recipe.method.name, settings=recipe.method.settings(), task=rc.task,
                          total_steps=total_steps)
+    use_cpu_dropout(model)
 
     # 2. The run folder: from here on, files appear (each atomically).
     accelerator.wait_for_everyone()  # every process has checked the folder before the main one fills it
@@ -264,7 +266,9 @@ def _optimizer(model, tc):
     if tc.optimizer == "adamw":
         import torch
 
-        return torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+        # The fused kernel on CPU: one pass over each tensor instead of ~10 per-parameter ops (same update).
+        fused = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+        return torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay, fused=fused or None)
     from peftkit.models.quant import bnb_optimizer
 
     return bnb_optimizer(tc.optimizer, params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
