@@ -161,8 +161,12 @@ def make_accelerator(strategy: str, *, quantized: bool, batch_size: int, grad_ac
     if chosen == "fsdp" and strategy != "auto":
         from accelerate import FullyShardedDataParallelPlugin
 
-        # use_orig_params: PEFT mixes frozen and trainable tensors inside one module.
-        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(use_orig_params=True, sync_module_states=True,
+        # use_orig_params: PEFT mixes frozen and trainable tensors inside one module. Every process loads the whole
+        # base itself (same files, same seed → same adapter init), so no rank-0-only loading and no weight broadcast:
+        # with cpu_ram_efficient_loading the other ranks would build the adapter on the meta device, and accelerate's
+        # broadcast needs a GPU.
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(use_orig_params=True, sync_module_states=False,
+                                                               cpu_ram_efficient_loading=False,
                                                                state_dict_type="FULL_STATE_DICT")
     elif chosen.startswith("deepspeed") and strategy != "auto":
         from accelerate import DeepSpeedPlugin
