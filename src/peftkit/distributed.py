@@ -97,6 +97,12 @@ def check_distributed(strategy: str, accelerate_config: str | None, *, quantized
             f"quantized (bitsandbytes) base. Use distributed.strategy: ddp (each process holds its own 4-bit copy, "
             f"little memory), deepspeed_zero2, or remove the quantization block."
         )
+    if chosen == "fsdp" and (cuda_devices if cuda_devices is not None else _cuda_count()) == 0:
+        # accelerate (1.15) switches to FSDP only on accelerator devices; on CPU it would quietly run DDP instead.
+        raise PeftkitError(
+            "distributed.strategy: fsdp needs GPUs: accelerate runs FSDP only on accelerator devices (on CPU it "
+            "would quietly fall back to DDP). Use distributed.strategy: ddp on CPU."
+        )
     if processes is not None:
         if processes < 1:
             raise PeftkitError(f"--processes: {processes} is not a process count. Give a whole number of 1 or more.")
