@@ -166,6 +166,27 @@ def test_launch_command_hands_off_to_accelerate():
     assert cmd[cmd.index("-m", 3):] == ["-m", "peftkit", "train", "r.yaml", "--overwrite", "train.epochs=2"]
     cfg = launch_command("r.yaml", [], 4, "acc.yaml", cuda_devices=4)
     assert cfg[cfg.index("--config_file") + 1] == "acc.yaml" and "--multi_gpu" not in cfg
+    # Sharded strategies pick accelerate's own launcher (torchrun / deepspeed) even for one process, never --cpu.
+    fsdp = launch_command("r.yaml", [], 1, None, cuda_devices=1, strategy="fsdp")
+    assert "--use_fsdp" in fsdp and "--cpu" not in fsdp and "--multi_gpu" not in fsdp
+    ds = launch_command("r.yaml", [], 1, None, cuda_devices=0, strategy="deepspeed_zero3")
+    assert ds[ds.index("--use_deepspeed") + 1:ds.index("--use_deepspeed") + 3] == ["--zero_stage", "3"]
+    assert "--cpu" not in ds
+
+
+def test_deepspeed_config_fits_peftkits_loop():
+    from peftkit.distributed import _configure_deepspeed
+
+    ds = {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False},
+          "gradient_clipping": "auto", "train_batch_size": "auto"}
+    _configure_deepspeed(ds, 8, 1, 0.5, world=4)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["train_batch_size"], ds["gradient_accumulation_steps"]) == (8, 32, 1)
+    assert ds["gradient_clipping"] == 0.5 and ds["zero_force_ds_cpu_optimizer"] is False
+    assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True  # else ZeRO-3 saves empties
+    with pytest.raises(PeftkitError, match="has its own optimizer section.*Remove the optimizer section"):
+        _configure_deepspeed({"optimizer": {"type": "AdamW"}}, 8, 1, 1.0, world=1)
+    with pytest.raises(PeftkitError, match="train.grad_accum_steps: peftkit accumulates"):
+        _configure_deepspeed({}, 8, 2, 1.0, world=1)
 
 
 def test_quantized_model_goes_to_its_process_device():
