@@ -3,6 +3,7 @@ resume exactly; only the main process writes; bad set-ups are refused before any
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -41,7 +42,8 @@ def _max_diff(a: dict, b: dict) -> float:
 @pytest.fixture
 def child_env(monkeypatch):
     # The launched processes import this worktree's peftkit, one thread each (2 processes on few cores).
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "src"), str(ROOT),
+                                                      *filter(None, [os.environ.get("PYTHONPATH")])]))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
@@ -113,6 +115,31 @@ def test_two_processes_match_one_and_resume(tmp_path, tiny_bert, tiny_card, chil
         train(load_recipe(cut), resume=True, progress=False)
 
 
+def _sharded_vs_one(tmp_path, tiny_bert, tiny_card, strategy: str, processes: int) -> tuple[dict, dict]:
+    """The adapter of one plain process and of `processes` processes under `strategy` (same global batch)."""
+    base = dict(model=_no_dropout_copy(tiny_bert, tmp_path / "bert"), card=tiny_card,
+                method={"name": "lora", "lora_dropout": 0.0}, data={"max_train_examples": 51})
+    one = write_recipe(tmp_path / "one.yaml", out=tmp_path / "one", train={"batch_size": 8}, **base)
+    many = write_recipe(tmp_path / "many.yaml", out=tmp_path / "many", train={"batch_size": 8 // processes},
+                        distributed={"strategy": strategy}, **base)
+    train(load_recipe(one), progress=False)
+    done = subprocess.run([sys.executable, "-m", "peftkit", "train", str(many), "--no-progress", "--processes",
+                           str(processes)], capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return _adapter(tmp_path / "one"), _adapter(tmp_path / "many")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed not installed")
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_one_cpu_process_saves_the_whole_adapter(tmp_path, tiny_bert, tiny_card, child_env, stage):
+    # DeepSpeed runs on CPU in one process (accelerate refuses more); ZeRO-3 leaves empty partitions in the module
+    # outside a gather, so this checks the save gathers the adapter. (FSDP: GPU only, see gpu_check_accelerate.py.)
+    a, b = _sharded_vs_one(tmp_path, tiny_bert, tiny_card, f"deepspeed_zero{stage}", 1)
+    assert len(b) == len(a) > 0 and all(v.numel() for v in b.values())
+    assert _max_diff(a, b) <= 1e-5
+
+
 def test_shard_weights_give_the_global_mean():
     # Classification: each example counts 1. 2 processes, accumulation 2, a short last batch and an empty slice.
     batches = [[0, 1, 2, 3], [4, 5, 6], [7]]
@@ -139,6 +166,27 @@ def test_launch_command_hands_off_to_accelerate():
     assert cmd[cmd.index("-m", 3):] == ["-m", "peftkit", "train", "r.yaml", "--overwrite", "train.epochs=2"]
     cfg = launch_command("r.yaml", [], 4, "acc.yaml", cuda_devices=4)
     assert cfg[cfg.index("--config_file") + 1] == "acc.yaml" and "--multi_gpu" not in cfg
+    # Sharded strategies pick accelerate's own launcher (torchrun / deepspeed) even for one process, never --cpu.
+    fsdp = launch_command("r.yaml", [], 1, None, cuda_devices=1, strategy="fsdp")
+    assert "--use_fsdp" in fsdp and "--cpu" not in fsdp and "--multi_gpu" not in fsdp
+    ds = launch_command("r.yaml", [], 1, None, cuda_devices=0, strategy="deepspeed_zero3")
+    assert ds[ds.index("--use_deepspeed") + 1:ds.index("--use_deepspeed") + 3] == ["--zero_stage", "3"]
+    assert "--cpu" not in ds
+
+
+def test_deepspeed_config_fits_peftkits_loop():
+    from peftkit.distributed import _configure_deepspeed
+
+    ds = {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False},
+          "gradient_clipping": "auto", "train_batch_size": "auto"}
+    _configure_deepspeed(ds, 8, 1, 0.5, world=4)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["train_batch_size"], ds["gradient_accumulation_steps"]) == (8, 32, 1)
+    assert ds["gradient_clipping"] == 0.5 and ds["zero_force_ds_cpu_optimizer"] is False
+    assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True  # else ZeRO-3 saves empties
+    with pytest.raises(PeftkitError, match="has its own optimizer section.*Remove the optimizer section"):
+        _configure_deepspeed({"optimizer": {"type": "AdamW"}}, 8, 1, 1.0, world=1)
+    with pytest.raises(PeftkitError, match="train.grad_accum_steps: peftkit accumulates"):
+        _configure_deepspeed({}, 8, 2, 1.0, world=1)
 
 
 def test_quantized_model_goes_to_its_process_device():
@@ -185,11 +233,12 @@ BAD = [
     ({"distributed": {"strategy": "fsdp"}, "quantization": {"bits": 4}}, ["--processes", "2"],
      ["distributed.strategy: fsdp", "quantized", "ddp"]),
     ({"distributed": {"strategy": "deepspeed_zero3"}}, ["--processes", "2"], ["pip install deepspeed"]),
+    ({"distributed": {"strategy": "fsdp"}}, ["--processes", "1"], ["distributed.strategy: fsdp needs GPUs", "ddp"]),
 ]
 
 
 @pytest.mark.parametrize("sections,argv,words", BAD, ids=["too many", "zero", "missing config", "fsdp 4-bit",
-                                                          "deepspeed"])
+                                                          "deepspeed", "fsdp on cpu"])
 def test_bad_distributed_setups_refused_before_launch(recipe, tmp_path, capsys, sections, argv, words):
     path = recipe(**sections)
     assert main(["train", str(path), "--no-progress", *argv]) == 2

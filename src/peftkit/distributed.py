@@ -85,11 +85,23 @@ def check_distributed(strategy: str, accelerate_config: str | None, *, quantized
             f"distributed.strategy: {chosen} needs DeepSpeed, which is not installed. Run `pip install deepspeed` "
             f"(on a machine with CUDA), or use distributed.strategy: ddp or fsdp."
         )
+    if chosen.startswith("deepspeed") and (processes or 1) > 1 and (cuda_devices if cuda_devices is not None
+                                                                  else _cuda_count()) == 0:
+        raise PeftkitError(
+            f"distributed.strategy: {chosen} with {processes} processes needs GPUs: accelerate runs DeepSpeed on CPU "
+            f"in one process only. Use --processes 1, or distributed.strategy: ddp or fsdp on CPU."
+        )
     if quantized and chosen in ("fsdp", "deepspeed_zero3"):
         raise PeftkitError(
             f"distributed.strategy: {chosen} shards the base model's weights, which peftkit does not support for a "
             f"quantized (bitsandbytes) base. Use distributed.strategy: ddp (each process holds its own 4-bit copy, "
             f"little memory), deepspeed_zero2, or remove the quantization block."
+        )
+    if chosen == "fsdp" and (cuda_devices if cuda_devices is not None else _cuda_count()) == 0:
+        # accelerate (1.15) switches to FSDP only on accelerator devices; on CPU it would quietly run DDP instead.
+        raise PeftkitError(
+            "distributed.strategy: fsdp needs GPUs: accelerate runs FSDP only on accelerator devices (on CPU it "
+            "would quietly fall back to DDP). Use distributed.strategy: ddp on CPU."
         )
     if processes is not None:
         if processes < 1:
@@ -100,11 +112,15 @@ def check_distributed(strategy: str, accelerate_config: str | None, *, quantized
     return chosen
 
 
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def _check_devices(processes: int, cuda_devices: int | None, cpus: int | None) -> None:
     if cuda_devices is None:
-        import torch
-
-        cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        cuda_devices = _cuda_count()
     if cuda_devices:
         if processes > cuda_devices:
             raise PeftkitError(
@@ -122,15 +138,23 @@ def _check_devices(processes: int, cuda_devices: int | None, cpus: int | None) -
 
 
 def launch_command(recipe_path: str, train_args: list[str], processes: int, accelerate_config: str | None,
-                   cuda_devices: int) -> list[str]:
-    """The `accelerate launch` command line that starts `processes` copies of `peftkit train` (no --processes)."""
+                   cuda_devices: int, strategy: str = "ddp") -> list[str]:
+    """The `accelerate launch` command line that starts `processes` copies of `peftkit train` (no --processes).
+
+    `strategy`: the resolved one (check_distributed); without a config file it picks accelerate's launcher flags.
+    """
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if accelerate_config:
         cmd += ["--config_file", accelerate_config]
     else:
         cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-        # torchrun's launcher (`--multi_gpu`) also runs several CPU processes (gloo); port 0 picks a free port.
-        cmd += ["--multi_gpu", "--main_process_port", "0"] if processes > 1 else ([] if cuda_devices else ["--cpu"])
+        if strategy == "fsdp":  # torchrun even for one process (FSDP needs a process group); CPU: gloo
+            cmd += ["--use_fsdp", "--main_process_port", "0"]
+        elif strategy.startswith("deepspeed"):
+            cmd += ["--use_deepspeed", "--zero_stage", strategy[-1], "--main_process_port", "0"]
+        else:
+            # torchrun's launcher (`--multi_gpu`) also runs several CPU processes (gloo); port 0 picks a free port.
+            cmd += ["--multi_gpu", "--main_process_port", "0"] if processes > 1 else ([] if cuda_devices else ["--cpu"])
     cmd += ["--num_processes", str(processes), "-m", "peftkit", "train", recipe_path, *train_args]
     return cmd
 
@@ -141,43 +165,76 @@ def launch_training(recipe_path: str, train_args: list[str], processes: int, *, 
     import torch
 
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    check_distributed(strategy, accelerate_config, quantized=quantized, processes=processes, cuda_devices=cuda)
+    chosen = check_distributed(strategy, accelerate_config, quantized=quantized, processes=processes, cuda_devices=cuda)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.call(launch_command(recipe_path, train_args, processes, accelerate_config, cuda), env=env)
+    return subprocess.call(launch_command(recipe_path, train_args, processes, accelerate_config, cuda, chosen), env=env)
 
 
-def make_accelerator(strategy: str, *, quantized: bool, batch_size: int, grad_accum_steps: int):
-    """An Accelerator for the recipe's strategy; `auto` follows whatever `accelerate launch` was told."""
+def make_accelerator(strategy: str, *, quantized: bool, batch_size: int, grad_accum_steps: int,
+                     max_grad_norm: float | None = None):
+    """An Accelerator for the recipe's strategy; `auto` follows whatever `accelerate launch` was told.
+
+    FSDP and DeepSpeed also run on CPU (gloo; DeepSpeed's CPU accelerator), which is how the tests check them.
+    """
     import torch
     from accelerate import Accelerator
 
-    cpu = not torch.cuda.is_available()
     launched = resolved_strategy("auto")
     if strategy != "auto" and launched != "ddp" and launched != strategy:
         raise PeftkitError(f"distributed.strategy: the recipe asks for {strategy} but accelerate was launched with "
                            f"{launched}. Make them agree, or set distributed.strategy: auto.")
     chosen = check_distributed(strategy, None, quantized=quantized)
     kwargs: dict = {}
-    if chosen == "fsdp" and strategy != "auto":
+    if chosen == "fsdp":
         from accelerate import FullyShardedDataParallelPlugin
 
-        # use_orig_params: PEFT mixes frozen and trainable tensors inside one module.
-        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(use_orig_params=True, sync_module_states=True,
+        # use_orig_params: PEFT mixes frozen and trainable tensors inside one module. Every process loads the whole
+        # base itself (same files, same seed → same adapter init), so no rank-0-only loading and no weight broadcast:
+        # with cpu_ram_efficient_loading the other ranks build the adapter on the meta device, and accelerate's
+        # broadcast needs a GPU. Other settings (wrap policy, FSDP version, ...) come from the launcher's config.
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(use_orig_params=True, sync_module_states=False,
+                                                               cpu_ram_efficient_loading=False,
                                                                state_dict_type="FULL_STATE_DICT")
     elif chosen.startswith("deepspeed") and strategy != "auto":
         from accelerate import DeepSpeedPlugin
 
-        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(zero_stage=int(chosen[-1]), gradient_clipping=None,
-                                                     zero3_save_16bit_model=True)
-    accelerator = Accelerator(cpu=cpu, **kwargs)
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(zero_stage=int(chosen[-1]), zero3_save_16bit_model=True)
+    # accelerate(cpu=True) silently drops DeepSpeed; without a GPU DeepSpeed picks its own CPU accelerator.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available() and not chosen.startswith("deepspeed"), **kwargs)
+    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if chosen != "ddp" and (kind != ("FSDP" if chosen == "fsdp" else "DEEPSPEED") or accelerator.num_processes != world):
+        raise PeftkitError(f"distributed.strategy: {chosen} was asked for, but accelerate set up {kind} with "
+                           f"{accelerator.num_processes} of {world} processes. Launch with `peftkit train RECIPE "
+                           f"--processes N` or `accelerate launch` (not plain python); DeepSpeed with several "
+                           f"processes needs GPUs. Or use distributed.strategy: ddp.")
     if accelerator.state.deepspeed_plugin is not None:
-        if grad_accum_steps > 1:
-            raise PeftkitError("train.grad_accum_steps: peftkit accumulates micro-batches itself, which DeepSpeed's "
-                               "engine does not allow. Set train.grad_accum_steps: 1 and raise train.batch_size.")
-        ds = accelerator.state.deepspeed_plugin.deepspeed_config
-        ds["train_micro_batch_size_per_gpu"] = batch_size
-        ds["gradient_accumulation_steps"] = 1
+        _configure_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config, batch_size, grad_accum_steps,
+                             max_grad_norm, accelerator.num_processes)
     return accelerator
+
+
+def _configure_deepspeed(ds: dict, batch_size: int, grad_accum_steps: int, max_grad_norm: float | None,
+                         world: int) -> None:
+    """Fit a DeepSpeed config to peftkit's loop: its batch, its clipping, its torch optimizer and scheduler, and
+    ZeRO-3 weights gathered on save (without that the adapter would be saved from empty partitions)."""
+    if grad_accum_steps > 1:
+        raise PeftkitError("train.grad_accum_steps: peftkit accumulates micro-batches itself, which DeepSpeed's "
+                           "engine does not allow. Set train.grad_accum_steps: 1 and raise train.batch_size.")
+    own = [k for k in ("optimizer", "scheduler") if k in ds]
+    if own:
+        raise PeftkitError(f"distributed.accelerate_config: the DeepSpeed config has its own {' and '.join(own)} "
+                           f"section; peftkit builds the optimizer and scheduler from the recipe (train.optimizer, "
+                           f"train.lr_scheduler). Remove the {' and '.join(own)} section from the DeepSpeed config.")
+    ds["train_micro_batch_size_per_gpu"] = batch_size
+    ds["train_batch_size"] = batch_size * world
+    ds["gradient_accumulation_steps"] = 1
+    ds["gradient_clipping"] = float(max_grad_norm or 0.0)  # DeepSpeed clips inside its step, not clip_grad_norm_
+    # A plain torch optimizer: DeepSpeed's fused / CPU Adam would need compiling (nvcc) and change the numbers.
+    ds["zero_force_ds_cpu_optimizer"] = False
+    zero = ds.setdefault("zero_optimization", {})
+    if int(zero.get("stage", 0)) == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
 
 
 def shard_steps(global_batches: list[list[int]], accum: int, rank: int, world: int, size) -> list[list[tuple]]:

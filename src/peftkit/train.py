@@ -72,7 +72,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
         raise PeftkitError(f"data.card: card '{card.name}' gives an empty training split. Check its split settings.")
 
     accelerator = make_accelerator(recipe.distributed.strategy, quantized=recipe.quantization is not None,
-                                   batch_size=tc.batch_size, grad_accum_steps=tc.grad_accum_steps)
+                                   batch_size=tc.batch_size, grad_accum_steps=tc.grad_accum_steps,
+                                   max_grad_norm=tc.max_grad_norm)
     can_checkpoint = checkpoints_supported(accelerator, resume=resume, save_every=tc.save_every)
     set_seed(tc.seed)  # the same on every process: same initial adapter, same data order
     labels = card.labels if rc.task == "classification" else None

@@ -165,8 +165,9 @@ class DistributedSpec(_Section):
     strategy: Literal["auto", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = "auto"
     """How several processes share the work (`peftkit train R --processes N` or `accelerate launch -m peftkit
     train R`). `auto`: what `accelerate_config` or the accelerate launcher says, else DDP (each process holds the
-    whole model, gradients are averaged). `fsdp`: shard weights, gradients and optimizer state (GPU only).
-    `deepspeed_zero2` / `deepspeed_zero3`: DeepSpeed ZeRO stage 2 / 3 (`pip install deepspeed`)."""
+    whole model, gradients are averaged; also on CPU). `fsdp`: shard weights, gradients and optimizer state (GPUs
+    only: accelerate runs FSDP only on accelerator devices, so peftkit refuses it on CPU). `deepspeed_zero2` /
+    `deepspeed_zero3`: DeepSpeed ZeRO stage 2 / 3 (`pip install deepspeed`; on CPU one process only)."""
 
     accelerate_config: str | None = None
     """An accelerate config file (from `accelerate config`) that `--processes` passes to `accelerate launch`:
