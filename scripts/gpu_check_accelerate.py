@@ -1,6 +1,6 @@
 """GPU check for multi-process training (issue 8), on ONE GPU, offline, tiny config-built models; < 6 minutes.
 
-Run from the repository root:  PYTHONPATH=src:. python scripts/gpu_check_accelerate.py
+Run from the repository root:  PYTHONPATH=src:. python scripts/gpu_check_accelerate.py  [--only-sharded: check 4 only]
 (DeepSpeed checks need `deepspeed` importable: pure-python wheel, no compiled ops needed with peftkit's torch AdamW.)
 Checks (each prints its figures; the script exits 1 if a required one fails):
   1. bf16   `peftkit train R --processes 1` → accelerate launch → 1 GPU process: the run finishes, loss falls,
@@ -34,6 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": os.pathsep.join(
     [str(ROOT / "src"), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
+ONLY_SHARDED = "--only-sharded" in sys.argv
 DRY = "--dry-run" in sys.argv  # CPU, to test this script itself: 1 in float32, 3, 4 without FSDP (refused on CPU)
 failures: list[str] = []
 
@@ -99,6 +100,8 @@ def main() -> int:
     card = write_card(tmp / "data", make_texts(400))
     common = dict(card=card, method={"name": "lora", "r": 8}, data={"max_length": 32})
 
+    if ONLY_SHARDED:  # checks 1-3 passed on an earlier run; spend the device time on check 4
+        return sharded_checks(tmp, bert, card, write_recipe)
     # 1. bf16 through the launcher, one process.
     r1 = write_recipe(tmp / "bf16.yaml", model=bert, out=tmp / "bf16", **common,
                       train={"epochs": 3, "batch_size": 16, "learning_rate": 0.005, "log_every": 1,
@@ -147,11 +150,21 @@ def main() -> int:
     check(f"--processes {n} refused", code == 2 and ("cores" if DRY else "GPUs") in out,
           f"{secs:.1f}s: {out.strip()[-300:]}")
 
-    # 4. Sharded strategies, one process each, against a plain run of the same recipe (float32, no dropout).
+    return sharded_checks(tmp, bert, card, write_recipe)
+
+
+def sharded_checks(tmp: Path, bert: Path, card: Path, write_recipe) -> int:
+    """4. Sharded strategies, one process each, against a plain run of the same recipe (float32, no dropout); then
+    each in bf16 (float32 weights + accelerate's bf16 mixed precision), info only: finishes, loss falls, non-empty."""
     plain = _no_dropout_copy(bert, tmp / "bert-nodrop")
     sharded = dict(card=card, method={"name": "lora", "r": 8, "lora_dropout": 0.0}, data={"max_length": 32})
 
-    def sharded_recipe(name: str, strategy: str | None) -> Path:
+    def sharded_recipe(name: str, strategy: str | None, dtype: str = "float32") -> Path:
+        path = _sharded_recipe(name, strategy)
+        _set(path, "model", dtype=dtype)
+        return path
+
+    def _sharded_recipe(name: str, strategy: str | None) -> Path:
         return write_recipe(tmp / f"{name}.yaml", model=plain, out=tmp / name, **sharded,
                             **({"distributed": {"strategy": strategy}} if strategy else {}),
                             train={"epochs": 2, "batch_size": 16, "learning_rate": 0.005, "log_every": 1,
@@ -179,10 +192,28 @@ def main() -> int:
         empty = [k for k, v in got.items() if v.numel() == 0]
         diff = max((float((got[k].float() - ref[k].float()).abs().max()) for k in ref if k in got), default=-1.0)
         fig = run_figures(tmp / strategy)
-        check(f"{strategy} --processes 1: adapter gathered, equals plain run", same_keys and not empty and
-              0 <= diff <= 1e-5, f"{secs:.1f}s tensors={len(got)}/{len(ref)} empty={len(empty)} max|diff|={diff:.2e} "
+        # ZeRO-3 builds the model partitioned (zero.Init), which draws the new classifier head differently (seen
+        # on an H200: first loss 0.84 vs 0.50), so only its save path is required there, not equality.
+        equal = 0 <= diff <= 1e-5 or (strategy == "deepspeed_zero3" and fig["last_loss"] < 0.1 * fig["first_loss"])
+        check(f"{strategy} --processes 1: adapter gathered" + ("" if strategy.endswith("3") else ", equals plain run"),
+              same_keys and not empty and equal, f"{secs:.1f}s tensors={len(got)}/{len(ref)} empty={len(empty)} max|diff|={diff:.2e} "
               f"loss {fig['first_loss']:.4f}->{fig['last_loss']:.4f} norm={fig['norm']:.4f} "
               f"dtypes={fig['adapter_dtypes']} ex/s={fig['examples_per_s']}")
+    for strategy in ("fsdp", *(("deepspeed_zero2", "deepspeed_zero3") if have_ds else ())) if not DRY else ():
+        name = f"{strategy}-bf16"
+        code, out, secs = peftkit_train(sharded_recipe(name, strategy, "auto"), "--processes", "1", timeout=240)
+        if strategy == "deepspeed_zero3":
+            check(f"{name} refused", code != 0 and "ZeRO-3 with bf16" in out, f"{secs:.1f}s")
+            continue
+        if code != 0 or not (tmp / name / "adapter").is_dir():
+            check(f"{name} --processes 1", False, f"{secs:.1f}s rc={code}" + why(out), required=False)
+            continue
+        got, fig = _adapter(tmp / name), run_figures(tmp / name)
+        diff = max(float((got[k].float() - ref[k].float()).abs().max()) for k in ref if k in got)
+        check(f"{name} --processes 1: bf16 compute, adapter saved", sorted(got) == sorted(ref) and
+              fig["last_loss"] < fig["first_loss"] and all(v.numel() for v in got.values()),
+              f"{secs:.1f}s loss {fig['first_loss']:.4f}->{fig['last_loss']:.4f} max|diff| vs fp32 plain={diff:.2e} "
+              f"dtypes={fig['adapter_dtypes']} val_acc={fig['val_accuracy']}", required=False)
 
     return _finish()
 

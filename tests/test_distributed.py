@@ -272,3 +272,22 @@ def test_sharded_strategies_skip_checkpoints_and_refuse_resume():
         assert checkpoints_supported(fsdp, resume=False, save_every=10) is False
     ddp = SimpleNamespace(distributed_type="DistributedType.MULTI_CPU")
     assert checkpoints_supported(ddp, resume=True, save_every=10) is True
+
+
+def test_sharded_bf16_loads_float32_weights_and_refuses_zero3(monkeypatch):
+    """Under FSDP / DeepSpeed a bf16 run keeps float32 weights and computes in bf16 (one dtype to flatten); ZeRO-3 with
+    bf16 is refused with the fix; DDP and CPU keep the recipe's dtype."""
+    import torch
+
+    from peftkit.distributed import sharded_dtype
+    from peftkit.errors import PeftkitError
+
+    assert sharded_dtype("fsdp", "auto") == ("auto", None)  # no GPU here: nothing changes
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert sharded_dtype("fsdp", "auto") == ("float32", "bf16")
+    assert sharded_dtype("deepspeed_zero2", "bfloat16") == ("float32", "bf16")
+    assert sharded_dtype("fsdp", "float32") == ("float32", None)
+    assert sharded_dtype("ddp", "auto") == ("auto", None)
+    with pytest.raises(PeftkitError, match=r"ZeRO-3 with bf16.*model.dtype: float32"):
+        sharded_dtype("deepspeed_zero3", "auto")

@@ -170,8 +170,29 @@ def launch_training(recipe_path: str, train_args: list[str], processes: int, *, 
     return subprocess.call(launch_command(recipe_path, train_args, processes, accelerate_config, cuda, chosen), env=env)
 
 
+def sharded_dtype(strategy: str, dtype: str) -> tuple[str, str | None]:
+    """(weights dtype, accelerate mixed precision) for a run. FSDP and DeepSpeed flatten parameters and need one
+    dtype for all of them, but PEFT keeps adapter weights in float32 over a bf16 base; so under them a bf16 run
+    loads float32 weights and computes in bf16 through accelerate's mixed precision (FSDP's MixedPrecision /
+    DeepSpeed's bf16 mode with float32 master weights). Everything else keeps the recipe's dtype."""
+    import torch
+
+    from peftkit.models.load import resolve_dtype
+
+    if resolved_strategy(strategy) == "ddp" or not torch.cuda.is_available():
+        return dtype, None
+    if resolve_dtype(dtype, "cuda") == torch.bfloat16:
+        if resolved_strategy(strategy) == "deepspeed_zero3":  # seen on an H200: ZeRO-3's partitioner asserts
+            raise PeftkitError(
+                "model.dtype: DeepSpeed ZeRO-3 with bf16 compute is not supported by peftkit yet (ZeRO-3 partitions "
+                "the base in bf16 while PEFT keeps adapter weights in float32, and it needs one dtype). Set "
+                "model.dtype: float32 for ZeRO-3, or use distributed.strategy: deepspeed_zero2 or fsdp with bf16.")
+        return "float32", "bf16"
+    return dtype, None
+
+
 def make_accelerator(strategy: str, *, quantized: bool, batch_size: int, grad_accum_steps: int,
-                     max_grad_norm: float | None = None):
+                     max_grad_norm: float | None = None, mixed_precision: str | None = None):
     """An Accelerator for the recipe's strategy; `auto` follows whatever `accelerate launch` was told.
 
     FSDP and DeepSpeed also run on CPU (gloo; DeepSpeed's CPU accelerator), which is how the tests check them.
@@ -200,6 +221,8 @@ def make_accelerator(strategy: str, *, quantized: bool, batch_size: int, grad_ac
 
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(zero_stage=int(chosen[-1]), zero3_save_16bit_model=True)
     # accelerate(cpu=True) silently drops DeepSpeed; without a GPU DeepSpeed picks its own CPU accelerator.
+    if mixed_precision:
+        kwargs["mixed_precision"] = mixed_precision
     accelerator = Accelerator(cpu=not torch.cuda.is_available() and not chosen.startswith("deepspeed"), **kwargs)
     kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
     world = int(os.environ.get("WORLD_SIZE", "1"))

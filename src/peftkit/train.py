@@ -44,7 +44,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     from peftkit.checkpoints import restore_checkpoint, save_checkpoint
     from peftkit.data.cards import load_card
     from peftkit.data.sources import load_splits
-    from peftkit.distributed import checkpoints_supported, gather_rng_states, make_accelerator
+    from peftkit.distributed import checkpoints_supported, gather_rng_states, make_accelerator, sharded_dtype
     from peftkit.dropout import use_cpu_dropout
     from peftkit.methods.apply import apply_method
     from peftkit.methods.checks import check_method_for_model
@@ -71,7 +71,9 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     if not data["train"].ids:
         raise PeftkitError(f"data.card: card '{card.name}' gives an empty training split. Check its split settings.")
 
+    dtype, mixed = sharded_dtype(recipe.distributed.strategy, rc.dtype)
     accelerator = make_accelerator(recipe.distributed.strategy, quantized=recipe.quantization is not None,
+                                   mixed_precision=mixed,
                                    batch_size=tc.batch_size, grad_accum_steps=tc.grad_accum_steps,
                                    max_grad_norm=tc.max_grad_norm)
     can_checkpoint = checkpoints_supported(accelerator, resume=resume, save_every=tc.save_every)
@@ -79,7 +81,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     labels = card.labels if rc.task == "classification" else None
     quant = recipe.quantization.model_dump() if recipe.quantization else None
     model = load_base_model(source, task=rc.task, labels=labels, pad_token_id=tokenizer.pad_token_id,
-                            dtype=rc.dtype, device=str(accelerator.device), quantization=quant, cache_dir=rc.cache_dir)
+                            dtype=dtype, device=str(accelerator.device), quantization=quant, cache_dir=rc.cache_dir)
     steps_per_epoch = math.ceil(len(data["train"].ids) / (tc.batch_size * accelerator.num_processes * tc.grad_accum_steps))
     total_steps = tc.max_steps or max(1, math.ceil(steps_per_epoch * tc.epochs))
     if quant:
