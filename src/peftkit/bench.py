@@ -19,8 +19,11 @@ from peftkit.errors import PeftkitError
 DEFAULT_METHODS = ("lora", "dora", "ia3", "prefix_tuning", "houlsby", "full")
 # Settings a method needs when it is not the recipe's own (PEFT has no default for these).
 BENCH_SETTINGS = {"prefix_tuning": {"num_virtual_tokens": 20}}
+# Learning rates for methods other than the recipe's own (which keeps the recipe's): those of the shipped MiniLM
+# recipes, and BERT's usual 5e-5 for full fine-tuning (an adapter's 1e-3 wrecks a fully trained encoder).
+BENCH_LEARNING_RATES = {"ia3": 1e-2, "prefix_tuning": 1e-2, "prompt_tuning": 3e-2, "full": 5e-5}
 COLUMNS = [  # (key, header, format)
-    ("name", "row", "{}"), ("trainable_params", "trainable", "{:,}"), ("trainable_pct", "trainable %", "{:.3g}"),
+    ("name", "row", "{}"), ("learning_rate", "lr", "{:g}"), ("trainable_params", "trainable", "{:,}"), ("trainable_pct", "trainable %", "{:.3g}"),
     ("adapter_bytes", "adapter bytes", "{:,}"), ("examples_per_second", "train ex/s", "{:.1f}"),
     ("tokens_per_second", "real tok/s", "{:.0f}"), ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
     ("eval_loss", "eval loss", "{:.4f}"), ("accuracy", "accuracy", "{:.4f}"), ("macro_f1", "macro-F1", "{:.4f}"),
@@ -99,6 +102,7 @@ def _recipe_for(recipe, method: str):
     r = recipe.model_copy(deep=True)
     if method != recipe.method.name:
         r.method = MethodSpec(name=method, **BENCH_SETTINGS.get(method, {}))
+        r.train.learning_rate = BENCH_LEARNING_RATES.get(method, r.train.learning_rate)
     return r
 
 
@@ -123,7 +127,7 @@ def _count(recipe, method: str) -> dict:
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     mm, mm_train = matmul_params(model)
     return {"trainable_params": n_train, "total_params": n_all, "trainable_pct": 100 * n_train / n_all,
-            "matmul_params": mm, "matmul_trainable_params": mm_train}
+            "matmul_params": mm, "matmul_trainable_params": mm_train, "learning_rate": r.train.learning_rate}
 
 
 # Imported once by the fork server, so each row's process starts with them loaded (no 10 s import per row) and

@@ -1,0 +1,49 @@
+"""The cheaper CPU dropout is dropout: keep rate 1 − p, survivors scaled by 1/(1 − p), gradient through the same
+mask, identity in eval, reproducible under a seed, and installed on every nn.Dropout of a trained model."""
+
+import pytest
+import torch
+
+from peftkit.dropout import keep_mask, use_cpu_dropout
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
+def test_keep_rate_and_independence(p):
+    torch.manual_seed(0)
+    keep = keep_mask((400, 1000), p).float()
+    assert abs(keep.mean().item() - (1 - p)) < 0.003  # 400k draws: ~5 standard errors
+    # neighbours (same 64-bit draw) and rows are uncorrelated
+    a, b = keep[:, 0::4].flatten(), keep[:, 1::4].flatten()
+    assert abs(torch.corrcoef(torch.stack([a, b]))[0, 1].item()) < 0.01
+
+
+def test_forward_backward_eval_and_seed():
+    layer = torch.nn.Dropout(0.2)
+    assert use_cpu_dropout(torch.nn.Sequential(layer)) == 1
+    x = torch.randn(64, 50, requires_grad=True)
+    torch.manual_seed(3)
+    y = layer(x)
+    kept = y != 0
+    assert torch.allclose(y[kept], x[kept] / 0.8)
+    assert abs(kept.float().mean().item() - 0.8) < 0.03
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / 0.8)  # the gradient goes through the same mask
+    torch.manual_seed(3)
+    assert torch.equal(layer(x), y)  # torch's generator: seeding (and checkpointed RNG state) reproduces it
+    layer.eval()
+    assert torch.equal(layer(x), x)
+
+
+def test_training_uses_it_on_every_dropout(tiny_bert, tiny_card, tmp_path, monkeypatch):
+    from peftkit import dropout
+    from peftkit.cli import main
+    from tests.conftest import write_recipe
+
+    calls = []
+    real = dropout.keep_mask
+    monkeypatch.setattr(dropout, "keep_mask", lambda shape, p: calls.append(p) or real(shape, p))
+    recipe = write_recipe(tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run",
+                          method={"name": "lora", "r": 4, "lora_dropout": 0.3},
+                          train={"epochs": 1, "batch_size": 8, "max_steps": 2, "output_dir": str(tmp_path / "run")})
+    assert main(["train", str(recipe), "--no-progress"]) == 0
+    assert 0.3 in calls and 0.1 in calls  # LoRA's dropout and BERT's own hidden dropout
