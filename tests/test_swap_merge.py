@@ -172,3 +172,18 @@ def test_serve_bench_prints_figures(runs, capsys):
         assert words in out
     assert main(["serve-bench"]) == 2
     assert "nothing to measure" in capsys.readouterr().err
+
+
+def test_routed_predict_in_a_fresh_process_loads_a_bottleneck_adapter_first(runs, tmp_path):
+    """peftkit's own PEFT types must be registered before PEFT reads the adapter config (a fresh process has not
+    imported them; in this test process something else already had)."""
+    import subprocess
+    import sys
+
+    f = tmp_path / "in.jsonl"
+    f.write_text(json.dumps({"adapter": "b", "text": "a good film"}) + "\n")
+    done = subprocess.run([sys.executable, "-m", "peftkit", "predict", "--adapter", f"b={runs['bottleneck']}",
+                           "--adapter", f"l={runs['lora']}", "--file", str(f), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[0])["adapter"] == "b"

@@ -88,6 +88,7 @@ class AdapterSet:
         """Check and load the adapter at `path` under `name` (refused if the fingerprint does not match)."""
         from peft import PeftModel
 
+        import peftkit.methods.bottleneck  # noqa: F401  (registers peftkit's own PEFT types before reading configs)
         from peftkit.adapters import check_bundle, resolve_adapter_dir
 
         if name in self.entries:
