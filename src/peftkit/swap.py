@@ -27,14 +27,13 @@ HEAD_NAMES = ("classifier", "score")
 def _return_freed_memory() -> None:
     """Hand freed heap memory back to the OS (glibc). Loading an adapter allocates temporaries — DoRA's weight
     norms are ~110 MiB on MiniLM for 1.4 MiB of live tensors — which the allocator otherwise keeps resident."""
+    import contextlib
     import ctypes
     import gc
 
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
 
 
 def shared_copy(model):
