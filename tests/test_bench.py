@@ -53,6 +53,8 @@ def test_bench_markdown_table(bench):
     assert len(table) == 1 + 4  # header + the four rows that ran
     for line in table[1:]:
         assert "—" not in line  # every column filled
+    assert "--methods lora,full,nosuch --budget 80 --peer`" in md  # the command that reproduces it
+    assert "| full | 5e-05 |" in md  # full fine-tuning gets its own learning rate
     assert "peer_dynamic (lora): **" in md and "nosuch: skipped" in md and "(4·N + 2·N_train)·T" in md
 
 

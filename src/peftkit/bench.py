@@ -48,7 +48,8 @@ def run_bench(recipe_path: str, *, methods: list[str], budget: int | None = None
     if not methods:
         raise PeftkitError("--methods: no method given. Name one or more, e.g. --methods lora,ia3,full.")
     out = Path(output or Path("bench") / Path(recipe_path).stem)
-    base = {"recipe": str(recipe_path), "overrides": list(overrides), "budget": budget,
+    base = {"recipe": str(recipe_path), "methods": list(methods), "peer": peer, "overrides": list(overrides),
+            "budget": budget,
             "threads": torch.get_num_threads(), **_environment()}
     peak = matmul_peak(matmul_size)
     out.mkdir(parents=True, exist_ok=True)
@@ -223,9 +224,10 @@ def render_markdown(result: dict) -> str:
     """bench.md: the command, the machine, the table, the peer ratios and the FLOP formula."""
     over = " ".join(result["overrides"])
     budget = f" --budget {result['budget']}" if result["budget"] else ""
+    budget = f" --methods {','.join(result.get('methods', []))}{budget}{' --peer' if result.get('peer') else ''}"
     lines = [
         "# peftkit bench", "",
-        f"`peftkit bench {result['recipe']}{budget} {over}`".replace("  ", " "), "",
+        f"`peftkit bench {result['recipe']}{budget} {over}`".replace("  ", " ").replace(" `", "`"), "",
         f"{result['date']}; {result['cpu_count']} CPUs ({result['machine']}), torch threads {result['threads']}; "
         + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".", "",
         f"Measured fp32 matmul peak (same run): **{result['matmul_peak_flops'] / 1e9:.1f} GFLOP/s**.", "",
