@@ -40,7 +40,7 @@ def _median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def serving_figures(named: list[tuple[str, str]], *, n_texts: int = 64, repeats: int = 5) -> dict:
+def serving_figures(named: list[tuple[str, str]], *, n_texts: int = 64, repeats: int = 9) -> dict:
     """Swap latency, adapter/merged/base latency and memory for the adapters `named` (name, path) on one base."""
     import gc
 
@@ -75,12 +75,18 @@ def serving_figures(named: list[tuple[str, str]], *, n_texts: int = 64, repeats:
         swapped = _median_ms(lambda: adapters.logits(names[next(k) % len(names)], one), 30)
         res["one_text_request_ms_same_adapter"], res["one_text_request_ms_after_swap"] = same, swapped
     with torch.no_grad():
-        run(first.model)  # warm-up
-        res["batch_ms_adapter_active"] = _median_ms(lambda: run(first.model), repeats)
-        res["batch_ms_base"] = _median_ms(lambda: run(adapters.base), repeats)
         merged = load_adapter(first.path, dtype="float32").model.merge_and_unload().eval()
-        run(merged)
-        res["batch_ms_merged"] = _median_ms(lambda: run(merged), repeats)
+        models = {"adapter_active": first.model, "base": adapters.base, "merged": merged}
+        for model in models.values():
+            run(model)  # warm-up
+        # Interleaved rounds (base, adapter, merged, base, ...): a shared machine's speed drifts by ±10% over
+        # seconds, which back-to-back blocks of repeats would turn into a false ratio.
+        times: dict = {name: [] for name in models}
+        for _ in range(repeats):
+            for name, model in models.items():
+                times[name].append(_median_ms(lambda m=model: run(m), 1))
+        for name, values in times.items():
+            res[f"batch_ms_{name}"] = statistics.median(values)
     res["adapter_over_base"] = res["batch_ms_adapter_active"] / res["batch_ms_base"]
     res["merged_over_base"] = res["batch_ms_merged"] / res["batch_ms_base"]
     res["n_texts"], res["threads"] = len(texts), torch.get_num_threads()
