@@ -156,7 +156,9 @@ def main() -> int:
 def sharded_checks(tmp: Path, bert: Path, card: Path, write_recipe) -> int:
     """4. Sharded strategies, one process each, against a plain run of the same recipe (float32, no dropout); then
     each in bf16 (float32 weights + accelerate's bf16 mixed precision), info only: finishes, loss falls, non-empty."""
-    plain = _no_dropout_copy(bert, tmp / "bert-nodrop")
+    from tests.conftest import no_dropout_copy
+
+    plain = no_dropout_copy(bert, tmp / "bert-nodrop")
     sharded = dict(card=card, method={"name": "lora", "r": 8, "lora_dropout": 0.0}, data={"max_length": 32})
 
     def sharded_recipe(name: str, strategy: str | None, dtype: str = "float32") -> Path:
@@ -222,17 +224,6 @@ def _adapter(run: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(run / "adapter" / "adapter_model.safetensors"))
-
-
-def _no_dropout_copy(model: Path, dest: Path) -> Path:
-    """The tiny BERT without dropout, so two runs of one recipe under different strategies give the same numbers."""
-    import shutil
-
-    shutil.copytree(model, dest)
-    cfg = json.loads((dest / "config.json").read_text())
-    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (dest / "config.json").write_text(json.dumps(cfg))
-    return dest
 
 
 def _finish() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import textwrap
@@ -141,6 +142,18 @@ def build_pretrained_decoder(folder: Path, arch: str = "gpt2", *, steps: int = 1
     getattr(model, prefix).load_state_dict(getattr(classifier, prefix).state_dict())
     model.save_pretrained(folder)
     return folder
+
+
+def no_dropout_copy(model: Path, dest: Path) -> Path:
+    """A copy of a tiny BERT folder without its own dropout: runs that draw masks differently (one process vs
+    several, plain vs sharded) can then be compared for equality."""
+    import shutil
+
+    shutil.copytree(model, dest)
+    cfg = json.loads((dest / "config.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (dest / "config.json").write_text(json.dumps(cfg))
+    return dest
 
 
 def write_card(folder: Path, rows, *, name: str = "tiny", labels=("neg", "pos"), extra: str = "") -> Path:

@@ -18,7 +18,7 @@ from peftkit.distributed import check_distributed, launch_command, shard_steps
 from peftkit.errors import PeftkitError
 from peftkit.recipe import load_recipe
 from peftkit.train import train
-from tests.conftest import write_recipe
+from tests.conftest import no_dropout_copy, write_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,21 +47,10 @@ def child_env(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
-def _no_dropout_copy(model: Path, dest: Path) -> Path:
-    """The tiny BERT without its own dropout: one process and two draw different masks, so equality needs none."""
-    import shutil
-
-    shutil.copytree(model, dest)
-    cfg = json.loads((dest / "config.json").read_text())
-    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (dest / "config.json").write_text(json.dumps(cfg))
-    return dest
-
-
 def test_two_processes_match_one_and_resume(tmp_path, tiny_bert, tiny_card, child_env):
     # 51 training examples, global batch 8: the last batch has 3 (2 + 1 across processes), so the shard weighting
     # matters; 49 in the resume runs: the last batch has 1 and process 1 runs a weight-0 placeholder.
-    base = dict(model=_no_dropout_copy(tiny_bert, tmp_path / "bert"), card=tiny_card,
+    base = dict(model=no_dropout_copy(tiny_bert, tmp_path / "bert"), card=tiny_card,
                 method={"name": "lora", "lora_dropout": 0.0})
     one = write_recipe(tmp_path / "one.yaml", out=tmp_path / "one", data={"max_train_examples": 51},
                        train={"batch_size": 8, "log_every": 1}, **base)
@@ -117,7 +106,7 @@ def test_two_processes_match_one_and_resume(tmp_path, tiny_bert, tiny_card, chil
 
 def _sharded_vs_one(tmp_path, tiny_bert, tiny_card, strategy: str, processes: int) -> tuple[dict, dict]:
     """The adapter of one plain process and of `processes` processes under `strategy` (same global batch)."""
-    base = dict(model=_no_dropout_copy(tiny_bert, tmp_path / "bert"), card=tiny_card,
+    base = dict(model=no_dropout_copy(tiny_bert, tmp_path / "bert"), card=tiny_card,
                 method={"name": "lora", "lora_dropout": 0.0}, data={"max_train_examples": 51})
     one = write_recipe(tmp_path / "one.yaml", out=tmp_path / "one", train={"batch_size": 8}, **base)
     many = write_recipe(tmp_path / "many.yaml", out=tmp_path / "many", train={"batch_size": 8 // processes},
