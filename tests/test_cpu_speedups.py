@@ -11,7 +11,10 @@ from peftkit.dropout import keep_mask, use_cpu_dropout
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
 def test_keep_rate_and_independence(p):
     torch.manual_seed(0)
-    keep = keep_mask((400, 1000), p).float()
+    mask = keep_mask((400, 1000), p)
+    values = torch.unique(mask).tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / (1 - p))
+    keep = (mask > 0).float()
     assert abs(keep.mean().item() - (1 - p)) < 0.003  # 400k draws: ~5 standard errors
     # neighbours (same 64-bit draw) and rows are uncorrelated
     a, b = keep[:, 0::4].flatten(), keep[:, 1::4].flatten()
