@@ -1,4 +1,4 @@
-"""Dropout with a cheaper mask on CPU: same distribution, a quarter of the random draws.
+"""Dropout with a cheaper mask on CPU: same distribution, a quarter of the random draws, no bool ops.
 
 torch's CPU dropout draws one Bernoulli sample per element from its (serial) generator: profiled on the
 quickstart (MiniLM + LoRA, 2 cores), the 51 dropout layers per step — BERT's hidden/embedding dropouts, the
