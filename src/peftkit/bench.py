@@ -23,7 +23,8 @@ BENCH_SETTINGS = {"prefix_tuning": {"num_virtual_tokens": 20}}
 # recipes, and BERT's usual 5e-5 for full fine-tuning (an adapter's 1e-3 wrecks a fully trained encoder).
 BENCH_LEARNING_RATES = {"ia3": 1e-2, "prefix_tuning": 1e-2, "prompt_tuning": 3e-2, "full": 5e-5}
 COLUMNS = [  # (key, header, format)
-    ("name", "row", "{}"), ("learning_rate", "lr", "{:g}"), ("trainable_params", "trainable", "{:,}"), ("trainable_pct", "trainable %", "{:.3g}"),
+    ("name", "row", "{}"), ("learning_rate", "lr", "{:g}"), ("trainable_params", "trainable", "{:,}"),
+    ("trainable_pct", "trainable %", "{:.3g}"),
     ("adapter_bytes", "adapter bytes", "{:,}"), ("examples_per_second", "train ex/s", "{:.1f}"),
     ("tokens_per_second", "real tok/s", "{:.0f}"), ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
     ("eval_loss", "eval loss", "{:.4f}"), ("accuracy", "accuracy", "{:.4f}"), ("macro_f1", "macro-F1", "{:.4f}"),
@@ -224,10 +225,10 @@ def render_markdown(result: dict) -> str:
     """bench.md: the command, the machine, the table, the peer ratios and the FLOP formula."""
     over = " ".join(result["overrides"])
     budget = f" --budget {result['budget']}" if result["budget"] else ""
-    budget = f" --methods {','.join(result.get('methods', []))}{budget}{' --peer' if result.get('peer') else ''}"
+    flags = f" --methods {','.join(result.get('methods', []))}{budget}{' --peer' if result.get('peer') else ''}"
     lines = [
         "# peftkit bench", "",
-        f"`peftkit bench {result['recipe']}{budget} {over}`".replace("  ", " ").replace(" `", "`"), "",
+        f"`peftkit bench {result['recipe']}{flags} {over}`".replace("  ", " ").replace(" `", "`"), "",
         f"{result['date']}; {result['cpu_count']} CPUs ({result['machine']}), torch threads {result['threads']}; "
         + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".", "",
         f"Measured fp32 matmul peak (same run): **{result['matmul_peak_flops'] / 1e9:.1f} GFLOP/s**.", "",

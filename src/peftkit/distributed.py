@@ -162,9 +162,7 @@ def launch_command(recipe_path: str, train_args: list[str], processes: int, acce
 def launch_training(recipe_path: str, train_args: list[str], processes: int, *, strategy: str,
                     accelerate_config: str | None, quantized: bool) -> int:
     """Check, then run `processes` training processes through accelerate; return their exit code."""
-    import torch
-
-    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cuda = _cuda_count()
     chosen = check_distributed(strategy, accelerate_config, quantized=quantized, processes=processes, cuda_devices=cuda)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     return subprocess.call(launch_command(recipe_path, train_args, processes, accelerate_config, cuda, chosen), env=env)
@@ -179,10 +177,11 @@ def sharded_dtype(strategy: str, dtype: str) -> tuple[str, str | None]:
 
     from peftkit.models.load import resolve_dtype
 
-    if resolved_strategy(strategy) == "ddp" or not torch.cuda.is_available():
+    chosen = resolved_strategy(strategy)
+    if chosen == "ddp" or not torch.cuda.is_available():
         return dtype, None
     if resolve_dtype(dtype, "cuda") == torch.bfloat16:
-        if resolved_strategy(strategy) == "deepspeed_zero3":  # seen on an H200: ZeRO-3's partitioner asserts
+        if chosen == "deepspeed_zero3":  # seen on an H200: ZeRO-3's partitioner asserts
             raise PeftkitError(
                 "model.dtype: DeepSpeed ZeRO-3 with bf16 compute is not supported by peftkit yet (ZeRO-3 partitions "
                 "the base in bf16 while PEFT keeps adapter weights in float32, and it needs one dtype). Set "
@@ -195,7 +194,7 @@ def make_accelerator(strategy: str, *, quantized: bool, batch_size: int, grad_ac
                      max_grad_norm: float | None = None, mixed_precision: str | None = None):
     """An Accelerator for the recipe's strategy; `auto` follows whatever `accelerate launch` was told.
 
-    FSDP and DeepSpeed also run on CPU (gloo; DeepSpeed's CPU accelerator), which is how the tests check them.
+    On CPU, DDP runs with several processes (gloo) and DeepSpeed in one (its CPU accelerator); FSDP is refused.
     """
     import torch
     from accelerate import Accelerator
