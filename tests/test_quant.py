@@ -43,7 +43,11 @@ def test_quantized_train_step_keeps_head_fp32_and_training(arch, bits, request):
     model, head, before_head, lora, before_lora = _quantized_step(request.getfixturevalue(arch), bits)
     quantized = quantized_modules(model)
     assert quantized, "the base should be quantized"
-    assert not [n for n in quantized if "classifier" in n or ".score" in n]
+    assert not [n for n in quantized if "classifier" in n or ".score" in n or "pooler" in n]
+    if arch == "tiny_bert":  # the pooler feeds the head one vector per sequence: it stays float32 (and LoRA-able)
+        pooler = model.get_submodule("base_model.model.bert.pooler.dense")
+        assert pooler.weight.dtype == torch.float32 and not hasattr(pooler.weight, "quant_state")
+        assert any(n.startswith("bert.encoder") for n in map(lambda n: n.removeprefix("base_model.model."), quantized))
     assert set(quantized.values()) == {"Linear4bit" if bits == 4 else "Linear8bitLt"}
     assert type(head) is torch.nn.Linear and head.weight.dtype == torch.float32 and head.weight.requires_grad
     assert not torch.equal(head.weight, before_head), "the head must train"
@@ -58,7 +62,8 @@ def test_8bit_optimizer_step(tiny_bert, optimizer):
 
 def test_compute_dtype_auto_is_fp32_on_cpu_and_bf16_refused():
     assert bnb_config(task="classification", device="cpu").bnb_4bit_compute_dtype == torch.float32
-    assert bnb_config(task="classification", device="cpu").llm_int8_skip_modules == ["classifier", "score", "lm_head"]
+    assert bnb_config(task="classification", device="cpu").llm_int8_skip_modules == ["classifier", "score", "pooler.dense",
+                                                                                  "pre_classifier", "lm_head"]
     with pytest.raises(PeftkitError, match="compute_dtype: bfloat16 on CPU"):
         bnb_config(task="classification", device="cpu", compute_dtype="bfloat16")
 

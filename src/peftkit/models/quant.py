@@ -2,7 +2,10 @@
 
 The only module that imports bitsandbytes, and only inside functions. Classification heads (`classifier`,
 `score`) stay out of quantization: they are trained in full and saved with the adapter, and a 4-bit head cannot
-take gradients. bitsandbytes >= 0.45 runs NF4/FP4 and int8 on CPU too, so this works without a GPU.
+take gradients. So do the layers that feed a head one pooled vector (BERT's pooler, DistilBERT's pre-classifier):
+they act on one token per sequence, so full precision costs nothing measurable, and NF4 there cost MiniLM-L6
+5 points of test accuracy on Rotten Tomatoes (0.768 vs 0.817 with the pooler kept in float32; fp32 LoRA 0.826).
+bitsandbytes >= 0.45 runs NF4/FP4 and int8 on CPU too, so this works without a GPU.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from peftkit.errors import PeftkitError
 # and the LM head, which transformers keeps in full precision anyway.
 HEAD_MODULES = ["classifier", "score"]
 LM_HEAD_MODULES = ["lm_head"]
+# The pooling layers in front of a classification head. transformers matches these as a prefix or a suffix of
+# the Linear's full name, so "pooler.dense" (BERT, "bert.pooler.dense") — a bare "pooler" would not match it.
+POOLER_MODULES = ["pooler.dense", "pre_classifier"]
 
 
 def compute_dtype(name: str, device: str):
@@ -43,11 +49,11 @@ def _require_bnb():
 
 def bnb_config(*, task: str, device: str, bits: int = 4, quant_type: str = "nf4", double_quant: bool = True,
                compute_dtype: str = "auto"):
-    """transformers' BitsAndBytesConfig for the recipe's quantization block; heads are skipped (kept unquantized)."""
+    """transformers' BitsAndBytesConfig for the recipe's quantization block; heads and poolers stay unquantized."""
     from transformers import BitsAndBytesConfig
 
     _require_bnb()
-    skip = HEAD_MODULES + LM_HEAD_MODULES if task == "classification" else LM_HEAD_MODULES
+    skip = HEAD_MODULES + POOLER_MODULES + LM_HEAD_MODULES if task == "classification" else LM_HEAD_MODULES
     dtype = _compute_dtype(compute_dtype, device)
     if bits == 4:
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
