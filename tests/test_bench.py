@@ -71,3 +71,19 @@ def test_full_method_takes_no_settings():
     assert check_method_settings("full", {}) == {}
     with pytest.raises(PeftkitError, match="'full' \\(full fine-tuning\\) takes no settings"):
         check_method_settings("full", {"r": 8})
+
+
+def test_bench_prefix_row_trains_pooler_and_head(tiny_bert, tiny_card, tmp_path):
+    """The bench's default prefix row: 20 prefixes per layer, plus BERT's pooler and the head, all trainable."""
+    import transformers
+
+    from peftkit.bench import _count
+    from peftkit.recipe import load_recipe
+
+    recipe = load_recipe(str(write_recipe(tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run")))
+    counts = _count(recipe, "prefix_tuning")
+    cfg = transformers.AutoConfig.from_pretrained(tiny_bert)
+    h, layers = cfg.hidden_size, cfg.num_hidden_layers
+    prefix = 20 * layers * 2 * h
+    pooler, head = h * h + h, 2 * h + 2
+    assert counts["trainable_params"] == prefix + pooler + head
