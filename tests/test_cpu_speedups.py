@@ -30,8 +30,10 @@ def test_forward_backward_eval_and_seed():
     kept = y != 0
     assert torch.allclose(y[kept], x[kept] / 0.8)
     assert abs(kept.float().mean().item() - 0.8) < 0.03
+    assert y.grad_fn.saved_tensors[0].dtype == torch.bool  # 1 byte per element kept for backward, not float32
     y.sum().backward()
-    assert torch.allclose(x.grad, kept.float() / 0.8)  # the gradient goes through the same mask
+    torch.manual_seed(3)
+    assert torch.equal(x.grad, keep_mask(x.shape, 0.2))  # the gradient goes through the very same mask values
     torch.manual_seed(3)
     assert torch.equal(layer(x), y)  # torch's generator: seeding (and checkpointed RNG state) reproduces it
     layer.eval()
