@@ -1,4 +1,4 @@
-"""Dropout with a cheaper mask on CPU: same distribution, a quarter of the random draws, no bool ops.
+"""Dropout with a cheaper mask on CPU: same distribution, a quarter of the random draws, float arithmetic.
 
 torch's CPU dropout draws one Bernoulli sample per element from its (serial) generator: profiled on the
 quickstart (MiniLM + LoRA, 2 cores), the 51 dropout layers per step — BERT's hidden/embedding dropouts, the
@@ -6,7 +6,8 @@ classifier's, and one per LoRA layer — took ~24% of the training time, more th
 64-bit draw of torch's own generator yields four 15-bit uniforms, each compared with round(p·2¹⁵): an element
 is kept with probability 1 − p (to within 2⁻¹⁶) and scaled by 1/(1 − p), as in `nn.Dropout`. The mask comes from
 torch's global generator, so seeding, checkpointed RNG state and resume behave as before; the stream differs
-from torch's own dropout, so runs are equal in distribution, not bit for bit.
+from torch's own dropout, so runs are equal in distribution, not bit for bit. Backward keeps the mask as bool
+(1 byte per element, as torch's dropout does), not the float32 mask.
 """
 
 from __future__ import annotations
