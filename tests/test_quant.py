@@ -47,7 +47,7 @@ def test_quantized_train_step_keeps_head_fp32_and_training(arch, bits, request):
     if arch == "tiny_bert":  # the pooler feeds the head one vector per sequence: it stays float32 (and LoRA-able)
         pooler = model.get_submodule("base_model.model.bert.pooler.dense")
         assert pooler.weight.dtype == torch.float32 and not hasattr(pooler.weight, "quant_state")
-        assert any(n.startswith("bert.encoder") for n in map(lambda n: n.removeprefix("base_model.model."), quantized))
+        assert any(".encoder." in n for n in quantized)  # while the encoder's layers are quantized
     assert set(quantized.values()) == {"Linear4bit" if bits == 4 else "Linear8bitLt"}
     assert type(head) is torch.nn.Linear and head.weight.dtype == torch.float32 and head.weight.requires_grad
     assert not torch.equal(head.weight, before_head), "the head must train"
