@@ -38,10 +38,14 @@ def runs(tiny_bert, tiny_card, tmp_path_factory):
 
 def _alone(path, texts=TEXTS):
     """Logits of the adapter loaded on its own (its own base copy), the reference a swap must reproduce."""
+    return _logits(load_adapter(path), texts)
+
+
+def _logits(loaded, texts=TEXTS):
+    """Logits of a loaded adapter (`load_adapter`'s result) on `texts`."""
     from peftkit.data.prepare import tokenize_texts
     from peftkit.inference import forward_split
 
-    loaded = load_adapter(path)
     ids = tokenize_texts(loaded.tokenizer, texts, loaded.meta["max_length"])
     logits, _ = forward_split(loaded.model, ids, None, pad_token_id=loaded.tokenizer.pad_token_id,
                               padding_side=loaded.tokenizer.padding_side, batch_size=64)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from peftkit.adapters import load_adapter
 from peftkit.swap import AdapterSet
-from tests.test_swap_merge import TEXTS, _alone
+from tests.test_swap_merge import TEXTS, _alone, _logits
 from tests.tiny_runs import train_tiny
 
 # The plain adapter is loaded before and after the pooler-saving ones, so a pooler leaking either way shows.
@@ -32,15 +32,6 @@ def runs(tiny_bert, tiny_card, tmp_path_factory):
                                             "modules_to_save": ["pooler"]}),
         "lora": train_tiny(tmp, "lora", model=tiny_bert, card=tiny_card),
     }
-
-
-def _logits(loaded):
-    from peftkit.data.prepare import tokenize_texts
-    from peftkit.inference import forward_split
-
-    ids = tokenize_texts(loaded.tokenizer, TEXTS, loaded.meta["max_length"])
-    return forward_split(loaded.model, ids, None, pad_token_id=loaded.tokenizer.pad_token_id,
-                         padding_side=loaded.tokenizer.padding_side, batch_size=64)[0]
 
 
 def _saved_pooler(adapter_dir) -> torch.Tensor | None:
