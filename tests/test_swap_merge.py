@@ -191,3 +191,42 @@ def test_routed_predict_in_a_fresh_process_loads_a_bottleneck_adapter_first(runs
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.splitlines()[0])["adapter"] == "b"
+
+
+def test_serve_bench_compare_qlora_over_seeds(monkeypatch, capsys, tmp_path):
+    """--seeds trains the pair once per seed (seed passed as an override, one folder per seed) and reports the
+    mean QLoRA − LoRA difference; training itself is faked here (the real pair takes minutes)."""
+    import peftkit.bench_serving as sb
+
+    accuracy = {("fp32", 1): 0.80, ("q", 1): 0.79, ("fp32", 2): 0.82, ("q", 2): 0.82}
+    calls = []
+
+    def fake_train(recipe, overrides, out):
+        seed = int([o for o in overrides if o.startswith("train.seed=")][0].split("=")[1])
+        calls.append((recipe, overrides, out))
+        return {"recipe": recipe, "accuracy": accuracy[(recipe, seed)], "macro_f1": 0.5, "peak_rss_mb": 100.0,
+                "examples_per_s": 1.0, "adapter": str(out / "adapter")}
+
+    monkeypatch.setattr(sb, "train_in_process", fake_train)
+    result = sb.compare_qlora_training(["fp32", "q"], ["data.max_train_examples=10"], [1, 2], root=tmp_path)
+    assert [c[0] for c in calls] == ["fp32", "q", "fp32", "q"]
+    assert calls[2][1] == ["data.max_train_examples=10", "train.seed=2"]
+    assert calls[3][2] == tmp_path / "seed2" / "q"
+    assert [round(r["delta_pt"], 6) for r in result["runs"]] == [-1.0, 0.0]
+    assert result["mean_delta_pt"] == pytest.approx(-0.5)
+    assert result["stdev_delta_pt"] == pytest.approx(0.7071, abs=1e-4)
+    sb._print_training(result)
+    assert "over 2 seed(s): mean -0.50 pt (sd 0.71 pt)" in capsys.readouterr().out.replace("−", "-")
+
+
+@pytest.mark.parametrize("seeds, words", [("1,x", "comma-separated list of integers"), ("1,1", "repeats a seed")])
+def test_serve_bench_bad_seeds_are_usage_errors(seeds, words, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["serve-bench", "--seeds", seeds])
+    assert exc.value.code == 2
+    assert words in capsys.readouterr().err
+
+
+def test_serve_bench_seeds_need_compare_qlora(capsys):
+    assert main(["serve-bench", "--adapter", "a=b", "--seeds", "1,2"]) == 2
+    assert "give --compare-qlora too" in capsys.readouterr().err

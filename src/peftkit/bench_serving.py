@@ -110,7 +110,41 @@ def train_in_process(recipe: str, overrides: list[str], out: Path) -> dict:
             "adapter": str(out / "adapter")}
 
 
-def run_serve_bench(named_specs: list[str], *, n_texts: int = 64, compare_qlora=None, overrides=None) -> dict:
+def compare_qlora_training(recipes: list[str], overrides: list[str], seeds: list[int] | None = None,
+                           root: Path = Path("runs/serve-bench")) -> dict:
+    """Train the fp32 and the QLoRA recipe once per seed (the recipes' own seed when `seeds` is empty).
+
+    One seed's test accuracy moves by about a point with the seed (and with any small change to the weights, such
+    as a different quantization block size), so the accuracy target is judged on the mean difference over seeds.
+    """
+    runs = []
+    for seed in seeds or [None]:
+        extra = [] if seed is None else [f"train.seed={seed}"]
+        folder = root if seed is None else root / f"seed{seed}"
+        fp32, qlora = (train_in_process(r, [*overrides, *extra], folder / Path(r).stem) for r in recipes)
+        runs.append({"seed": seed, "fp32": fp32, "qlora": qlora,
+                     "delta_pt": (qlora["accuracy"] - fp32["accuracy"]) * 100})
+    deltas = [r["delta_pt"] for r in runs]
+    return {"runs": runs, "mean_delta_pt": statistics.fmean(deltas),
+            "stdev_delta_pt": statistics.stdev(deltas) if len(deltas) > 1 else None}
+
+
+def _print_training(result: dict) -> None:
+    print(f"{'seed':>5s} {'recipe':45s} {'accuracy':>8s} {'macro_f1':>8s} {'peak RSS MiB':>12s} {'examples/s':>10s}")
+    for run in result["runs"]:
+        for r in (run["fp32"], run["qlora"]):
+            seed = "recipe" if run["seed"] is None else str(run["seed"])
+            print(f"{seed:>5s} {Path(r['recipe']).stem:45s} {r['accuracy']:8.4f} {r['macro_f1']:8.4f} "
+                  f"{r['peak_rss_mb']:12.1f} {r['examples_per_s']:10.1f}")
+        print(f"{'':5s} QLoRA − LoRA accuracy: {run['delta_pt']:+.2f} pt; peak RSS ratio "
+              f"{run['qlora']['peak_rss_mb'] / run['fp32']['peak_rss_mb']:.2f}")
+    spread = "" if result["stdev_delta_pt"] is None else f" (sd {result['stdev_delta_pt']:.2f} pt)"
+    print(f"QLoRA − LoRA accuracy over {len(result['runs'])} seed(s): mean {result['mean_delta_pt']:+.2f} pt{spread} "
+          f"(target ≥ −0.5)")
+
+
+def run_serve_bench(named_specs: list[str], *, n_texts: int = 64, compare_qlora=None, overrides=None,
+                    seeds: list[int] | None = None) -> dict:
     """The `peftkit serve-bench` command: print the figures (and return them)."""
     from peftkit.errors import PeftkitError
     from peftkit.swap import parse_adapter_specs
@@ -118,20 +152,15 @@ def run_serve_bench(named_specs: list[str], *, n_texts: int = 64, compare_qlora=
     if not named_specs and not compare_qlora:
         raise PeftkitError("serve-bench: nothing to measure. Give --adapter NAME=PATH (one or more) and/or "
                            "--compare-qlora FP32_RECIPE QLORA_RECIPE.")
+    if seeds and not compare_qlora:
+        raise PeftkitError("serve-bench: --seeds repeats the --compare-qlora training; give --compare-qlora too.")
     out: dict = {}
     if compare_qlora:
-        root = Path("runs/serve-bench")
-        rows = [train_in_process(r, list(overrides or []), root / Path(r).stem) for r in compare_qlora]
-        out["training"] = rows
-        print(f"{'recipe':45s} {'accuracy':>8s} {'macro_f1':>8s} {'peak RSS MiB':>12s} {'examples/s':>10s}")
-        for r in rows:
-            print(f"{Path(r['recipe']).stem:45s} {r['accuracy']:8.4f} {r['macro_f1']:8.4f} {r['peak_rss_mb']:12.1f} "
-                  f"{r['examples_per_s']:10.1f}")
-        delta = (rows[1]["accuracy"] - rows[0]["accuracy"]) * 100
-        print(f"QLoRA − LoRA accuracy: {delta:+.2f} pt (target ≥ −0.5); peak RSS ratio "
-              f"{rows[1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.2f}")
+        out["training"] = compare_qlora_training(list(compare_qlora), list(overrides or []), seeds)
+        _print_training(out["training"])
         if not named_specs:
-            named_specs = [f"lora={rows[0]['adapter']}", f"qlora={rows[1]['adapter']}"]
+            first = out["training"]["runs"][0]
+            named_specs = [f"lora={first['fp32']['adapter']}", f"qlora={first['qlora']['adapter']}"]
     pairs = parse_adapter_specs(named_specs)
     figs = serving_figures(pairs, n_texts=n_texts)
     out["serving"] = figs

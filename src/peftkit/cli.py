@@ -17,6 +17,17 @@ def project_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def _seed_list(text: str) -> list[int]:
+    """`--seeds 42,7,1` → [42, 7, 1]."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers, e.g. 42,7,1") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"'{text}' repeats a seed; each seed once, e.g. 42,7,1")
+    return seeds
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient adaptation of BERT- and GPT-style "
                                 "models: recipe → small adapter → eval / predict.")
@@ -66,6 +77,9 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="train both recipes (each in its own process) and compare accuracy, peak RSS, examples/s")
     sb.add_argument("--set", dest="overrides", action="append", default=[], metavar="key=value",
                     help="overrides for both --compare-qlora recipes (e.g. data.max_train_examples=1000)")
+    sb.add_argument("--seeds", type=_seed_list, default=None, metavar="S1,S2,…",
+                    help="train the --compare-qlora pair once per seed and report the mean accuracy difference "
+                         "(default: the recipes' own seed)")
     g = sub.add_parser("generate", help="sample a continuation of a prompt from a causal-LM adapter")
     g.add_argument("adapter", help="run folder or adapter folder (task causal_lm)")
     g.add_argument("prompt", help="text to continue")
@@ -244,7 +258,8 @@ def cmd_merge(args) -> int:
 def cmd_serve_bench(args) -> int:
     from peftkit.bench_serving import run_serve_bench
 
-    run_serve_bench(args.named, n_texts=args.texts, compare_qlora=args.compare_qlora, overrides=args.overrides)
+    run_serve_bench(args.named, n_texts=args.texts, compare_qlora=args.compare_qlora, overrides=args.overrides,
+                    seeds=args.seeds)
     return 0
 
 
