@@ -74,7 +74,7 @@ def test_full_method_takes_no_settings():
 
 
 def test_bench_prefix_row_trains_pooler_and_head(tiny_bert, tiny_card, tmp_path):
-    """The bench's default prefix row: 20 prefixes per layer, plus BERT's pooler and the head, all trainable."""
+    """The bench's default prefix row: 128 prefixes per layer, plus BERT's pooler and the head, all trainable."""
     import transformers
 
     from peftkit.bench import _count
@@ -84,6 +84,6 @@ def test_bench_prefix_row_trains_pooler_and_head(tiny_bert, tiny_card, tmp_path)
     counts = _count(recipe, "prefix_tuning")
     cfg = transformers.AutoConfig.from_pretrained(tiny_bert)
     h, layers = cfg.hidden_size, cfg.num_hidden_layers
-    prefix = 20 * layers * 2 * h
+    prefix = 128 * layers * 2 * h
     pooler, head = h * h + h, 2 * h + 2
     assert counts["trainable_params"] == prefix + pooler + head
