@@ -130,10 +130,11 @@ def compare_qlora_training(recipes: list[str], overrides: list[str], seeds: list
 
 
 def _print_training(result: dict) -> None:
+    """One row per seed and recipe, each seed's difference, then the mean over the seeds."""
     print(f"{'seed':>5s} {'recipe':45s} {'accuracy':>8s} {'macro_f1':>8s} {'peak RSS MiB':>12s} {'examples/s':>10s}")
     for run in result["runs"]:
+        seed = "recipe" if run["seed"] is None else str(run["seed"])
         for r in (run["fp32"], run["qlora"]):
-            seed = "recipe" if run["seed"] is None else str(run["seed"])
             print(f"{seed:>5s} {Path(r['recipe']).stem:45s} {r['accuracy']:8.4f} {r['macro_f1']:8.4f} "
                   f"{r['peak_rss_mb']:12.1f} {r['examples_per_s']:10.1f}")
         print(f"{'':5s} QLoRA − LoRA accuracy: {run['delta_pt']:+.2f} pt; peak RSS ratio "
