@@ -77,6 +77,10 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
                                    batch_size=tc.batch_size, grad_accum_steps=tc.grad_accum_steps,
                                    max_grad_norm=tc.max_grad_norm)
     can_checkpoint = checkpoints_supported(accelerator, resume=resume, save_every=tc.save_every)
+    if accelerator.device.type == "cpu":
+        from peftkit.heap import release_freed_memory
+
+        release_freed_memory()
     set_seed(tc.seed)  # the same on every process: same initial adapter, same data order
     labels = card.labels if rc.task == "classification" else None
     quant = recipe.quantization.model_dump() if recipe.quantization else None
