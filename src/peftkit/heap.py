@@ -4,8 +4,9 @@ glibc serves big blocks with mmap and frees them back to the OS, but after each 
 threshold (up to 32 MB), so a training loop's activations (1–13 MB each for MiniLM at batch 16) soon come from
 the heap, and freed heap stays resident and fragments as batch shapes change. On the quickstart bench row that
 kept ~510 MB resident after training and put the peak ~95 MB higher: 1,166–1,210 MB against 1,066–1,078 MB
-with the threshold fixed at 1 MB, with the same losses and speed within run-to-run noise (41–44 ex/s with it,
-41–48 without).
+with the threshold fixed at 1 MB, with the same losses and LoRA speed within run-to-run noise (41–44 ex/s with
+it, 41–48 without). Other rows were not compared one to one (the prefix-tuning row ran at 25 ex/s in the next
+bench, 36 in the one before: not yet explained). The setting is process-wide, for the rest of the process.
 """
 
 from __future__ import annotations
