@@ -73,17 +73,21 @@ def test_full_method_takes_no_settings():
         check_method_settings("full", {"r": 8})
 
 
-def test_bench_prefix_row_trains_pooler_and_head(tiny_bert, tiny_card, tmp_path):
-    """The bench's default prefix row: 128 prefixes per layer, plus BERT's pooler and the head, all trainable."""
+def test_bench_prefix_row_depends_on_the_pooling(tiny_bert, tiny_card, tmp_path):
+    """The bench's prefix row: under the [CLS] pooler, 128 prefixes per layer plus the pooler and the head at lr
+    1e-2; under mean pooling, 20 prefixes and the head (there is no pooler) at lr 3e-2."""
     import transformers
 
-    from peftkit.bench import _count
+    from peftkit.bench import _count, _recipe_for
     from peftkit.recipe import load_recipe
 
-    recipe = load_recipe(str(write_recipe(tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run")))
-    counts = _count(recipe, "prefix_tuning")
+    path = str(write_recipe(tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run"))
     cfg = transformers.AutoConfig.from_pretrained(tiny_bert)
     h, layers = cfg.hidden_size, cfg.num_hidden_layers
-    prefix = 128 * layers * 2 * h
     pooler, head = h * h + h, 2 * h + 2
-    assert counts["trainable_params"] == prefix + pooler + head
+    cls, mean = load_recipe(path), load_recipe(path, ["model.pooling=mean"])
+    assert _count(cls, "prefix_tuning")["trainable_params"] == 128 * layers * 2 * h + pooler + head
+    assert _count(mean, "prefix_tuning")["trainable_params"] == 20 * layers * 2 * h + head
+    assert _recipe_for(cls, "prefix_tuning").train.learning_rate == 1e-2
+    assert _recipe_for(mean, "prefix_tuning").train.learning_rate == 3e-2
+    assert _recipe_for(mean, "full").train.learning_rate == 5e-5

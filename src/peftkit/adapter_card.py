@@ -94,8 +94,11 @@ def _eval_results(metrics: dict, task: str, dataset: str, dataset_name: str) -> 
 
 
 def snippets(*, base: str, adapter: str, task: str, labels: list[str] | None,
-             plain_base: str | None = None) -> tuple[str, str]:
-    """(peftkit snippet, plain peft snippet) that load `adapter` on `base` (plain peft: `plain_base`) once."""
+             plain_base: str | None = None, pooling: str = "model") -> tuple[str, str]:
+    """(peftkit snippet, plain peft snippet) that load `adapter` on `base` (plain peft: `plain_base`) once.
+
+    An adapter trained with `model.pooling: mean` needs that pooling on the plain base too (one peftkit call).
+    """
     plain_base = plain_base or base
     example = "a sharp, witty and moving film"
     if task == "classification":
@@ -117,7 +120,8 @@ def snippets(*, base: str, adapter: str, task: str, labels: list[str] | None,
         plain += (f"labels = {labels!r}\n"
                   f"model = {auto}.from_pretrained(base, num_labels=len(labels), id2label=dict(enumerate(labels)),\n"
                   f"    label2id={{name: i for i, name in enumerate(labels)}})\n"
-                  f"model = PeftModel.from_pretrained(model, {adapter!r}).eval()\n"
+                  + (_MEAN_POOLING if pooling == "mean" else "")
+                  + f"model = PeftModel.from_pretrained(model, {adapter!r}).eval()\n"
                   "tokenizer = AutoTokenizer.from_pretrained(base)\nwith torch.no_grad():\n"
                   f"    logits = model(**tokenizer([{example!r}], return_tensors='pt')).logits\n"
                   "print(labels[int(logits.argmax(-1))])\n")
@@ -127,6 +131,10 @@ def snippets(*, base: str, adapter: str, task: str, labels: list[str] | None,
                   "out = model.generate(**tokenizer(['The film'], return_tensors='pt'), max_new_tokens=20)\n"
                   "print(tokenizer.decode(out[0]))\n")
     return ours, plain
+
+
+_MEAN_POOLING = ("from peftkit.models.pooling import apply_pooling\n\n"
+                 "apply_pooling(model, 'mean')  # trained reading the mean of the tokens, not [CLS]\n")
 
 
 def _metrics_table(metrics: dict) -> str:
@@ -171,7 +179,8 @@ def render_card(run_dir: str | Path, *, adapter_ref: str, plots_prefix: str = ".
         tags=["peft", "peftkit", method, TASK_TAGS[task][0]], datasets=[dataset],
         model_name=f"{run_dir.name}", eval_results=_eval_results(metrics, task, dataset, dataset_name) or None,
     )
-    ours, plain = snippets(base=base, adapter=adapter_ref, task=task, labels=labels, plain_base=base_model)
+    ours, plain = snippets(base=base, adapter=adapter_ref, task=task, labels=labels, plain_base=base_model,
+                           pooling=meta.get("pooling", "model"))
     what = (f"classifies text into {', '.join(labels)}" if task == "classification"
             else "adapts the base model's text generation to the data below")
     parts = [

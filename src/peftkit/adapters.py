@@ -259,7 +259,7 @@ def load_adapter(path: str | Path, *, base_source: str | None = None, device: st
         )
     base = load_base_model(source, task=meta["task"], labels=meta.get("labels"),
                            pad_token_id=tokenizer.pad_token_id, dtype=dtype, device=device, cache_dir=cache_dir,
-                           quantization=quantization)
+                           quantization=quantization, pooling=meta.get("pooling", "model"))
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     use_fast_lora(model)
     model.eval()

@@ -4,6 +4,7 @@ transformers `Trainer` + peft `get_peft_model`, on the same model, data subset, 
 rate, schedule and PEFT config as the peftkit row. Two padding styles:
 - `pad128`: transformers' text-classification example defaults (every example padded to `max_length`);
 - `dynamic`: the PEFT docs' `DataCollatorWithPadding` (each random batch padded to its longest member).
+A recipe with `model.pooling: mean` gets the same mean pooling in the peer (peftkit's pooler swap).
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def run_peer(recipe, padding: str, train_limit: int | None) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(
         folder, num_labels=len(card.labels), id2label=dict(enumerate(card.labels)),
         label2id={name: i for i, name in enumerate(card.labels)})
+    if rc.pooling != "model":  # by hand this is a pooler swap of a few lines; the same one, so both compute the same
+        from peftkit.models.pooling import apply_pooling
+
+        apply_pooling(model, rc.pooling)
     # The same PEFT config peftkit builds (get_peft_model inside apply_method), so the two compute the same thing.
     model = apply_method(model, name=recipe.method.name, settings=recipe.method.settings(), task=rc.task)
     steps = math.ceil(len(train_tok) / tc.batch_size) * tc.epochs

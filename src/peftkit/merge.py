@@ -6,6 +6,10 @@ and the standalone model written where plain `AutoModelFor…from_pretrained` re
 `parity_report.json`: max |logit difference| and label agreement between the adapter on its base and the
 merged model (reloaded from disk) on sample inputs, and, for a quantization-trained adapter, against the
 adapter on the quantized base it was trained on.
+
+An adapter trained with `model.pooling: mean` merges into a model whose config.json records that pooling
+(`peftkit_pooling`); plain transformers would read its [CLS] token instead, so the reload check applies the
+recorded pooling (`peftkit.models.pooling.apply_pooling`) and the report says the merged model needs it.
 """
 
 from __future__ import annotations
@@ -67,6 +71,10 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, texts: list[str] | No
     reference = _logits(loaded.model, loaded.tokenizer, texts, task)
     report: dict = {"adapter": str(adapter_dir), "method": loaded.meta.get("method"), "task": task,
                     "n_samples": len(texts), "merged_dtype": "float32"}
+    if loaded.meta.get("pooling", "model") != "model":
+        report["pooling"] = (f"{loaded.meta['pooling']}: recorded in config.json as peftkit_pooling; load the merged "
+                             f"model with peftkit, or call peftkit.models.pooling.apply_pooling(model, 'model') "
+                             f"after from_pretrained (plain transformers reads the [CLS] token)")
     quant = loaded.meta.get("quantization")
     if quant:
         say("[2/5] reference: the adapter on the quantized base it was trained on")
@@ -91,6 +99,8 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, texts: list[str] | No
     diff = report["vs_adapter_on_full_precision_base"]
     say(f"done: max |logit diff| {diff['max_abs_logit_diff']:.2e}, label agreement {diff['label_agreement']:.3f} "
         f"on {len(texts)} inputs; report in {out / REPORT_FILE}")
+    if "pooling" in report:
+        say(f"note: mean pooling; {report['pooling'].split(': ', 1)[1]}")
     return report
 
 
@@ -114,7 +124,12 @@ def _plain_load(folder: Path, task: str):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     cls = AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
-    return cls.from_pretrained(str(folder), dtype="float32").eval()
+    model = cls.from_pretrained(str(folder), dtype="float32").eval()
+    if task == "classification":
+        from peftkit.models.pooling import apply_pooling
+
+        apply_pooling(model, "model")  # the pooling recorded in config.json, if any (see the module docstring)
+    return model
 
 
 def _logits(model, tokenizer, texts: list[str], task: str) -> list:

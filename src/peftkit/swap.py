@@ -190,7 +190,9 @@ class AdapterSet:
             labels = meta["labels"] = [cfg.id2label[i] for i in sorted(cfg.id2label)]
         self.base = load_base_model(source, task=self.task, labels=labels,
                                     pad_token_id=self.tokenizer.pad_token_id, dtype=self.dtype, device=self.device,
-                                    quantization=self.quantization, cache_dir=cache_dir)
+                                    quantization=self.quantization, cache_dir=cache_dir,
+                                    pooling=meta.get("pooling", "model"))
+        self.pooling = meta.get("pooling", "model")
         self.base.eval()
 
     def _check_fingerprint(self, adapter_dir: Path, meta: dict) -> None:
@@ -200,6 +202,8 @@ class AdapterSet:
                                                                       tok_hash=self.tok_hash)
         if meta["task"] != self.task:
             diffs.append(f"task: expected {self.task}, found {meta['task']}")
+        if meta.get("pooling", "model") != self.pooling:
+            diffs.append(f"model.pooling: expected {self.pooling}, found {meta.get('pooling', 'model')}")
         if diffs:
             raise PeftkitError(f"adapter '{adapter_dir}' does not fit the loaded base '{self.base_spec}': "
                                + "; ".join(diffs) + ". Serve it with the base it was trained on, in a separate set.")

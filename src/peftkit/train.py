@@ -49,6 +49,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     from peftkit.methods.apply import apply_method
     from peftkit.methods.checks import check_method_for_model
     from peftkit.models.load import load_base_model, load_config, load_tokenizer
+    from peftkit.models.pooling import check_pooling
     from peftkit.models.sources import resolve_source
 
     rc, tc = recipe.model, recipe.train
@@ -65,6 +66,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     model_config = load_config(source, rc.cache_dir)
     _check_max_length(recipe.data.max_length, model_config, rc.source)
     check_method_for_model(recipe.method.name, recipe.method.settings(), model_config, rc.task, tc.gradient_checkpointing)
+    check_pooling(rc.pooling, task=rc.task, settings=recipe.method.settings(), config=model_config,
+                  source=f"model source '{rc.source}'")
     data = {name: _tokenize(splits[name], tokenizer, recipe, limit) for name, limit in (
         ("train", recipe.data.max_train_examples), ("validation", recipe.data.max_eval_examples),
         ("test", recipe.data.max_test_examples))}
@@ -85,7 +88,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     labels = card.labels if rc.task == "classification" else None
     quant = recipe.quantization.model_dump() if recipe.quantization else None
     model = load_base_model(source, task=rc.task, labels=labels, pad_token_id=tokenizer.pad_token_id,
-                            dtype=dtype, device=str(accelerator.device), quantization=quant, cache_dir=rc.cache_dir)
+                            dtype=dtype, device=str(accelerator.device), quantization=quant, cache_dir=rc.cache_dir,
+                            pooling=rc.pooling)
     steps_per_epoch = math.ceil(len(data["train"].ids) / (tc.batch_size * accelerator.num_processes * tc.grad_accum_steps))
     total_steps = tc.max_steps or max(1, math.ceil(steps_per_epoch * tc.epochs))
     if quant:
@@ -340,6 +344,7 @@ def _save_bundle(model, adapter_dir: Path, recipe: Recipe, source, tokenizer, la
         "tokenizer_hash": tokenizer_hash(tokenizer),
         "task": recipe.model.task,
         "labels": labels,
+        "pooling": recipe.model.pooling,
         "method": recipe.method.name,
         "max_length": recipe.data.max_length,
         "data_card": recipe.data.card,

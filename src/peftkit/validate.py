@@ -14,6 +14,7 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     from peftkit.evaluation import check_metric_names
     from peftkit.methods.checks import check_method_for_model
     from peftkit.models.load import load_config, load_tokenizer
+    from peftkit.models.pooling import check_pooling
     from peftkit.models.sources import resolve_source
     from peftkit.train import _check_max_length, check_card_task, check_report_to
 
@@ -30,6 +31,8 @@ def validate_recipe(recipe: Recipe) -> list[str]:
         _check_max_length(recipe.data.max_length, config, recipe.model.source)
         check_method_for_model(recipe.method.name, recipe.method.settings(), config, recipe.model.task,
                                recipe.train.gradient_checkpointing)
+        check_pooling(recipe.model.pooling, task=recipe.model.task, settings=recipe.method.settings(),
+                      config=config, source=f"model source '{recipe.model.source}'")
     check_metric_names(recipe.eval.metrics)
     check_report_to(recipe.train.report_to)
     return [f"data card: {card.name} ({card.path})", f"model source: {source.spec} → {source.kind} "

@@ -46,7 +46,7 @@ def method_rows(recipe_paths: list[Path], model_source: str | None = None) -> li
         torch.manual_seed(0)
         labels = load_card(recipe.data.card).labels if recipe.model.task == "classification" else None
         base = load_base_model(source, task=recipe.model.task, labels=labels, pad_token_id=tok.pad_token_id,
-                               device="cpu", cache_dir=recipe.model.cache_dir)
+                               device="cpu", cache_dir=recipe.model.cache_dir, pooling=recipe.model.pooling)
         total = sum(p.numel() for p in base.parameters())
         model = apply_method(base, name=recipe.method.name, settings=recipe.method.settings(), task=recipe.model.task)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -96,11 +96,13 @@ def load_base_model(
     device: str | None = None,
     quantization: dict | None = None,
     cache_dir: str | None = None,
+    pooling: str = "model",
 ):
     """A transformers model for `task` (`classification` or `causal_lm`), on `device`, frozen weights untouched.
 
     `labels` sets num_labels and id2label/label2id so they travel in the model config. `quantization` is a dict of
-    the recipe's quantization block (bits, quant_type, double_quant, compute_dtype), or None.
+    the recipe's quantization block (bits, quant_type, double_quant, compute_dtype), or None. `pooling`: how a
+    classifier reads the sequence (`peftkit.models.pooling`); a folder merged with mean pooling keeps it.
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -125,6 +127,10 @@ def load_base_model(
         from peftkit.models.decoder import install_decoder_hooks
 
         install_decoder_hooks(model, pool_last_token=task == "classification")
+    if task == "classification":
+        from peftkit.models.pooling import apply_pooling
+
+        apply_pooling(model, pooling, source=f"model source '{source.spec}'")
     if not quantization:
         model.to(device)
     return model

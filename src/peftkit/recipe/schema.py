@@ -28,6 +28,12 @@ class ModelSpec(_Section):
     task: Literal["classification", "causal_lm"] = "classification"
     """`classification`: sequence classification with a trained head. `causal_lm`: adapt a decoder to a text corpus."""
 
+    pooling: Literal["model", "mean"] = "model"
+    """How a classifier reads the sequence. `model`: the model's own head (BERT: the [CLS] token through its
+    pooler; decoders: the last real token). `mean`: the average of the real tokens' last hidden states, fed
+    straight to the classifier (BERT-style encoders only): how sentence-transformers encoders such as MiniLM were
+    trained, and what prefix tuning needs on them (see `peftkit.models.pooling`)."""
+
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights and compute dtype. `auto`: float32 on CPU, bfloat16 on a GPU that supports it."""
 
