@@ -112,10 +112,10 @@ def _recipe_for(recipe, method: str):
 
     r = recipe.model_copy(deep=True)
     if method != recipe.method.name:
-        cls = r.model.pooling == "model"
-        settings = (CLS_POOLER_SETTINGS if cls and method in CLS_POOLER_SETTINGS else BENCH_SETTINGS).get(method, {})
-        rates = CLS_POOLER_LEARNING_RATES if cls and method in CLS_POOLER_LEARNING_RATES else BENCH_LEARNING_RATES
-        r.method = MethodSpec(name=method, **settings)
+        settings, rates = BENCH_SETTINGS, BENCH_LEARNING_RATES
+        if r.model.pooling == "model":
+            settings, rates = {**settings, **CLS_POOLER_SETTINGS}, {**rates, **CLS_POOLER_LEARNING_RATES}
+        r.method = MethodSpec(name=method, **settings.get(method, {}))
         r.train.learning_rate = rates.get(method, r.train.learning_rate)
     return r
 

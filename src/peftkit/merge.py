@@ -71,10 +71,11 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, texts: list[str] | No
     reference = _logits(loaded.model, loaded.tokenizer, texts, task)
     report: dict = {"adapter": str(adapter_dir), "method": loaded.meta.get("method"), "task": task,
                     "n_samples": len(texts), "merged_dtype": "float32"}
-    if loaded.meta.get("pooling", "model") != "model":
-        report["pooling"] = (f"{loaded.meta['pooling']}: recorded in config.json as peftkit_pooling; load the merged "
-                             f"model with peftkit, or call peftkit.models.pooling.apply_pooling(model, 'model') "
-                             f"after from_pretrained (plain transformers reads the [CLS] token)")
+    pooling = loaded.meta.get("pooling", "model")
+    if pooling != "model":
+        report["pooling"] = (f"{pooling}: recorded in config.json as peftkit_pooling; load the merged model with "
+                             f"peftkit, or call peftkit.models.pooling.apply_pooling(model, 'model') after "
+                             f"from_pretrained (plain transformers reads the [CLS] token)")
     quant = loaded.meta.get("quantization")
     if quant:
         say("[2/5] reference: the adapter on the quantized base it was trained on")
@@ -100,7 +101,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, texts: list[str] | No
     say(f"done: max |logit diff| {diff['max_abs_logit_diff']:.2e}, label agreement {diff['label_agreement']:.3f} "
         f"on {len(texts)} inputs; report in {out / REPORT_FILE}")
     if "pooling" in report:
-        say(f"note: mean pooling; {report['pooling'].split(': ', 1)[1]}")
+        say(f"note: pooling {report['pooling']}")
     return report
 
 
