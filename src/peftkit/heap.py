@@ -8,7 +8,8 @@ with the threshold fixed at 1 MB, with the same losses. It costs speed: every bl
 fresh mapping whose pages the kernel faults in and zeroes on each step. Measured back to back on the quickstart
 LoRA row (2,000 snippets, 2 cores, same losses): batch 16 40.3 ex/s and 1,167 MB peak with it, 45.7 ex/s and
 1,302 MB without; batch 32 35.6 / 1,421 MB against 50.8 / 1,832 MB; a 4 MB threshold gave 47.4 ex/s / 1,277 MB,
-16 MB 45.4 / 1,267 MB (batch 16), above the hand-written peer's ~1,250 MB. The bench's goals ask for both
+16 MB 45.4 / 1,267 MB, 2 MB 45.5 / 1,274 MB (batch 16), all above the hand-written peer's ~1,250 MB;
+`malloc_trim(0)` after every step was slower still (35.2 ex/s, 1,192 MB). The bench's goals ask for both
 speed and a peak no higher than the peer's, and only 1 MB meets the second, so 1 MB it is; it is also why the
 128-prefix row once ran at 25 ex/s against 36 (bigger attention tensors). The setting is process-wide.
 """
