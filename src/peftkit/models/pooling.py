@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch  # imported only where a model is loaded
 
 from peftkit.errors import PeftkitError
+from peftkit.models.load import is_decoder
 
 POOLINGS = ("model", "mean")
 CONFIG_KEY = "peftkit_pooling"
@@ -28,8 +29,6 @@ def check_pooling(pooling: str, *, task: str, settings: dict, config, source: st
     """Refuse, before weights load, a `mean` pooling that cannot work: another task, a decoder, a trained pooler."""
     if pooling == "model":
         return
-    from peftkit.models.load import is_decoder
-
     if task != "classification":
         raise PeftkitError(f"model.pooling: mean applies to classification only (model.task is {task}). "
                            f"Remove model.pooling.")
