@@ -77,6 +77,20 @@ def _masked_scale():
     return _FUNCTION
 
 
+def cpu_mask_p(module, x) -> float | None:
+    """The drop probability with which `module` would draw its mask with `keep_mask` on input `x`: 0.0 when it
+    drops nothing (an `nn.Identity`, p = 0, eval mode), None when it is not a patched dropout of this module."""
+    import torch
+
+    if isinstance(module, torch.nn.Identity) or (isinstance(module, torch.nn.Dropout) and
+                                                 (not module.training or module.p == 0.0)):
+        return 0.0
+    if (type(module) is torch.nn.Dropout and getattr(module.forward, "__func__", None) is _forward
+            and x.device.type == "cpu" and x.dtype == torch.float32 and not module.inplace and module.p < 1.0):
+        return module.p
+    return None
+
+
 def use_cpu_dropout(model) -> int:
     """Give every `nn.Dropout` of `model` the cheaper CPU mask (other devices keep torch's); returns how many."""
     import types

@@ -3,8 +3,15 @@
 PEFT computes `result + lora_B(lora_A(dropout(x))) * scaling`: on top of the two small matmuls that is a
 full-size scaled copy and a full-size sum, each a fresh tensor. On CPU, where these layers are memory-bound, that
 made an active (unmerged) adapter 1.2–1.35× slower than the bare base. Here the low-rank product is accumulated
-into the base output in one GEMM (`addmm_`, alpha = scaling), so no full-size temporary is made. Autograd
-handles the in-place update (the base output is not saved for backward), so training uses it too.
+into the base output in one GEMM (`addmm_`, alpha = scaling), so no full-size temporary is made.
+
+Training on a frozen fp32 base on CPU goes one step further: the whole layer (dropout mask, both products, base
+GEMM) is one autograd function with a hand-written backward. Autograd's handling of the in-place update above
+copied the full-size gradient two or three times per layer (`CopySlices`); this backward makes no full-size copy,
+keeps the mask as 1 byte per element (like `peftkit.dropout`), and skips the input gradient where nothing below
+needs it (the lowest layer, above frozen embeddings). Its mask is the one `peftkit.dropout` draws, from the same
+generator at the same point, so a run gives the same losses. Measured on the quickstart (2,000 snippets, 2 cores):
+39.9 → 43.6 ex/s with peftkit's 1 MB mmap threshold, 47.7 → 49.7 without it.
 
 Anything this path does not cover — DoRA and other variants, mixed-adapter batches (`adapter_names=`), merged or
 disabled adapters, a dtype mismatch (autocast, quantized bases, which are a different class anyway) — falls
@@ -17,12 +24,17 @@ import types
 
 
 def _fast_forward(self, x, *args, **kwargs):
+    import torch
     from peft.tuners.lora.layer import Linear
 
     active = [a for a in self.active_adapters if a in self.lora_A]
     if (args or kwargs or self.disable_adapters or self.merged or any(a in self.lora_variant for a in active)
             or any(x.dtype != self.lora_A[a].weight.dtype for a in active)):
         return Linear.forward(self, x, *args, **kwargs)
+    if len(active) == 1 and torch.is_grad_enabled():
+        fused = _fused_args(self, active[0], x)
+        if fused is not None:
+            return _function().apply(x, *fused)
     result = self.base_layer(x)
     if result.dtype != x.dtype:
         return Linear.forward(self, x, *args, **kwargs)
@@ -32,6 +44,72 @@ def _fast_forward(self, x, *args, **kwargs):
         low = self.lora_A[name](self.lora_dropout[name](x))
         flat.addmm_(low.reshape(-1, low.shape[-1]), self.lora_B[name].weight.t(), alpha=self.scaling[name])
     return result
+
+
+def _fused_args(layer, name: str, x) -> tuple | None:
+    """(A, B, W, bias, scaling, p) for the fused training function, or None where it does not apply."""
+    import torch
+
+    from peftkit.dropout import cpu_mask_p
+
+    base, a, b = layer.base_layer, layer.lora_A[name], layer.lora_B[name]
+    if (type(base) is not torch.nn.Linear or base.weight.requires_grad
+            or (base.bias is not None and base.bias.requires_grad) or b.bias is not None
+            or x.device.type != "cpu" or not x.dtype == base.weight.dtype == a.weight.dtype == torch.float32):
+        return None
+    p = cpu_mask_p(layer.lora_dropout[name], x)
+    return None if p is None else (a.weight, b.weight, base.weight, base.bias, layer.scaling[name], p)
+
+
+_FUNCTION = None
+
+
+def _function():
+    """y = x·Wᵀ + bias + scaling·(dropout(x)·Aᵀ)·Bᵀ with W and bias frozen, as one autograd function."""
+    global _FUNCTION
+    if _FUNCTION is None:
+        import torch
+
+        from peftkit.dropout import keep_mask
+
+        class LoraLinear(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x, a, b, weight, bias, scaling, p):
+                x2 = x.reshape(-1, x.shape[-1])
+                keep = None
+                dropped = x2
+                if p:
+                    mask = keep_mask(x2.shape, p)
+                    dropped = x2 * mask
+                    keep = mask.bool()  # 1 byte per element until backward (the float mask dies here)
+                low = torch.mm(dropped, a.t())
+                y = torch.mm(x2, weight.t()) if bias is None else torch.addmm(bias, x2, weight.t())
+                y.addmm_(low, b.t(), alpha=scaling)
+                ctx.scaling, ctx.p = scaling, p
+                ctx.save_for_backward(dropped, keep, low, a, b, weight)
+                return y.view(*x.shape[:-1], y.shape[-1])
+
+            @staticmethod
+            def backward(ctx, grad):
+                dropped, keep, low, a, b, weight = ctx.saved_tensors
+                need_x, need_a, need_b = ctx.needs_input_grad[:3]
+                g2 = grad.reshape(-1, grad.shape[-1])
+                g_low = torch.mm(g2, b).mul_(ctx.scaling)  # gradient at the low-rank activations
+                g_b = torch.mm(g2.t(), low).mul_(ctx.scaling) if need_b else None
+                # 1.0/(1 − p) computed as in keep_mask, so the mask is the forward's float mask exactly
+                g_a = torch.mm(g_low.t(), dropped) if need_a else None
+                g_x = None
+                if need_x:
+                    g_x = torch.mm(g2, weight)
+                    if keep is None:
+                        g_x.addmm_(g_low, a)
+                    else:  # 1.0/(1 − p) computed as in keep_mask: the forward's float mask exactly
+                        g_x.addcmul_(torch.mm(g_low, a), keep.view(torch.uint8).to(g_x.dtype), value=1.0 / (1.0 - ctx.p))
+                    g_x = g_x.view(*grad.shape[:-1], g_x.shape[-1])
+                return g_x, g_a, g_b, None, None, None, None
+
+        _FUNCTION = LoraLinear
+    return _FUNCTION
 
 
 def use_fast_lora(model) -> int:
