@@ -3,8 +3,8 @@
 torch's CPU dropout draws one Bernoulli sample per element from its (serial) generator: profiled on the
 quickstart (MiniLM + LoRA, 2 cores), the 51 dropout layers per step — BERT's hidden/embedding dropouts, the
 classifier's, and one per LoRA layer — took ~24% of the training time, more than the attention. Here one
-64-bit draw of torch's own generator yields four 15-bit uniforms, each compared with round(p·2¹⁵): an element
-is kept with probability 1 − p (to within 2⁻¹⁶) and scaled by 1/(1 − p), as in `nn.Dropout`. The mask comes from
+64-bit draw of torch's own generator yields four 16-bit uniforms, each compared with round(p·2¹⁶): an element
+is kept with probability 1 − p (to within 2⁻¹⁷) and scaled by 1/(1 − p), as in `nn.Dropout`. The mask comes from
 torch's global generator, so seeding, checkpointed RNG state and resume behave as before; the stream differs
 from torch's own dropout, so runs are equal in distribution, not bit for bit. Backward keeps the mask as bool
 (1 byte per element, as torch's dropout does), not the float32 mask.
@@ -14,25 +14,23 @@ from __future__ import annotations
 
 import math
 
-_BITS = 15
-
 
 def keep_mask(shape, p: float):
     """A float32 tensor of `shape`: 1/(1 − p) with probability 1 − p, else 0, independently per element.
 
-    Built with float arithmetic, not bool ops (a bool mask and `masked_fill` cost ~10x a float multiply on CPU):
-    each 15-bit uniform u becomes the float 1 + u/2¹⁵ (its bits placed in the mantissa), so with t = round(p·2¹⁵),
-    (f − (1 + (t − 1)/2¹⁵))·2¹⁵ = u − t + 1 exactly, an integer that clamps to 1 iff u ≥ t.
+    Float arithmetic, not bool ops (a bool mask and `masked_fill` cost ~10x a float multiply on CPU), in four
+    passes: each 16-bit lane of the 64-bit draws, read as a signed integer u (uniform on [−2¹⁵, 2¹⁵)), becomes a
+    float, and with t = round(p·2¹⁶), u + 2¹⁵ − t + 1 is an integer (exact in float32) that clamps to 1 iff
+    u + 2¹⁵ ≥ t, else to 0.
     """
     import torch
 
     n = math.prod(shape)
-    draws = torch.empty((n + 3) // 4, dtype=torch.int64).random_()  # 63 random bits each, from torch's generator
-    bits = draws.view(torch.int16)[:n].to(torch.int32).bitwise_and_((1 << _BITS) - 1)
-    floats = bits.bitwise_left_shift_(23 - _BITS).bitwise_or_(0x3F800000).view(torch.float32)  # 1 + u/2¹⁵
-    t = round(p * (1 << _BITS))
-    floats.sub_(1.0 + (t - 1) / (1 << _BITS)).mul_(float(1 << _BITS)).clamp_(0.0, 1.0)
-    return floats.mul_(1.0 / (1.0 - p)).view(shape)
+    # (from=-2⁶³, to=None): all 64 bits random (a plain random_() leaves the top bit 0, i.e. one lane 15-bit)
+    draws = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None)
+    t = round(p * (1 << 16))
+    floats = draws.view(torch.int16)[:n].to(torch.float32)
+    return floats.add_(float((1 << 15) - t + 1)).clamp_(0.0, 1.0).mul_(1.0 / (1.0 - p)).view(shape)
 
 
 def _forward(self, x):

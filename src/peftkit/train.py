@@ -48,6 +48,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     from peftkit.dropout import use_cpu_dropout
     from peftkit.methods.apply import apply_method
     from peftkit.methods.checks import check_method_for_model
+    from peftkit.models.cpu_attention import use_cpu_attention
     from peftkit.models.load import load_base_model, load_config, load_tokenizer
     from peftkit.models.pooling import check_pooling
     from peftkit.models.sources import resolve_source
@@ -101,6 +102,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     model = apply_method(model, name=recipe.method.name, settings=recipe.method.settings(), task=rc.task,
                          total_steps=total_steps)
     use_cpu_dropout(model)
+    if accelerator.device.type == "cpu":
+        use_cpu_attention(model)
 
     # 2. The run folder: from here on, files appear (each atomically).
     accelerator.wait_for_everyone()  # every process has checked the folder before the main one fills it

@@ -70,7 +70,7 @@ def _function():
     if _FUNCTION is None:
         import torch
 
-        from peftkit.dropout import keep_mask
+        from peftkit import dropout  # looked up per call: one place draws every mask
 
         class LoraLinear(torch.autograd.Function):
             @staticmethod
@@ -79,7 +79,7 @@ def _function():
                 keep = None
                 dropped = x2
                 if p:
-                    mask = keep_mask(x2.shape, p)
+                    mask = dropout.keep_mask(x2.shape, p)
                     dropped = x2 * mask
                     keep = mask.bool()  # 1 byte per element until backward (the float mask dies here)
                 low = torch.mm(dropped, a.t())
@@ -96,14 +96,13 @@ def _function():
                 g2 = grad.reshape(-1, grad.shape[-1])
                 g_low = torch.mm(g2, b).mul_(ctx.scaling)  # gradient at the low-rank activations
                 g_b = torch.mm(g2.t(), low).mul_(ctx.scaling) if need_b else None
-                # 1.0/(1 − p) computed as in keep_mask, so the mask is the forward's float mask exactly
                 g_a = torch.mm(g_low.t(), dropped) if need_a else None
                 g_x = None
                 if need_x:
                     g_x = torch.mm(g2, weight)
                     if keep is None:
                         g_x.addmm_(g_low, a)
-                    else:  # 1.0/(1 − p) computed as in keep_mask: the forward's float mask exactly
+                    else:  # the forward's mask: kept elements times 1/(1 − p)
                         g_x.addcmul_(torch.mm(g_low, a), keep.view(torch.uint8).to(g_x.dtype), value=1.0 / (1.0 - ctx.p))
                     g_x = g_x.view(*grad.shape[:-1], g_x.shape[-1])
                 return g_x, g_a, g_b, None, None, None, None

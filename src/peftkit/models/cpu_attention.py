@@ -1,0 +1,94 @@
+"""Training attention for encoders on CPU: SDPA's math, with peftkit's dropout mask and a lean backward.
+
+With attention dropout on (BERT's `attention_probs_dropout_prob`, 0.1), torch's SDPA takes its math path on CPU:
+it scales copies of q and k, draws the dropout mask with the serial `bernoulli_` (~3.5% of a quickstart step), and
+keeps three full attention-sized float tensors per layer for backward (softmax output, float mask, dropped
+probabilities). This function computes the same softmax(q·kᵀ·scale + mask) → dropout → ·v as one autograd function
+that keeps the softmax output and a 1-byte mask, draws the mask with `peftkit.dropout.keep_mask`, and recomputes
+the dropped probabilities in backward. Runs are equal in distribution to SDPA's, not bit for bit (another mask
+stream).
+
+It is registered with transformers' attention interface as `peftkit_cpu` (with SDPA's mask builder) and used only
+while it applies: training with dropout, grad on, fp32 on CPU, no GQA, no causal flag, no extra bias. Anything else
+(eval, inference, other devices) goes straight to transformers' SDPA function, so a model switched to it computes
+what it did before. The name is not saved with the model's config (transformers drops it when serialising).
+"""
+
+from __future__ import annotations
+
+NAME = "peftkit_cpu"
+_FUNCTION = None
+
+
+def use_cpu_attention(model) -> bool:
+    """Switch an encoder that uses SDPA to the lean training attention; False (nothing changes) otherwise."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    from peftkit.models.load import is_decoder
+
+    config = model.config
+    if config._attn_implementation != "sdpa" or is_decoder(config) or config.is_encoder_decoder:
+        return False
+    AttentionInterface.register(NAME, _attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
+    config._attn_implementation = NAME
+    return True
+
+
+def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+               is_causal: bool | None = None, **kwargs):
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
+    if (not dropout or not module.training or not torch.is_grad_enabled() or causal
+            or query.device.type != "cpu" or query.dtype != torch.float32 or query.shape[1] != key.shape[1]
+            or any(kwargs.get(k) is not None for k in ("position_bias", "softcap", "sliding_window", "cache"))
+            or (attention_mask is not None and attention_mask.dim() != 4)):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    return _function().apply(query, key, value, attention_mask, scale, dropout), None
+
+
+def _function():
+    """softmax(q·kᵀ·scale + mask) → dropout → ·v, returned as (batch, query, heads, head_dim) like transformers'."""
+    global _FUNCTION
+    if _FUNCTION is None:
+        import torch
+
+        from peftkit import dropout  # looked up per call: one place draws every mask
+
+        class CpuAttention(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, q, k, v, mask, scale, p):
+                scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)
+                if mask is not None:
+                    if mask.dtype == torch.bool:  # SDPA's convention: True takes part
+                        scores.masked_fill_(mask.logical_not(), torch.finfo(scores.dtype).min)
+                    else:
+                        scores.add_(mask)
+                probs = torch.softmax(scores, dim=-1)
+                del scores
+                kept = dropout.keep_mask(probs.shape, p)
+                keep = kept.bool()  # 1 byte per element for backward
+                out = torch.matmul(kept.mul_(probs), v)
+                ctx.scale, ctx.p = scale, p
+                ctx.save_for_backward(q, k, v, probs, keep)
+                return out.transpose(1, 2).contiguous()
+
+            @staticmethod
+            def backward(ctx, grad):
+                q, k, v, probs, keep = ctx.saved_tensors
+                g = grad.transpose(1, 2)
+                # 1.0/(1 − p) as keep_mask computes it: the forward's float mask exactly
+                mask = keep.view(torch.uint8).to(probs.dtype).mul_(1.0 / (1.0 - ctx.p))
+                g_v = torch.matmul((probs * mask).transpose(-2, -1), g)
+                g_probs = torch.matmul(g, v.transpose(-2, -1)).mul_(mask)
+                del mask
+                g_scores = torch._softmax_backward_data(g_probs, probs, -1, probs.dtype).mul_(ctx.scale)
+                return torch.matmul(g_scores, k), torch.matmul(g_scores.transpose(-2, -1), q), g_v, None, None, None
+
+        _FUNCTION = CpuAttention
+    return _FUNCTION
