@@ -13,7 +13,10 @@ peer measured the same way peaked at 1,296 MB (in the bench's child processes bo
 the README's run). So a bigger threshold keeps the peak under the peer's by only ~20 MB, within the peer's
 run-to-run spread (1,144–1,247 MB in bench runs), and 1 MB by ~130 MB: the bench asks for a peak no higher than the
 peer's, so 1 MB it is, at ~12% of speed. It is probably also why the 128-prefix row once ran at 25 ex/s against 36
-(bigger attention tensors; not measured one to one). The setting is process-wide.
+(bigger attention tensors; not measured one to one). Re-measured after the fused LoRA layer and the CPU attention
+(same row, alternating, one process each): 45.8 / 1,136 and 45.8 / 1,124 MB with it, 52.0 / 1,198 and 50.3 / 1,210
+MB without, so still ~10% of speed for ~75 MB, and without it the peak would sit ~90 MB under the peer's 1,296 (same
+measure). Kept, for the margin. The setting is process-wide.
 """
 
 from __future__ import annotations

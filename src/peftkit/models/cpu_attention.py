@@ -6,7 +6,10 @@ keeps three full attention-sized float tensors per layer for backward (softmax o
 probabilities). This function computes the same softmax(q·kᵀ·scale + mask) → dropout → ·v as one autograd function
 that keeps the softmax output and a 1-byte mask, draws the mask with `peftkit.dropout.keep_mask`, and recomputes
 the dropped probabilities in backward. Runs are equal in distribution to SDPA's, not bit for bit (another mask
-stream).
+stream). Measured on the quickstart (2,000 snippets, 2 cores, glibc's default heap, one process per run): peak RSS
+1,236–1,257 MB without it (3 runs), 1,163–1,208 with it (4 runs); speed the same within noise (48.5–51.6 against
+49.2–51.4 ex/s). Accuracy over seeds 42 / 7 / 1, LoRA rows with this and the 16-bit mask lanes against the code
+before both: 0.769 / 0.773 / 0.778 vs 0.786 / 0.767 / 0.770 (mean 0.773 vs 0.774), eval loss mean 0.476 vs 0.468.
 
 It is registered with transformers' attention interface as `peftkit_cpu` (with SDPA's mask builder) and used only
 while it applies: training with dropout, grad on, fp32 on CPU, no GQA, no causal flag, no extra bias. Anything else
