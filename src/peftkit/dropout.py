@@ -33,6 +33,14 @@ def keep_mask(shape, p: float):
     return floats.add_(float((1 << 15) - t + 1)).clamp_(0.0, 1.0).mul_(1.0 / (1.0 - p)).view(shape)
 
 
+def float_mask(keep, p: float, dtype):
+    """`keep_mask`'s float mask again, exactly, from its 1-byte copy `keep` (`mask.bool()`): 1.0·(1/(1 − p)) is
+    the very float the forward's mask holds (same op on the same value). uint8→float is the cheap cast on CPU."""
+    import torch
+
+    return keep.view(torch.uint8).to(dtype).mul_(1.0 / (1.0 - p))
+
+
 def _forward(self, x):
     import torch
 
@@ -50,7 +58,9 @@ def _masked_scale():
 
     Plain `x * mask` would keep the float32 mask (4 bytes per element) until backward: with ~50 dropouts per
     step that raised the quickstart bench's peak RSS by ~100 MB, above the peer's. float→bool in forward and
-    uint8→float in backward are the cheap casts on CPU (~50 µs each for 737k elements; a mask costs ~1.6 ms).
+    uint8→float in backward are the cheap casts on CPU (~50 µs each for 737k elements in warm memory; a mask costs
+    ~1.6 ms). A cast whose output is 1 MB or more lands in fresh pages under `heap.py`'s threshold and then costs
+    ~1.3 ms (614k elements), page faults included.
     """
     global _FUNCTION
     if _FUNCTION is None:
@@ -60,7 +70,7 @@ def _masked_scale():
             @staticmethod
             def forward(ctx, x, p):
                 mask = keep_mask(x.shape, p)
-                ctx.scale = 1.0 / (1.0 - p)
+                ctx.p = p
                 if ctx.needs_input_grad[0]:
                     ctx.save_for_backward(mask.bool())
                 return x * mask
@@ -68,8 +78,7 @@ def _masked_scale():
             @staticmethod
             def backward(ctx, grad):
                 (kept,) = ctx.saved_tensors
-                # 1.0·scale is the very float32 the forward mask holds (same op on the same value)
-                return grad * kept.view(torch.uint8).to(grad.dtype).mul_(ctx.scale), None
+                return grad * float_mask(kept, ctx.p, grad.dtype), None
 
         _FUNCTION = MaskedScale
     return _FUNCTION

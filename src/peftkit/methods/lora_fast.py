@@ -102,8 +102,8 @@ def _function():
                     g_x = torch.mm(g2, weight)
                     if keep is None:
                         g_x.addmm_(g_low, a)
-                    else:  # the forward's mask: kept elements times 1/(1 − p)
-                        g_x.addcmul_(torch.mm(g_low, a), keep.view(torch.uint8).to(g_x.dtype), value=1.0 / (1.0 - ctx.p))
+                    else:
+                        g_x.addcmul_(torch.mm(g_low, a), dropout.float_mask(keep, ctx.p, g_x.dtype))
                     g_x = g_x.view(*grad.shape[:-1], g_x.shape[-1])
                 return g_x, g_a, g_b, None, None, None, None
 

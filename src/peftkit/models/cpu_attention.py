@@ -85,8 +85,7 @@ def _function():
             def backward(ctx, grad):
                 q, k, v, probs, keep = ctx.saved_tensors
                 g = grad.transpose(1, 2)
-                # 1.0/(1 − p) as keep_mask computes it: the forward's float mask exactly
-                mask = keep.view(torch.uint8).to(probs.dtype).mul_(1.0 / (1.0 - ctx.p))
+                mask = dropout.float_mask(keep, ctx.p, probs.dtype)  # the forward's float mask exactly
                 g_v = torch.matmul((probs * mask).transpose(-2, -1), g)
                 g_probs = torch.matmul(g, v.transpose(-2, -1)).mul_(mask)
                 del mask
