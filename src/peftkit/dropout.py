@@ -73,12 +73,12 @@ def _masked_scale():
                 ctx.p = p
                 if ctx.needs_input_grad[0]:
                     ctx.save_for_backward(mask.bool())
-                return x * mask
+                return mask.mul_(x)  # into the mask's own memory: one fresh full-size tensor fewer
 
             @staticmethod
             def backward(ctx, grad):
                 (kept,) = ctx.saved_tensors
-                return grad * float_mask(kept, ctx.p, grad.dtype), None
+                return float_mask(kept, ctx.p, grad.dtype).mul_(grad), None
 
         _FUNCTION = MaskedScale
     return _FUNCTION

@@ -80,8 +80,8 @@ def _function():
                 dropped = x2
                 if p:
                     mask = dropout.keep_mask(x2.shape, p)
-                    dropped = x2 * mask
-                    keep = mask.bool()  # 1 byte per element until backward (the float mask dies here)
+                    keep = mask.bool()  # 1 byte per element until backward
+                    dropped = mask.mul_(x2)  # into the mask's memory: one fresh full-size tensor fewer
                 low = torch.mm(dropped, a.t())
                 y = torch.mm(x2, weight.t()) if bias is None else torch.addmm(bias, x2, weight.t())
                 y.addmm_(low, b.t(), alpha=scaling)

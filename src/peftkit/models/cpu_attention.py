@@ -86,8 +86,8 @@ def _function():
                 q, k, v, probs, keep = ctx.saved_tensors
                 g = grad.transpose(1, 2)
                 mask = dropout.float_mask(keep, ctx.p, probs.dtype)  # the forward's float mask exactly
-                g_v = torch.matmul((probs * mask).transpose(-2, -1), g)
                 g_probs = torch.matmul(g, v.transpose(-2, -1)).mul_(mask)
+                g_v = torch.matmul(mask.mul_(probs).transpose(-2, -1), g)  # the dropped probabilities, in place
                 del mask
                 g_scores = torch._softmax_backward_data(g_probs, probs, -1, probs.dtype).mul_(ctx.scale)
                 return torch.matmul(g_scores, k), torch.matmul(g_scores.transpose(-2, -1), q), g_v, None, None, None
