@@ -41,11 +41,18 @@ def float_mask(keep, p: float, dtype):
     return keep.view(torch.uint8).to(dtype).mul_(1.0 / (1.0 - p))
 
 
+def _draws_here(module, x) -> bool:
+    """Whether a training `nn.Dropout` draws its mask with `keep_mask` on `x` (fp32 CPU, 0 < p < 1, not in place)."""
+    import torch
+
+    return (module.training and 0.0 < module.p < 1.0 and x.device.type == "cpu" and x.dtype == torch.float32
+            and not module.inplace)
+
+
 def _forward(self, x):
     import torch
 
-    if (not self.training or self.p == 0.0 or x.device.type != "cpu" or x.dtype != torch.float32 or self.inplace
-            or self.p >= 1.0):
+    if not _draws_here(self, x):
         return torch.nn.Dropout.forward(self, x)
     return _masked_scale().apply(x, self.p)
 
@@ -93,7 +100,7 @@ def cpu_mask_p(module, x) -> float | None:
                                                  (not module.training or module.p == 0.0)):
         return 0.0
     if (type(module) is torch.nn.Dropout and getattr(module.forward, "__func__", None) is _forward
-            and x.device.type == "cpu" and x.dtype == torch.float32 and not module.inplace and module.p < 1.0):
+            and _draws_here(module, x)):
         return module.p
     return None
 

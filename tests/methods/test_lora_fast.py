@@ -106,3 +106,24 @@ def test_fused_function_falls_back_when_the_base_trains(tiny_bert):
     query.base_layer.weight.requires_grad_(True)
     query(torch.randn(2, 3, query.in_features)).sum().backward()
     assert query.base_layer.weight.grad is not None  # PEFT's graph, which trains the base weight too
+
+
+def test_fused_function_skips_the_input_gradient_nobody_needs(tiny_bert, monkeypatch):
+    """Above frozen embeddings the layer input needs no gradient: backward then runs 3 matmuls, not 5."""
+    from peftkit.dropout import use_cpu_dropout
+
+    model = _model(tiny_bert)
+    use_fast_lora(model)
+    use_cpu_dropout(model)
+    model.train()
+    query = model.base_model.model.bert.encoder.layer[0].attention.self.query
+    calls = []
+    real_mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda *a: calls.append(1) or real_mm(*a))
+    counts = []
+    for needs in (True, False):
+        out = query(torch.randn(2, 3, query.in_features, requires_grad=needs))
+        calls.clear()
+        out.sum().backward()
+        counts.append(len(calls))
+    assert counts == [5, 3]
