@@ -30,3 +30,17 @@ def test_freed_activation_memory_goes_back_to_the_os():
 
     assert returned_mb("default") <= 1  # glibc's default: the freed 8 MB stays resident
     assert returned_mb("release") >= 7
+
+
+@pytest.mark.parametrize("release", [False, True])
+def test_train_releases_memory_only_when_the_recipe_asks(release, tiny_bert, tiny_card, tmp_path, monkeypatch):
+    from peftkit import heap
+    from peftkit.cli import main
+    from tests.conftest import write_recipe
+
+    calls = []
+    monkeypatch.setattr(heap, "release_freed_memory", lambda *a: calls.append(a) or True)
+    recipe = write_recipe(tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run",
+                          train={"epochs": 1, "max_steps": 1, "release_memory": release})
+    assert main(["train", str(recipe), "--no-progress"]) == 0
+    assert len(calls) == int(release)  # off by default: glibc's heap reuse is faster (see heap.py)

@@ -66,7 +66,7 @@ def _masked_scale():
     Plain `x * mask` would keep the float32 mask (4 bytes per element) until backward: with ~50 dropouts per
     step that raised the quickstart bench's peak RSS by ~100 MB, above the peer's. float→bool in forward and
     uint8→float in backward are the cheap casts on CPU (~50 µs each for 737k elements in warm memory; a mask costs
-    ~1.6 ms). A cast whose output is 1 MB or more lands in fresh pages under `heap.py`'s threshold and then costs
+    ~1.6 ms). A cast whose output is 1 MB or more lands in fresh pages under `heap.py`'s opt-in threshold and costs
     ~1.3 ms (614k elements), page faults included.
     """
     global _FUNCTION

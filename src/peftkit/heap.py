@@ -1,22 +1,18 @@
 """Hand freed activation memory back to the OS on glibc (Linux), so peak RSS follows live tensors on CPU.
 
-glibc serves big blocks with mmap and frees them back to the OS, but after each such free it raises that size
-threshold (up to 32 MB), so a training loop's activations (1–13 MB each for MiniLM at batch 16) soon come from the
-heap, and freed heap stays resident and fragments as batch shapes change. On the quickstart bench row that kept ~510
-MB resident after training and put the peak ~95 MB higher: 1,166–1,210 MB against 1,066–1,078 MB with the threshold
-fixed at 1 MB, with the same losses. It costs speed: every block of 1 MB or more is then a fresh mapping whose pages
-the kernel faults in and zeroes on each step. Measured back to back on the quickstart LoRA row (2,000 snippets, 2
-cores, same losses, each run in one fresh process): batch 16 40.3 ex/s and 1,167 MB peak with it, 45.7 ex/s and
-1,302 MB without; batch 32 35.6 / 1,421 MB against 50.8 / 1,832 MB; thresholds of 2, 4 and 16 MB gave 45.5 / 1,274,
-47.4 / 1,277 and 45.4 / 1,267 MB (batch 16); `malloc_trim(0)` after every step 35.2 / 1,192 MB. The hand-written
-peer measured the same way peaked at 1,296 MB (in the bench's child processes both read lower: 1,056 and 1,247 MB in
-the README's run). So a bigger threshold keeps the peak under the peer's by only ~20 MB, within the peer's
-run-to-run spread (1,144–1,247 MB in bench runs), and 1 MB by ~130 MB: the bench asks for a peak no higher than the
-peer's, so 1 MB it is, at ~12% of speed. It is probably also why the 128-prefix row once ran at 25 ex/s against 36
-(bigger attention tensors; not measured one to one). Re-measured after the fused LoRA layer and the CPU attention
-(same row, alternating, one process each): 45.8 / 1,136 and 45.8 / 1,124 MB with it, 52.0 / 1,198 and 50.3 / 1,210
-MB without, so still ~10% of speed for ~75 MB, and without it the peak would sit ~90 MB under the peer's 1,296 (same
-measure). Kept, for the margin. The setting is process-wide.
+Opt-in (`train.release_memory: true`). glibc serves big blocks with mmap and frees them back to the OS, but after
+each such free it raises that size threshold (up to 32 MB), so a training loop's activations soon come from the
+heap, where freed blocks stay resident and fragment as batch shapes change. Fixing the threshold at 1 MB keeps the
+peak lower, but then every block of 1 MB or more is a fresh mapping whose pages the kernel faults in and zeroes
+on every step: on this project's 2-core VM a fresh 2.4 MB tensor costs ~1.3 ms more than a reused one (a GELU of
+400×1536 floats: 1.95 ms against 0.40 ms; a plain multiply 1.56 ms against 0.08 ms).
+
+Measured on the quickstart LoRA bench row (2,000 snippets, 2 cores, bench child processes, same losses), after
+the fused LoRA layer and CPU attention: batch 16, 45.5 / 45.6 ex/s and 993 / 998 MB peak with the threshold,
+48.0 / 48.7 ex/s and 1,038 / 1,053 MB without; batch 32, 39.7 ex/s / 1,246 MB with, 53.6 ex/s / 1,481 MB
+without. The hand-written peer peaked at 1,332 MB (batch 16) and 1,623 MB (batch 32) in the same runs, so the
+default stays under the peer's peak either way, and the threshold is for when memory is tighter than time.
+The setting is process-wide.
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
                                    batch_size=tc.batch_size, grad_accum_steps=tc.grad_accum_steps,
                                    max_grad_norm=tc.max_grad_norm)
     can_checkpoint = checkpoints_supported(accelerator, resume=resume, save_every=tc.save_every)
-    if accelerator.device.type == "cpu":
+    if accelerator.device.type == "cpu" and tc.release_memory:
         from peftkit.heap import release_freed_memory
 
         release_freed_memory()
