@@ -11,7 +11,7 @@ copied the full-size gradient two or three times per layer (`CopySlices`); this 
 keeps the mask as 1 byte per element (like `peftkit.dropout`), and skips the input gradient where nothing below
 needs it (the lowest layer, above frozen embeddings). Its mask is the one `peftkit.dropout` draws, from the same
 generator at the same point, so a run gives the same losses. Measured on the quickstart (2,000 snippets, 2 cores):
-39.9 → 43.6 ex/s with peftkit's 1 MB mmap threshold, 47.7 → 49.7 without it (one run each).
+39.9 → 43.6 ex/s with a 1 MB mmap threshold (`train.release_memory`), 47.7 → 49.7 without it (one run each).
 
 Anything this path does not cover — DoRA and other variants, mixed-adapter batches (`adapter_names=`), merged or
 disabled adapters, a dtype mismatch (autocast, quantized bases, which are a different class anyway) — falls
