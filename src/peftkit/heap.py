@@ -12,6 +12,8 @@ the fused LoRA layer and CPU attention: batch 16, 45.5 / 45.6 ex/s and 993 / 998
 48.0 / 48.7 ex/s and 1,038 / 1,053 MB without; batch 32, 39.7 ex/s / 1,246 MB with, 53.6 ex/s / 1,481 MB
 without. The hand-written peer peaked at 1,332 MB (batch 16) and 1,623 MB (batch 32) in the same runs, so the
 default stays under the peer's peak either way, and the threshold is for when memory is tighter than time.
+Measured earlier, on slower code: thresholds of 2, 4 and 16 MB, or `malloc_trim(0)` after every step, gave no
+better trade (git history of this file has the figures).
 The setting is process-wide.
 """
 
