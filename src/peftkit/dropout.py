@@ -12,6 +12,7 @@ from torch's own dropout, so runs are equal in distribution, not bit for bit. Ba
 
 from __future__ import annotations
 
+import functools
 import math
 
 
@@ -57,9 +58,7 @@ def _forward(self, x):
     return _masked_scale().apply(x, self.p)
 
 
-_FUNCTION = None
-
-
+@functools.cache
 def _masked_scale():
     """The autograd function y = x·mask that keeps a 1-byte mask for backward, like torch's own dropout.
 
@@ -69,26 +68,23 @@ def _masked_scale():
     ~1.6 ms). A cast whose output is 1 MB or more lands in fresh pages under `heap.py`'s opt-in threshold and costs
     ~1.3 ms (614k elements), page faults included.
     """
-    global _FUNCTION
-    if _FUNCTION is None:
-        import torch
+    import torch
 
-        class MaskedScale(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, x, p):
-                mask = keep_mask(x.shape, p)
-                ctx.p = p
-                if ctx.needs_input_grad[0]:
-                    ctx.save_for_backward(mask.bool())
-                return mask.mul_(x)  # into the mask's own memory: one fresh full-size tensor fewer
+    class MaskedScale(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, p):
+            mask = keep_mask(x.shape, p)
+            ctx.p = p
+            if ctx.needs_input_grad[0]:
+                ctx.save_for_backward(mask.bool())
+            return mask.mul_(x)  # into the mask's own memory: one fresh full-size tensor fewer
 
-            @staticmethod
-            def backward(ctx, grad):
-                (kept,) = ctx.saved_tensors
-                return float_mask(kept, ctx.p, grad.dtype).mul_(grad), None
+        @staticmethod
+        def backward(ctx, grad):
+            (kept,) = ctx.saved_tensors
+            return float_mask(kept, ctx.p, grad.dtype).mul_(grad), None
 
-        _FUNCTION = MaskedScale
-    return _FUNCTION
+    return MaskedScale
 
 
 def cpu_mask_p(module, x) -> float | None:

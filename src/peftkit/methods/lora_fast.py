@@ -20,6 +20,7 @@ back to PEFT's own forward, call by call.
 
 from __future__ import annotations
 
+import functools
 import types
 
 
@@ -61,56 +62,51 @@ def _fused_args(layer, name: str, x) -> tuple | None:
     return None if p is None else (a.weight, b.weight, base.weight, base.bias, layer.scaling[name], p)
 
 
-_FUNCTION = None
-
-
+@functools.cache
 def _function():
     """y = x·Wᵀ + bias + scaling·(dropout(x)·Aᵀ)·Bᵀ with W and bias frozen, as one autograd function."""
-    global _FUNCTION
-    if _FUNCTION is None:
-        import torch
+    import torch
 
-        from peftkit import dropout  # looked up per call: one place draws every mask
+    from peftkit import dropout  # looked up per call: one place draws every mask
 
-        class LoraLinear(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, x, a, b, weight, bias, scaling, p):
-                x2 = x.reshape(-1, x.shape[-1])
-                keep = None
-                dropped = x2
-                if p:
-                    mask = dropout.keep_mask(x2.shape, p)
-                    keep = mask.bool()  # 1 byte per element until backward
-                    dropped = mask.mul_(x2)  # into the mask's memory: one fresh full-size tensor fewer
-                low = torch.mm(a, dropped.t()).t()  # (A·xᵀ)ᵀ: MKL's fast orientation for a rank-r product
-                y = torch.mm(x2, weight.t()) if bias is None else torch.addmm(bias, x2, weight.t())
-                y.addmm_(low, b.t(), alpha=scaling)
-                ctx.scaling, ctx.p = scaling, p
-                ctx.save_for_backward(dropped, keep, low, a, b, weight)
-                return y.view(*x.shape[:-1], y.shape[-1])
+    class LoraLinear(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, a, b, weight, bias, scaling, p):
+            x2 = x.reshape(-1, x.shape[-1])
+            keep = None
+            dropped = x2
+            if p:
+                mask = dropout.keep_mask(x2.shape, p)
+                keep = mask.bool()  # 1 byte per element until backward
+                dropped = mask.mul_(x2)  # into the mask's memory: one fresh full-size tensor fewer
+            low = torch.mm(a, dropped.t()).t()  # (A·xᵀ)ᵀ: MKL's fast orientation for a rank-r product
+            y = torch.mm(x2, weight.t()) if bias is None else torch.addmm(bias, x2, weight.t())
+            y.addmm_(low, b.t(), alpha=scaling)
+            ctx.scaling, ctx.p = scaling, p
+            ctx.save_for_backward(dropped, keep, low, a, b, weight)
+            return y.view(*x.shape[:-1], y.shape[-1])
 
-            @staticmethod
-            def backward(ctx, grad):
-                dropped, keep, low, a, b, weight = ctx.saved_tensors
-                need_x, need_a, need_b = ctx.needs_input_grad[:3]
-                g2 = grad.reshape(-1, grad.shape[-1])
-                # Rank-r products with the r-sized side on the left, transposed back as views: timed alone at 384-1,088
-                # tokens, 2-3x (g_low) and 3-5x (g_b) faster in MKL than g2·B and g2ᵀ·low; +2.2% per quickstart step.
-                g_low = torch.mm(b.t(), g2.t()).t().mul_(ctx.scaling)  # gradient at the low-rank activations
-                g_b = torch.mm(low.t(), g2).t().mul_(ctx.scaling) if need_b else None
-                g_a = torch.mm(g_low.t(), dropped) if need_a else None
-                g_x = None
-                if need_x:
-                    g_x = torch.mm(g2, weight)
-                    if keep is None:
-                        g_x.addmm_(g_low, a)
-                    else:
-                        g_x.addcmul_(torch.mm(g_low, a), dropout.float_mask(keep, ctx.p, g_x.dtype))
-                    g_x = g_x.view(*grad.shape[:-1], g_x.shape[-1])
-                return g_x, g_a, g_b, None, None, None, None
+        @staticmethod
+        def backward(ctx, grad):
+            dropped, keep, low, a, b, weight = ctx.saved_tensors
+            need_x, need_a, need_b = ctx.needs_input_grad[:3]
+            g2 = grad.reshape(-1, grad.shape[-1])
+            # Rank-r products with the r-sized side on the left, transposed back as views: timed alone at 384-1,088
+            # tokens, 2-3x (g_low) and 3-5x (g_b) faster in MKL than g2·B and g2ᵀ·low; +2.2% per quickstart step.
+            g_low = torch.mm(b.t(), g2.t()).t().mul_(ctx.scaling)  # gradient at the low-rank activations
+            g_b = torch.mm(low.t(), g2).t().mul_(ctx.scaling) if need_b else None
+            g_a = torch.mm(g_low.t(), dropped) if need_a else None
+            g_x = None
+            if need_x:
+                g_x = torch.mm(g2, weight)
+                if keep is None:
+                    g_x.addmm_(g_low, a)
+                else:
+                    g_x.addcmul_(torch.mm(g_low, a), dropout.float_mask(keep, ctx.p, g_x.dtype))
+                g_x = g_x.view(*grad.shape[:-1], g_x.shape[-1])
+            return g_x, g_a, g_b, None, None, None, None
 
-        _FUNCTION = LoraLinear
-    return _FUNCTION
+    return LoraLinear
 
 
 def use_fast_lora(model) -> int:

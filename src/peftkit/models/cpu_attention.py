@@ -19,8 +19,9 @@ what it did before. The name is not saved with the model's config (transformers 
 
 from __future__ import annotations
 
+import functools
+
 NAME = "peftkit_cpu"
-_FUNCTION = None
 
 
 def use_cpu_attention(model) -> bool:
@@ -55,42 +56,40 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, 
     return _function().apply(query, key, value, attention_mask, scale, dropout), None
 
 
+@functools.cache
 def _function():
     """softmax(q·kᵀ·scale + mask) → dropout → ·v, returned as (batch, query, heads, head_dim) like transformers'."""
-    global _FUNCTION
-    if _FUNCTION is None:
-        import torch
+    import torch
 
-        from peftkit import dropout  # looked up per call: one place draws every mask
+    from peftkit import dropout  # looked up per call: one place draws every mask
 
-        class CpuAttention(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, q, k, v, mask, scale, p):
-                scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)
-                if mask is not None:
-                    if mask.dtype == torch.bool:  # SDPA's convention: True takes part
-                        scores.masked_fill_(mask.logical_not(), torch.finfo(scores.dtype).min)
-                    else:
-                        scores.add_(mask)
-                probs = torch.softmax(scores, dim=-1)
-                del scores
-                kept = dropout.keep_mask(probs.shape, p)
-                keep = kept.bool()  # 1 byte per element for backward
-                out = torch.matmul(kept.mul_(probs), v)
-                ctx.scale, ctx.p = scale, p
-                ctx.save_for_backward(q, k, v, probs, keep)
-                return out.transpose(1, 2).contiguous()
+    class CpuAttention(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, mask, scale, p):
+            scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)
+            if mask is not None:
+                if mask.dtype == torch.bool:  # SDPA's convention: True takes part
+                    scores.masked_fill_(mask.logical_not(), torch.finfo(scores.dtype).min)
+                else:
+                    scores.add_(mask)
+            probs = torch.softmax(scores, dim=-1)
+            del scores
+            kept = dropout.keep_mask(probs.shape, p)
+            keep = kept.bool()  # 1 byte per element for backward
+            out = torch.matmul(kept.mul_(probs), v)
+            ctx.scale, ctx.p = scale, p
+            ctx.save_for_backward(q, k, v, probs, keep)
+            return out.transpose(1, 2).contiguous()
 
-            @staticmethod
-            def backward(ctx, grad):
-                q, k, v, probs, keep = ctx.saved_tensors
-                g = grad.transpose(1, 2)
-                mask = dropout.float_mask(keep, ctx.p, probs.dtype)  # the forward's float mask exactly
-                g_probs = torch.matmul(g, v.transpose(-2, -1)).mul_(mask)
-                g_v = torch.matmul(mask.mul_(probs).transpose(-2, -1), g)  # the dropped probabilities, in place
-                del mask
-                g_scores = torch._softmax_backward_data(g_probs, probs, -1, probs.dtype).mul_(ctx.scale)
-                return torch.matmul(g_scores, k), torch.matmul(g_scores.transpose(-2, -1), q), g_v, None, None, None
+        @staticmethod
+        def backward(ctx, grad):
+            q, k, v, probs, keep = ctx.saved_tensors
+            g = grad.transpose(1, 2)
+            mask = dropout.float_mask(keep, ctx.p, probs.dtype)  # the forward's float mask exactly
+            g_probs = torch.matmul(g, v.transpose(-2, -1)).mul_(mask)
+            g_v = torch.matmul(mask.mul_(probs).transpose(-2, -1), g)  # the dropped probabilities, in place
+            del mask
+            g_scores = torch._softmax_backward_data(g_probs, probs, -1, probs.dtype).mul_(ctx.scale)
+            return torch.matmul(g_scores, k), torch.matmul(g_scores.transpose(-2, -1), q), g_v, None, None, None
 
-        _FUNCTION = CpuAttention
-    return _FUNCTION
+    return CpuAttention
