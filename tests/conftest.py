@@ -188,6 +188,18 @@ def write_card(folder: Path, rows, *, name: str = "tiny", labels=("neg", "pos"),
     return card
 
 
+@pytest.fixture(params=["kernels", "torch"])
+def mask_backend(request, monkeypatch) -> str:
+    """Run a test on both CPU back ends: peftkit's compiled kernels, and the pure-torch path used without them."""
+    from peftkit.cpu_kernels import kernels
+
+    if request.param == "torch":
+        monkeypatch.setenv("PEFTKIT_CPU_KERNELS", "0")
+    elif kernels() is None:
+        pytest.skip("no C compiler with OpenMP here: peftkit runs its pure-torch paths")
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")

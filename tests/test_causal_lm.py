@@ -45,7 +45,9 @@ def lm_run(request, pretrained_gpt2, pretrained_llama, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"lm-{request.param}")
     model = pretrained_gpt2 if request.param == "gpt2" else pretrained_llama
     recipe = write_recipe(tmp / "r.yaml", model=model, card=write_lm_card(tmp / "data"), out=tmp / "run",
-                          train={"epochs": 4, "learning_rate": 0.01})
+                          # 20 epochs: at 4, greedy decoding gave the corpus' "the film was" for 1 seed in 4 (on
+                          # either dropout back end), so the test passed or failed with the mask stream
+                          train={"epochs": 20, "learning_rate": 0.01})
     assert main(["train", str(recipe), "--no-progress", "model.task=causal_lm"]) == 0
     return tmp / "run"
 

@@ -1,6 +1,7 @@
-"""CPU training speed-ups change no results. The cheaper dropout is dropout: keep rate 1 − p, survivors scaled by
-1/(1 − p), gradient through the same mask, identity in eval, reproducible under a seed, installed on every
-nn.Dropout of a trained model. The fused AdamW makes the same updates. (The lean LoRA forward: methods/.)"""
+"""CPU training speed-ups change no results. The cheaper dropout is dropout, on both back ends (compiled kernels,
+pure torch): keep rate 1 − p, survivors scaled by 1/(1 − p), gradient through the same mask, identity in eval,
+reproducible under a seed, used by every dropout of a trained model. The fused AdamW makes the same updates. (The
+lean LoRA forward: methods/; the kernels themselves: test_cpu_kernels.py.)"""
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from peftkit.dropout import keep_mask, use_cpu_dropout
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
-def test_keep_rate_and_independence(p):
+def test_keep_rate_and_independence(p, mask_backend):
     torch.manual_seed(0)
     mask = keep_mask((400, 1000), p)
     values = torch.unique(mask).tolist()
@@ -23,7 +24,7 @@ def test_keep_rate_and_independence(p):
     assert abs(torch.corrcoef(torch.stack([a, b]))[0, 1].item()) < 0.01
 
 
-def test_forward_backward_eval_and_seed():
+def test_forward_backward_eval_and_seed(mask_backend):
     layer = torch.nn.Dropout(0.2)
     assert use_cpu_dropout(torch.nn.Sequential(layer)) == 1
     x = torch.randn(64, 50, requires_grad=True)
@@ -32,7 +33,8 @@ def test_forward_backward_eval_and_seed():
     kept = y != 0
     assert torch.allclose(y[kept], x[kept] / 0.8)
     assert abs(kept.float().mean().item() - 0.8) < 0.03
-    assert y.grad_fn.saved_tensors[0].dtype == torch.bool  # 1 byte per element kept for backward, not float32
+    saved = y.grad_fn.saved_tensors  # kernels: nothing (backward recomputes the mask); torch: 1 byte per element
+    assert saved == () if mask_backend == "kernels" else [t.dtype for t in saved] == [torch.bool]
     y.sum().backward()
     torch.manual_seed(3)
     assert torch.equal(x.grad, keep_mask(x.shape, 0.2))  # the gradient goes through the very same mask values
@@ -42,19 +44,28 @@ def test_forward_backward_eval_and_seed():
     assert torch.equal(layer(x), x)
 
 
-def test_training_uses_it_on_every_dropout(tiny_bert, tiny_card, tmp_path, monkeypatch):
-    from peftkit import dropout
+def test_training_uses_it_on_every_dropout(tiny_bert, tiny_card, tmp_path, monkeypatch, mask_backend):
+    from peftkit import cpu_kernels, dropout
     from peftkit.cli import main
     from tests.conftest import write_recipe
 
-    calls = []
-    real = dropout.keep_mask
+    calls, torch_dropouts = [], []
+    real, real_key, real_dropout = dropout.keep_mask, cpu_kernels.draw_key, torch.nn.functional.dropout
     monkeypatch.setattr(dropout, "keep_mask", lambda shape, p: calls.append(p) or real(shape, p))
+    monkeypatch.setattr(cpu_kernels, "draw_key", lambda: calls.append("key") or real_key())
+    monkeypatch.setattr(torch.nn.functional, "dropout",
+                        lambda x, p=0.5, training=True, inplace=False:
+                        torch_dropouts.append(p) if training and p else None or real_dropout(x, p, training, inplace))
     recipe = write_recipe(tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run",
                           method={"name": "lora", "r": 4, "lora_dropout": 0.3},
                           train={"epochs": 1, "batch_size": 8, "max_steps": 2, "output_dir": str(tmp_path / "run")})
     assert main(["train", str(recipe), "--no-progress"]) == 0
-    assert 0.3 in calls and 0.1 in calls  # LoRA's dropout and BERT's own hidden dropout
+    assert torch_dropouts == []  # no training dropout went to torch's own
+    if mask_backend == "torch":
+        assert 0.3 in calls and 0.1 in calls  # LoRA's dropout and BERT's own hidden dropout
+    else:  # one key per mask; per step: 2 layers x (6 LoRA layers: q, k, v, 3 dense; attention; 2 hidden) +
+        # the pooler's LoRA layer + embeddings + classifier = 21, for 2 steps
+        assert calls.count("key") == 2 * (2 * 9 + 3) and 0.3 not in calls
 
 
 def test_fused_cpu_adamw_gives_the_same_updates():

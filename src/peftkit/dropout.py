@@ -1,13 +1,16 @@
-"""Dropout with a cheaper mask on CPU: same distribution, a quarter of the random draws, float arithmetic.
+"""Dropout with a cheaper mask on CPU: same distribution, far fewer passes over memory, no serial generator.
 
 torch's CPU dropout draws one Bernoulli sample per element from its (serial) generator: profiled on the
 quickstart (MiniLM + LoRA, 2 cores), the 51 dropout layers per step — BERT's hidden/embedding dropouts, the
-classifier's, and one per LoRA layer — took ~24% of the training time, more than the attention. Here one
-64-bit draw of torch's own generator yields four 16-bit uniforms, each compared with round(p·2¹⁶): an element
-is kept with probability 1 − p (to within 2⁻¹⁷) and scaled by 1/(1 − p), as in `nn.Dropout`. The mask comes from
-torch's global generator, so seeding, checkpointed RNG state and resume behave as before; the stream differs
-from torch's own dropout, so runs are equal in distribution, not bit for bit. Backward keeps the mask as bool
-(1 byte per element, as torch's dropout does), not the float32 mask.
+classifier's, and one per LoRA layer — took ~24% of the training time, more than the attention.
+
+With `peftkit.cpu_kernels` (built on first use with the machine's C compiler) a mask is a hash of one 64-bit key
+drawn from torch's generator and the element index: computed in the pass that applies it, on torch's threads,
+and recomputed in backward instead of kept. Without the kernels, one 64-bit draw of torch's generator yields four
+16-bit uniforms, each compared with round(p·2¹⁶). Either way an element is kept with probability 1 − p (to within
+2⁻¹⁷) and scaled by 1/(1 − p), as in `nn.Dropout`; the draws come from torch's global generator, so seeding,
+checkpointed RNG state and resume behave as before. The streams differ from torch's own dropout (and from each
+other), so runs are equal in distribution, not bit for bit.
 """
 
 from __future__ import annotations
@@ -16,16 +19,29 @@ import functools
 import math
 
 
+def mask_key() -> int | None:
+    """A key for one kernel-computed mask (one draw from torch's generator), or None where the kernels are not
+    available: the caller then takes `keep_mask`'s pure-torch path, which draws from the generator itself."""
+    from peftkit.cpu_kernels import draw_key, kernels
+
+    return None if kernels() is None else draw_key()
+
+
 def keep_mask(shape, p: float):
     """A float32 tensor of `shape`: 1/(1 − p) with probability 1 − p, else 0, independently per element.
 
-    Float arithmetic, not bool ops (a bool mask and `masked_fill` cost ~10x a float multiply on CPU), in four
+    With the kernels: the mask of one fresh key, in one parallel pass. Without them: float arithmetic, not bool ops (a bool mask and `masked_fill` cost ~10x a float multiply on CPU), in four
     passes: each 16-bit lane of the 64-bit draws, read as a signed integer u (uniform on [−2¹⁵, 2¹⁵)), becomes a
     float, and with t = round(p·2¹⁶), u + 2¹⁵ − t + 1 is an integer (exact in float32) that clamps to 1 iff
     u + 2¹⁵ ≥ t, else to 0.
     """
     import torch
 
+    key = mask_key()
+    if key is not None:
+        from peftkit.cpu_kernels import apply_mask
+
+        return apply_mask(torch.empty(shape), None, key, p)
     n = math.prod(shape)
     # (from=-2⁶³, to=None): all 64 bits random (a plain random_() leaves the top bit 0, i.e. one lane 15-bit)
     draws = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None)
@@ -60,7 +76,8 @@ def _forward(self, x):
 
 @functools.cache
 def _masked_scale():
-    """The autograd function y = x·mask that keeps a 1-byte mask for backward, like torch's own dropout.
+    """The autograd function y = x·mask. With the kernels it keeps only the mask's key and recomputes the mask in
+    backward; without them a 1-byte mask, like torch's own dropout.
 
     Plain `x * mask` would keep the float32 mask (4 bytes per element) until backward: with ~50 dropouts per
     step that raised the quickstart bench's peak RSS by ~100 MB, above the peer's. float→bool in forward and
@@ -73,14 +90,24 @@ def _masked_scale():
     class MaskedScale(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, p):
+            ctx.p, ctx.key = p, mask_key()
+            if ctx.key is not None:
+                from peftkit.cpu_kernels import apply_mask
+
+                x = x.contiguous()
+                return apply_mask(torch.empty_like(x), x, ctx.key, p)
             mask = keep_mask(x.shape, p)
-            ctx.p = p
             if ctx.needs_input_grad[0]:
                 ctx.save_for_backward(mask.bool())
             return mask.mul_(x)  # into the mask's own memory: one fresh full-size tensor fewer
 
         @staticmethod
         def backward(ctx, grad):
+            if ctx.key is not None:
+                from peftkit.cpu_kernels import apply_mask
+
+                grad = grad.contiguous()
+                return apply_mask(torch.empty_like(grad), grad, ctx.key, ctx.p), None
             (kept,) = ctx.saved_tensors
             return float_mask(kept, ctx.p, grad.dtype).mul_(grad), None
 

@@ -10,10 +10,17 @@ from peftkit.models.cpu_attention import NAME, _function, use_cpu_attention
 
 
 @pytest.mark.parametrize("mask_kind", ["bool", "float", None])
-def test_same_numbers_as_softmax_dropout_matmul_with_the_same_mask(mask_kind):
+@pytest.mark.parametrize("d, layout", [(4, "contiguous"), (32, "transformers"), (8, "transformers")])
+def test_same_numbers_as_softmax_dropout_matmul_with_the_same_mask(mask_kind, d, layout, mask_backend):
+    """Head sizes 4 (plain loops), 8 and 32 (AVX2 rows); q/k/v either contiguous or, as transformers passes them,
+    (batch, heads, seq, dim) views of (batch, seq, heads·dim) projections."""
     torch.manual_seed(0)
-    b, h, sq, sk, d, p = 2, 3, 5, 7, 4, 0.3  # sk > sq: prefix tuning's longer keys
-    q, k, v = (torch.randn(b, h, s, d, requires_grad=True) for s in (sq, sk, sk))
+    b, h, sq, sk, p = 2, 3, 5, 11, 0.3  # sk > sq: prefix tuning's longer keys; 11 keys: one block of 8 and a tail
+    if layout == "contiguous":
+        q, k, v = (torch.randn(b, h, s, d, requires_grad=True) for s in (sq, sk, sk))
+    else:
+        q, k, v = (torch.randn(b, s, h * d).view(b, s, h, d).transpose(1, 2).requires_grad_(True)
+                   for s in (sq, sk, sk))
     real = torch.ones(b, 1, sq, sk, dtype=torch.bool)
     real[0, ..., 5:] = False  # padding keys of the first sequence
     mask = {"bool": real, "float": torch.zeros(b, 1, sq, sk).masked_fill(~real, -1e9), None: None}[mask_kind]
@@ -37,6 +44,7 @@ def test_same_numbers_as_softmax_dropout_matmul_with_the_same_mask(mask_kind):
     for name, a, w in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
         assert torch.allclose(a, w, atol=1e-5), (name, (a - w).abs().max())
     assert got[0].abs().max() > 0 and got[3].abs().max() > 0
+    assert torch.isfinite(got[1]).all() and got[1].abs().max() > 0
 
 
 def _bert(folder):
@@ -46,7 +54,7 @@ def _bert(folder):
     return AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=2, attn_implementation="sdpa")
 
 
-def test_used_in_training_only_and_never_saved(tiny_bert, monkeypatch):
+def test_used_in_training_only_and_never_saved(tiny_bert, monkeypatch, mask_backend):
     model, plain = _bert(tiny_bert), _bert(tiny_bert)
     assert use_cpu_attention(model) and model.config._attn_implementation == NAME
     ids = torch.randint(3, model.config.vocab_size, (3, 8))

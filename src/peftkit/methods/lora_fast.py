@@ -13,6 +13,14 @@ needs it (the lowest layer, above frozen embeddings). Its mask is the one `peftk
 generator at the same point, so a run gives the same losses. Measured on the quickstart (2,000 snippets, 2 cores):
 39.9 → 43.6 ex/s with a 1 MB mmap threshold (`train.release_memory`), 47.7 → 49.7 without it (one run each).
 
+With `peftkit.cpu_kernels` (compiled on first use; see there) the fused function goes further. After the base
+GEMM, one pass over the rows of x and y applies the dropout mask, takes the A-product and adds bias and B-product.
+In backward, after the input-gradient GEMM, one pass over the rows of x, the output gradient and the input gradient
+gives all four rank-r products and the masked input-gradient term. The mask is recomputed from its key, so what
+stays alive until backward is x itself (one tensor for q, k and v) and the rank-r product, not a dropped copy per
+layer. MKL ran the rank-r products at 14-50 GFLOP/s. Without the kernels the torch path below runs, with
+`peftkit.dropout`'s masks.
+
 Anything this path does not cover — DoRA and other variants, mixed-adapter batches (`adapter_names=`), merged or
 disabled adapters, a dtype mismatch (autocast, quantized bases, which are a different class anyway) — falls
 back to PEFT's own forward, call by call.
@@ -56,7 +64,8 @@ def _fused_args(layer, name: str, x) -> tuple | None:
     base, a, b = layer.base_layer, layer.lora_A[name], layer.lora_B[name]
     if (type(base) is not torch.nn.Linear or base.weight.requires_grad
             or (base.bias is not None and base.bias.requires_grad) or b.bias is not None
-            or x.device.type != "cpu" or not x.dtype == base.weight.dtype == a.weight.dtype == torch.float32):
+            or x.device.type != "cpu" or not x.dtype == base.weight.dtype == a.weight.dtype == torch.float32
+            or not all(t is None or t.is_contiguous() for t in (a.weight, b.weight, base.bias))):  # read in place
         return None
     p = cpu_mask_p(layer.lora_dropout[name], x)
     return None if p is None else (a.weight, b.weight, base.weight, base.bias, layer.scaling[name], p)
@@ -68,11 +77,27 @@ def _function():
     import torch
 
     from peftkit import dropout  # looked up per call: one place draws every mask
+    from peftkit.cpu_kernels import kernels, mask_args
 
     class LoraLinear(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, a, b, weight, bias, scaling, p):
             x2 = x.reshape(-1, x.shape[-1])
+            ctx.scaling, ctx.p = scaling, p
+            ctx.key = dropout.mask_key() if p and kernels() is not None else None
+            if kernels() is not None:
+                # one pass over the rows of x and y for the mask, the A-product, bias and B-product; only x (shared
+                # by q/k/v) and the rank-r product are kept for backward
+                x2 = x2.contiguous()
+                y = torch.mm(x2, weight.t())
+                low = x2.new_empty(x2.shape[0], a.shape[0])
+                kernels().lora_forward(x2.data_ptr(), x2.shape[0], x2.shape[1], a.data_ptr(), a.shape[0],
+                                       low.data_ptr(), int(bool(p)), *mask_args(ctx.key or 0, p or 0.0),
+                                       y.data_ptr(), y.shape[1], b.data_ptr(),
+                                       None if bias is None else bias.data_ptr(), scaling)
+                ctx.save_for_backward(x2, low, a, b, weight)
+                return y.view(*x.shape[:-1], y.shape[-1])
+            y = torch.mm(x2, weight.t()) if bias is None else torch.addmm(bias, x2, weight.t())
             keep = None
             dropped = x2
             if p:
@@ -80,31 +105,40 @@ def _function():
                 keep = mask.bool()  # 1 byte per element until backward
                 dropped = mask.mul_(x2)  # into the mask's memory: one fresh full-size tensor fewer
             low = torch.mm(a, dropped.t()).t()  # (A·xᵀ)ᵀ: MKL's fast orientation for a rank-r product
-            y = torch.mm(x2, weight.t()) if bias is None else torch.addmm(bias, x2, weight.t())
+            ctx.save_for_backward(dropped, low, a, b, weight, keep)
             y.addmm_(low, b.t(), alpha=scaling)
-            ctx.scaling, ctx.p = scaling, p
-            ctx.save_for_backward(dropped, keep, low, a, b, weight)
             return y.view(*x.shape[:-1], y.shape[-1])
 
         @staticmethod
         def backward(ctx, grad):
-            dropped, keep, low, a, b, weight = ctx.saved_tensors
             need_x, need_a, need_b = ctx.needs_input_grad[:3]
             g2 = grad.reshape(-1, grad.shape[-1])
-            # Rank-r products with the r-sized side on the left, transposed back as views: timed alone at 384-1,088
-            # tokens, 2-3x (g_low) and 3-5x (g_b) faster in MKL than g2·B and g2ᵀ·low; +2.2% per quickstart step.
-            g_low = torch.mm(b.t(), g2.t()).t().mul_(ctx.scaling)  # gradient at the low-rank activations
-            g_b = torch.mm(low.t(), g2).t().mul_(ctx.scaling) if need_b else None
-            g_a = torch.mm(g_low.t(), dropped) if need_a else None
-            g_x = None
-            if need_x:
-                g_x = torch.mm(g2, weight)
-                if keep is None:
-                    g_x.addmm_(g_low, a)
-                else:
-                    g_x.addcmul_(torch.mm(g_low, a), dropout.float_mask(keep, ctx.p, g_x.dtype))
+            if kernels() is not None:
+                x2, low, a, b, weight = ctx.saved_tensors
+                g2 = g2.contiguous()
+                g_x = torch.mm(g2, weight) if need_x else None
+                g_a, g_b = torch.empty_like(a), torch.empty_like(b)
+                kernels().lora_backward(x2.data_ptr(), g2.data_ptr(), g2.shape[0], x2.shape[1], g2.shape[1],
+                                        a.data_ptr(), b.data_ptr(), low.data_ptr(), a.shape[0], ctx.scaling,
+                                        None if g_x is None else g_x.data_ptr(), g_a.data_ptr(), g_b.data_ptr(),
+                                        int(ctx.key is not None), *mask_args(ctx.key or 0, ctx.p or 0.0))
+            else:
+                dropped, low, a, b, weight, keep = ctx.saved_tensors
+                # Rank-r products with the r-sized side on the left, transposed back as views: timed alone at
+                # 384-1,088 tokens, 2-3x (g_low) and 3-5x (g_b) faster in MKL than g2·B and g2ᵀ·low.
+                g_low = torch.mm(b.t(), g2.t()).t().mul_(ctx.scaling)  # gradient at the low-rank activations
+                g_b = torch.mm(low.t(), g2).t().mul_(ctx.scaling) if need_b else None
+                g_a = torch.mm(g_low.t(), dropped) if need_a else None
+                g_x = None
+                if need_x:
+                    g_x = torch.mm(g2, weight)
+                    if keep is None:
+                        g_x.addmm_(g_low, a)
+                    else:
+                        g_x.addcmul_(torch.mm(g_low, a), dropout.float_mask(keep, ctx.p, g_x.dtype))
+            if g_x is not None:
                 g_x = g_x.view(*grad.shape[:-1], g_x.shape[-1])
-            return g_x, g_a, g_b, None, None, None, None
+            return g_x, g_a if need_a else None, g_b if need_b else None, None, None, None, None
 
     return LoraLinear
 
