@@ -47,6 +47,32 @@ def test_metrics_learned_the_signal(run):
     assert losses[-1] < losses[0]
 
 
+def test_validation_once_per_epoch_and_not_in_the_training_time(tiny_bert, tiny_card, tmp_path, monkeypatch):
+    """Epoch ends evaluate the validation split, except the last, which the final evaluation covers (it still ends
+    the eval curve); evaluation time is not counted as training time (metrics' seconds and examples/s)."""
+    import time
+
+    from peftkit import train as train_module
+
+    calls, real = [], train_module._evaluate
+
+    def slow_evaluate(model, split, recipe, tokenizer, labels, prefix, accelerator, full=False):
+        calls.append(prefix)
+        time.sleep(3.0)
+        return real(model, split, recipe, tokenizer, labels, prefix, accelerator, full=full)
+
+    monkeypatch.setattr(train_module, "_evaluate", slow_evaluate)
+    recipe = write_recipe(tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run",
+                          train={"epochs": 2, "max_steps": 4, "batch_size": 8, "output_dir": str(tmp_path / "run")})
+    assert main(["train", str(recipe), "--no-progress", "data.max_train_examples=16"]) == 0
+    assert calls == ["eval", "validation", "test"]  # epoch 1's end; then the final evaluation, once per split
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "eval/accuracy" in r] == [2, 4]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["train"]["seconds"] < 3.0  # the 3 s evaluation at step 2 is not training time
+    assert log[-1]["eval/accuracy"] == metrics["validation"]["accuracy"]
+
+
 def test_eval_matches_training_metrics(run, capsys):
     assert main(["eval", str(run), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

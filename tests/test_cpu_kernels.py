@@ -67,17 +67,22 @@ def test_fused_lora_passes_match_their_definition(lib, rows, d, o, r, p):
     ref, xr, ar, br = _reference(x, a, b, w, bias, s, mask)
     ref.backward(g)
 
-    y, low = x @ w.t(), torch.empty(rows, r)
+    y, low, bits = x @ w.t(), torch.empty(rows, r), torch.empty(rows, (d + 7) // 8, dtype=torch.uint8)
     lib.lora_forward(x.data_ptr(), rows, d, a.data_ptr(), r, low.data_ptr(), int(p > 0), *mask_args(key, p),
-                     y.data_ptr(), o, b.data_ptr(), bias.data_ptr(), s)
+                     y.data_ptr(), o, b.data_ptr(), bias.data_ptr(), s, bits.data_ptr())
     assert torch.allclose(low, (mask * x) @ a.t(), atol=1e-3, rtol=1e-4)
     assert torch.allclose(y, ref.detach(), atol=1e-3, rtol=1e-4)  # values up to ~750: float32 rounding
 
-    gx, ga, gb = g @ w, torch.empty(r, d), torch.empty(o, r)
-    lib.lora_backward(x.data_ptr(), g.data_ptr(), rows, d, o, a.data_ptr(), b.data_ptr(), low.data_ptr(), r, s,
-                      gx.data_ptr(), ga.data_ptr(), gb.data_ptr(), int(p > 0), *mask_args(key, p))
-    for name, got, want in (("x", gx, xr.grad), ("A", ga, ar.grad), ("B", gb, br.grad)):
-        assert torch.allclose(got, want, atol=1e-3, rtol=1e-4), (name, (got - want).abs().max())
+    if p:  # the forward's bits are the mask
+        unpacked = (bits.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1
+        assert torch.equal(unpacked.flatten(1)[:, :d].bool(), mask > 0)
+    for packed in (bits, None):  # backward reads the forward's bits, or hashes the mask again: the same gradients
+        gx, ga, gb = g @ w, torch.empty(r, d), torch.empty(o, r)
+        lib.lora_backward(x.data_ptr(), g.data_ptr(), rows, d, o, a.data_ptr(), b.data_ptr(), low.data_ptr(), r, s,
+                          gx.data_ptr(), ga.data_ptr(), gb.data_ptr(), int(p > 0), *mask_args(key, p),
+                          None if packed is None else packed.data_ptr())
+        for name, got, want in (("x", gx, xr.grad), ("A", ga, ar.grad), ("B", gb, br.grad)):
+            assert torch.allclose(got, want, atol=1e-3, rtol=1e-4), (name, (got - want).abs().max())
     assert ar.grad.abs().max() > 0 and br.grad.abs().max() > 0
 
 

@@ -227,6 +227,34 @@ static void backward_row(const float *xm, const float *mrow, const float *grow, 
     }
 }
 
+/* A row's mask as bits (bit j % 8 of byte j / 8: kept) and back: the LoRA forward keeps d/8 bytes per row, so its
+ * backward reads the mask instead of hashing it again. */
+static void pack_bits(uint8_t *dst, const float *m, int64_t d) {
+    int64_t j = 0;
+#ifdef __AVX2__
+    for (; j + 8 <= d; j += 8)
+        dst[j / 8] = (uint8_t)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(m + j), _mm256_setzero_ps(), _CMP_NEQ_OQ));
+#endif
+    if (j < d) {
+        uint8_t byte = 0;
+        for (int64_t i = j; i < d; i++) byte |= (uint8_t)((m[i] != 0.0f) << (i - j));
+        dst[j / 8] = byte;
+    }
+}
+
+static void unpack_bits(float *m, const uint8_t *src, int64_t d, float scale) {
+    int64_t j = 0;
+#ifdef __AVX2__
+    const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256 sv = _mm256_set1_ps(scale);
+    for (; j + 8 <= d; j += 8) {
+        __m256i on = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(src[j / 8]), sel), sel);
+        _mm256_storeu_ps(m + j, _mm256_and_ps(_mm256_castsi256_ps(on), sv));
+    }
+#endif
+    for (; j < d; j++) m[j] = (src[j / 8] >> (j % 8)) & 1 ? scale : 0.0f;
+}
+
 /* y[t, :] += bias + s·low[t, :]·Bᵀ for one row; bt is Bᵀ (r × o). One pass over the row, whatever r. */
 static void add_low_row(float *yrow, int64_t o, const float *bt, int64_t r, float s, const float *lrow,
                         const float *bias) {
@@ -257,7 +285,7 @@ static void add_low_row(float *yrow, int64_t o, const float *bt, int64_t r, floa
  * pass over the rows of x and y. masked = 0: no dropout. */
 void lora_forward(const float *x, int64_t T, int64_t d, const float *a, int64_t r, float *low, int masked,
                   uint32_t k1, uint32_t k2, uint32_t t16, float scale, float *y, int64_t o, const float *b,
-                  const float *bias, float s) {
+                  const float *bias, float s, uint8_t *bits) {
     float *bt = malloc(sizeof(float) * r * o);
     transpose(bt, b, o, r);
 #pragma omp parallel
@@ -269,6 +297,7 @@ void lora_forward(const float *x, int64_t T, int64_t d, const float *a, int64_t 
             const float *row = x + t * d;
             if (masked) {
                 mask_span(xm, t * d, d, k1, k2, t16, scale);
+                if (bits) pack_bits(bits + t * ((d + 7) / 8), xm, d);
                 for (int64_t j = 0; j < d; j++) xm[j] *= row[j];
                 row = xm;
             }
@@ -285,7 +314,7 @@ void lora_forward(const float *x, int64_t T, int64_t d, const float *a, int64_t 
  * Each thread takes a block of rows and sums its own g_a, g_b; the blocks are added at the end. */
 void lora_backward(const float *x, const float *g, int64_t T, int64_t d, int64_t o, const float *a, const float *b,
                    const float *low, int64_t r, float s, float *gx, float *ga, float *gb, int masked,
-                   uint32_t k1, uint32_t k2, uint32_t t16, float scale) {
+                   uint32_t k1, uint32_t k2, uint32_t t16, float scale, const uint8_t *bits) {
     int nt = omp_get_max_threads();
     float *part_a = calloc((size_t)nt * r * d, sizeof(float));  /* per thread, r × d */
     float *part_b = calloc((size_t)nt * r * o, sizeof(float));  /* per thread, o × r */
@@ -305,7 +334,10 @@ void lora_backward(const float *x, const float *g, int64_t T, int64_t d, int64_t
             for (int q = 0; q < 4; q++) {
                 const float *xrow = x + (t + q) * d;
                 if (masked) {
-                    mask_span(m, (t + q) * d, d, k1, k2, t16, scale);
+                    if (bits)
+                        unpack_bits(m, bits + (t + q) * ((d + 7) / 8), d, scale);
+                    else
+                        mask_span(m, (t + q) * d, d, k1, k2, t16, scale);
                     for (int64_t j = 0; j < d; j++) xm[j] = m[j] * xrow[j];
                 }
                 phase2_row8(masked ? xm : xrow, masked ? m : NULL, d, a, gl + 8 * q, gx ? gx + (t + q) * d : NULL, pa);
@@ -315,7 +347,10 @@ void lora_backward(const float *x, const float *g, int64_t T, int64_t d, int64_t
         for (; t < t1; t++) {
             const float *xrow = x + t * d;
             if (masked) {
-                mask_span(m, t * d, d, k1, k2, t16, scale);
+                if (bits)
+                    unpack_bits(m, bits + t * ((d + 7) / 8), d, scale);
+                else
+                    mask_span(m, t * d, d, k1, k2, t16, scale);
                 for (int64_t j = 0; j < d; j++) xm[j] = m[j] * xrow[j];
             }
             backward_row(masked ? xm : xrow, masked ? m : NULL, g + t * o, d, o, a, b, low + t * r, r, s,

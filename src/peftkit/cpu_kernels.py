@@ -48,9 +48,10 @@ def _load():
         return None
     i64, u32, f32, ptr = ctypes.c_int64, ctypes.c_uint32, ctypes.c_float, ctypes.c_void_p
     lib.mask_apply.argtypes = [ptr, ptr, i64, u32, u32, u32, f32]
-    lib.lora_forward.argtypes = [ptr, i64, i64, ptr, i64, ptr, ctypes.c_int, u32, u32, u32, f32, ptr, i64, ptr, ptr, f32]
+    lib.lora_forward.argtypes = [ptr, i64, i64, ptr, i64, ptr, ctypes.c_int, u32, u32, u32, f32, ptr, i64, ptr, ptr, f32,
+                                ptr]
     lib.lora_backward.argtypes = [ptr, ptr, i64, i64, i64, ptr, ptr, ptr, i64, f32, ptr, ptr, ptr, ctypes.c_int,
-                                  u32, u32, u32, f32]
+                                  u32, u32, u32, f32, ptr]
     strides = ctypes.POINTER(ctypes.c_int64)
     lib.attn_forward.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64, strides, strides, strides, ptr, strides, f32,
                                  ptr, ptr, ctypes.c_int, u32, u32, u32, f32]

@@ -130,6 +130,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and accelerator.is_main_process),
                desc="train", unit="step")
     step, t0, examples, tokens = start_step, time.perf_counter(), 0, 0
+    eval_seconds = 0.0  # in-loop evaluations: not training time (the peer's Trainer times train() alone too)
     model.train()
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
@@ -160,8 +161,11 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
             bar.set_postfix(loss=f"{loss_sum:.4f}")
             if step % tc.log_every == 0 or step == total_steps:
                 logger.log(step, {"loss": loss_sum, "lr": scheduler.get_last_lr()[0]})
-            if tc.eval_every and step % tc.eval_every == 0 and data["validation"].ids:
+            # the last step's validation is the final evaluation below: not twice
+            if tc.eval_every and step % tc.eval_every == 0 and data["validation"].ids and step < total_steps:
+                t_eval = time.perf_counter()
                 logger.log(step, _evaluate(model, data["validation"], recipe, tokenizer, labels, "eval", accelerator))
+                eval_seconds += time.perf_counter() - t_eval
             if can_checkpoint and (tc.save_every and step % tc.save_every == 0 or step == stop_after_step):
                 save_checkpoint(out, step, accelerator.unwrap_model(model), optimizer, scheduler, tc.keep_checkpoints,
                                 accelerator.is_main_process, rng_states=gather_rng_states(accelerator))
@@ -173,10 +177,12 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
             if step >= total_steps:
                 break
         else:
-            if not tc.eval_every and data["validation"].ids:
+            if not tc.eval_every and data["validation"].ids and step < total_steps:
+                t_eval = time.perf_counter()
                 logger.log(step, _evaluate(model, data["validation"], recipe, tokenizer, labels, "eval", accelerator))
+                eval_seconds += time.perf_counter() - t_eval
     bar.close()
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 - eval_seconds
     if accelerator.num_processes > 1:  # throughput counts the examples of every process
         examples, tokens = (int(accelerator.reduce(torch.tensor(v, device=accelerator.device), "sum"))
                             for v in (examples, tokens))
@@ -189,6 +195,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     for name in ("validation", "test"):
         if data[name].ids:
             results[name] = _evaluate(model, data[name], recipe, tokenizer, labels, name, accelerator, full=True)
+            if name == "validation":  # the eval curve's last point
+                logger.log(step, {f"eval/{k}": v for k, v in results[name].items() if isinstance(v, float)})
             if rc.task == "causal_lm":
                 results[name].update(_evaluate_base(accelerator.unwrap_model(model), data[name], recipe, tokenizer,
                                                     accelerator))

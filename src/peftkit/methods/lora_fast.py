@@ -91,11 +91,14 @@ def _function():
                 x2 = x2.contiguous()
                 y = torch.mm(x2, weight.t())
                 low = x2.new_empty(x2.shape[0], a.shape[0])
+                # the mask as bits (d/8 bytes a row), so backward need not hash it again
+                bits = torch.empty(x2.shape[0], (x2.shape[1] + 7) // 8, dtype=torch.uint8) if p else None
                 kernels().lora_forward(x2.data_ptr(), x2.shape[0], x2.shape[1], a.data_ptr(), a.shape[0],
                                        low.data_ptr(), int(bool(p)), *mask_args(ctx.key or 0, p or 0.0),
                                        y.data_ptr(), y.shape[1], b.data_ptr(),
-                                       None if bias is None else bias.data_ptr(), scaling)
-                ctx.save_for_backward(x2, low, a, b, weight)
+                                       None if bias is None else bias.data_ptr(), scaling,
+                                       None if bits is None else bits.data_ptr())
+                ctx.save_for_backward(x2, low, a, b, weight, bits)
                 return y.view(*x.shape[:-1], y.shape[-1])
             y = torch.mm(x2, weight.t()) if bias is None else torch.addmm(bias, x2, weight.t())
             keep = None
@@ -114,14 +117,15 @@ def _function():
             need_x, need_a, need_b = ctx.needs_input_grad[:3]
             g2 = grad.reshape(-1, grad.shape[-1])
             if kernels() is not None:
-                x2, low, a, b, weight = ctx.saved_tensors
+                x2, low, a, b, weight, bits = ctx.saved_tensors
                 g2 = g2.contiguous()
                 g_x = torch.mm(g2, weight) if need_x else None
                 g_a, g_b = torch.empty_like(a), torch.empty_like(b)
                 kernels().lora_backward(x2.data_ptr(), g2.data_ptr(), g2.shape[0], x2.shape[1], g2.shape[1],
                                         a.data_ptr(), b.data_ptr(), low.data_ptr(), a.shape[0], ctx.scaling,
                                         None if g_x is None else g_x.data_ptr(), g_a.data_ptr(), g_b.data_ptr(),
-                                        int(ctx.key is not None), *mask_args(ctx.key or 0, ctx.p or 0.0))
+                                        int(ctx.key is not None), *mask_args(ctx.key or 0, ctx.p or 0.0),
+                                        None if bits is None else bits.data_ptr())
             else:
                 dropped, low, a, b, weight, keep = ctx.saved_tensors
                 # Rank-r products with the r-sized side on the left, transposed back as views: timed alone at
