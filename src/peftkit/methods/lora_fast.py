@@ -16,9 +16,9 @@ generator at the same point, so a run gives the same losses. Measured on the qui
 With `peftkit.cpu_kernels` (compiled on first use; see there) the fused function goes further. After the base
 GEMM, one pass over the rows of x and y applies the dropout mask, takes the A-product and adds bias and B-product.
 In backward, after the input-gradient GEMM, one pass over the rows of x, the output gradient and the input gradient
-gives all four rank-r products and the masked input-gradient term. The mask is recomputed from its key, so what
-stays alive until backward is x itself (one tensor for q, k and v) and the rank-r product, not a dropped copy per
-layer. MKL ran the rank-r products at 14-50 GFLOP/s. Without the kernels the torch path below runs, with
+gives all four rank-r products and the masked input-gradient term. What stays alive until backward is x itself (one
+tensor for q, k and v), the rank-r product and the mask as bits (d/8 bytes a row), not a dropped copy and a byte
+mask per layer. MKL ran the rank-r products at 14-50 GFLOP/s. Without the kernels the torch path below runs, with
 `peftkit.dropout`'s masks.
 
 Anything this path does not cover — DoRA and other variants, mixed-adapter batches (`adapter_names=`), merged or
