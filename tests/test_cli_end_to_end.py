@@ -47,9 +47,12 @@ def test_metrics_learned_the_signal(run):
     assert losses[-1] < losses[0]
 
 
-def test_validation_once_per_epoch_and_not_in_the_training_time(tiny_bert, tiny_card, tmp_path, monkeypatch):
-    """Epoch ends evaluate the validation split, except the last, which the final evaluation covers (it still ends
-    the eval curve); evaluation time is not counted as training time (metrics' seconds and examples/s)."""
+@pytest.mark.parametrize("schedule", [{"epochs": 2}, {"epochs": 1, "eval_every": 2}])
+def test_validation_once_per_point_and_not_in_the_training_time(schedule, tiny_bert, tiny_card, tmp_path,
+                                                                monkeypatch):
+    """In-loop evaluations (epoch ends, or every `eval_every` steps) skip the last step, which the final evaluation
+    covers and logs as the eval curve's last point; their time is not counted as training time (metrics' seconds
+    and examples/s)."""
     import time
 
     from peftkit import train as train_module
@@ -63,9 +66,9 @@ def test_validation_once_per_epoch_and_not_in_the_training_time(tiny_bert, tiny_
 
     monkeypatch.setattr(train_module, "_evaluate", slow_evaluate)
     recipe = write_recipe(tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run",
-                          train={"epochs": 2, "max_steps": 4, "batch_size": 8, "output_dir": str(tmp_path / "run")})
+                          train={**schedule, "max_steps": 4, "batch_size": 8, "output_dir": str(tmp_path / "run")})
     assert main(["train", str(recipe), "--no-progress", "data.max_train_examples=16"]) == 0
-    assert calls == ["eval", "validation", "test"]  # epoch 1's end; then the final evaluation, once per split
+    assert calls == ["eval", "validation", "test"]  # step 2 (of 4); then the final evaluation, once per split
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "eval/accuracy" in r] == [2, 4]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

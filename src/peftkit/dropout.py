@@ -30,7 +30,8 @@ def mask_key() -> int | None:
 def keep_mask(shape, p: float):
     """A float32 tensor of `shape`: 1/(1 − p) with probability 1 − p, else 0, independently per element.
 
-    With the kernels: the mask of one fresh key, in one parallel pass. Without them: float arithmetic, not bool ops (a bool mask and `masked_fill` cost ~10x a float multiply on CPU), in four
+    With the kernels: the mask of one fresh key, in one parallel pass. Without them: float arithmetic, not bool
+    ops (a bool mask and `masked_fill` cost ~10x a float multiply on CPU), in four
     passes: each 16-bit lane of the 64-bit draws, read as a signed integer u (uniform on [−2¹⁵, 2¹⁵)), becomes a
     float, and with t = round(p·2¹⁶), u + 2¹⁵ − t + 1 is an integer (exact in float32) that clamps to 1 iff
     u + 2¹⁵ ≥ t, else to 0.

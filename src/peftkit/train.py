@@ -130,7 +130,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and accelerator.is_main_process),
                desc="train", unit="step")
     step, t0, examples, tokens = start_step, time.perf_counter(), 0, 0
-    eval_seconds = 0.0  # in-loop evaluations: not training time (the peer's Trainer times train() alone too)
+    eval_seconds = 0.0  # in-loop evaluations (epoch ends, eval_every) are not training time
     model.train()
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
@@ -177,7 +177,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
             if step >= total_steps:
                 break
         else:
-            if not tc.eval_every and data["validation"].ids and step < total_steps:
+            if not tc.eval_every and data["validation"].ids:  # not after the last epoch: its `break` skips this
                 t_eval = time.perf_counter()
                 logger.log(step, _evaluate(model, data["validation"], recipe, tokenizer, labels, "eval", accelerator))
                 eval_seconds += time.perf_counter() - t_eval

@@ -84,8 +84,9 @@ def _function():
         def forward(ctx, x, a, b, weight, bias, scaling, p):
             x2 = x.reshape(-1, x.shape[-1])
             ctx.scaling, ctx.p = scaling, p
-            ctx.key = dropout.mask_key() if p and kernels() is not None else None
-            if kernels() is not None:
+            ctx.kernel = kernels() is not None  # backward takes the same path, whatever changes in between
+            ctx.key = dropout.mask_key() if p and ctx.kernel else None
+            if ctx.kernel:
                 # one pass over the rows of x and y for the mask, the A-product, bias and B-product; only x (shared
                 # by q/k/v) and the rank-r product are kept for backward
                 x2 = x2.contiguous()
@@ -116,7 +117,7 @@ def _function():
         def backward(ctx, grad):
             need_x, need_a, need_b = ctx.needs_input_grad[:3]
             g2 = grad.reshape(-1, grad.shape[-1])
-            if kernels() is not None:
+            if ctx.kernel:
                 x2, low, a, b, weight, bits = ctx.saved_tensors
                 g2 = g2.contiguous()
                 g_x = torch.mm(g2, weight) if need_x else None
