@@ -1,13 +1,14 @@
-/* peftkit's CPU kernels: dropout masks from a counter-based hash, and the LoRA layer's low-rank path fused with its
- * dropout. Built on first use by cpu_kernels.py with the system C compiler (-O3 -march=native -fopenmp); loaded
- * after torch, so OpenMP regions run on torch's own thread pool (the same libgomp.so.1).
+/* peftkit's CPU kernels: dropout masks from a counter-based hash, the LoRA layer's dropout and low-rank products
+ * fused around its base GEMM, and encoder training attention per (batch, head). Built on first use by
+ * cpu_kernels.py with the system C compiler (-O3 -march=native -fopenmp); loaded after torch, so OpenMP regions run
+ * on torch's own thread pool (the same libgomp.so.1).
  *
  * Mask: element e of a call keyed by (k1, k2) reads lane e & 1 (low or high 16 bits) of
  * h = mix(mix((e >> 1) ^ k1) ^ k2), and is kept iff that lane >= t16 = round(p * 65536); kept elements are scaled
- * by 1 / (1 - p). The mask is a pure function of (key, e): backward regenerates it instead of storing it.
- * mix is Chris Wellons' "lowbias32" integer hash.
+ * by 1 / (1 - p). The mask is a pure function of (key, e): backward regenerates it instead of storing it (the LoRA
+ * layer keeps it as bits, cheaper than hashing again). mix is Chris Wellons' "lowbias32" integer hash.
  *
- * Tensors are float32, row-major, contiguous. Row counts and sizes are int64.
+ * Tensors are float32 and row-major: contiguous, except where strides are passed. Sizes are int64.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -367,7 +368,6 @@ void lora_backward(const float *x, const float *g, int64_t T, int64_t d, int64_t
     free(part_a); free(part_b);
 }
 
-int kernel_threads(void) { return omp_get_max_threads(); }
 
 /* row[j] = exp(row[j] - mx) for j < n. AVX2: Cephes' expf polynomial (float precision, ~1 ulp) 8 at a time, and
  * 0 below -87 (masked keys), so no denormal weights slow the products down. */
