@@ -163,9 +163,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
                 logger.log(step, {"loss": loss_sum, "lr": scheduler.get_last_lr()[0]})
             # the last step's validation is the final evaluation below: not twice
             if tc.eval_every and step % tc.eval_every == 0 and data["validation"].ids and step < total_steps:
-                t_eval = time.perf_counter()
-                logger.log(step, _evaluate(model, data["validation"], recipe, tokenizer, labels, "eval", accelerator))
-                eval_seconds += time.perf_counter() - t_eval
+                eval_seconds += _log_validation(logger, step, model, data["validation"], recipe, tokenizer, labels,
+                                                accelerator)
             if can_checkpoint and (tc.save_every and step % tc.save_every == 0 or step == stop_after_step):
                 save_checkpoint(out, step, accelerator.unwrap_model(model), optimizer, scheduler, tc.keep_checkpoints,
                                 accelerator.is_main_process, rng_states=gather_rng_states(accelerator))
@@ -178,9 +177,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
                 break
         else:
             if not tc.eval_every and data["validation"].ids:  # not after the last epoch: its `break` skips this
-                t_eval = time.perf_counter()
-                logger.log(step, _evaluate(model, data["validation"], recipe, tokenizer, labels, "eval", accelerator))
-                eval_seconds += time.perf_counter() - t_eval
+                eval_seconds += _log_validation(logger, step, model, data["validation"], recipe, tokenizer, labels,
+                                                accelerator)
     bar.close()
     seconds = time.perf_counter() - t0 - eval_seconds
     if accelerator.num_processes > 1:  # throughput counts the examples of every process
@@ -309,6 +307,14 @@ def _adalora_update(model, step: int) -> None:
     base = getattr(model, "base_model", None)
     if hasattr(base, "update_and_allocate"):
         base.update_and_allocate(step)
+
+
+def _log_validation(logger, step: int, model, split: Split, recipe: Recipe, tokenizer, labels, accelerator) -> float:
+    """Log the validation metrics at `step` (an in-loop evaluation); returns its seconds, which are not training
+    time."""
+    t0 = time.perf_counter()
+    logger.log(step, _evaluate(model, split, recipe, tokenizer, labels, "eval", accelerator))
+    return time.perf_counter() - t0
 
 
 def _evaluate(model, split: Split, recipe: Recipe, tokenizer, labels, prefix: str, accelerator,

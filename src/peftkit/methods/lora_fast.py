@@ -87,12 +87,12 @@ def _function():
             ctx.kernel = kernels() is not None  # backward takes the same path, whatever changes in between
             ctx.key = dropout.mask_key() if p and ctx.kernel else None
             if ctx.kernel:
-                # one pass over the rows of x and y for the mask, the A-product, bias and B-product; only x (shared
-                # by q/k/v) and the rank-r product are kept for backward
+                # one pass over the rows of x and y for the mask, the A-product, bias and B-product; kept for
+                # backward: x (shared by q/k/v), the rank-r product and the mask as bits
                 x2 = x2.contiguous()
                 y = torch.mm(x2, weight.t())
                 low = x2.new_empty(x2.shape[0], a.shape[0])
-                # the mask as bits (d/8 bytes a row), so backward need not hash it again
+                # d/8 bytes a row, so backward need not hash the mask again
                 bits = torch.empty(x2.shape[0], (x2.shape[1] + 7) // 8, dtype=torch.uint8) if p else None
                 kernels().lora_forward(x2.data_ptr(), x2.shape[0], x2.shape[1], a.data_ptr(), a.shape[0],
                                        low.data_ptr(), int(bool(p)), *mask_args(ctx.key or 0, p or 0.0),
