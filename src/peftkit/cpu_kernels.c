@@ -25,29 +25,67 @@ static inline uint32_t mix(uint32_t x) {
     return x;
 }
 
-/* buf[i] = mask value of element e0 + i, for i < len. */
+#ifdef __AVX2__
+#include <immintrin.h>
+
+static inline __m256i mix8(__m256i x) {
+    x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+    x = _mm256_mullo_epi32(x, _mm256_set1_epi32((int)0x7feb352dU));
+    x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
+    x = _mm256_mullo_epi32(x, _mm256_set1_epi32((int)0x846ca68bU));
+    return _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+}
+
+/* The mask values of the 16 elements of pairs q0 .. q0 + 7 (elements 2·q0 ..), in element order, as two vectors. */
+static inline void mask16v(__m256 *m0, __m256 *m1, uint32_t q0, uint32_t k1, uint32_t k2, uint32_t t16, float scale) {
+    __m256i q = _mm256_add_epi32(_mm256_set1_epi32((int)q0), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i h = mix8(_mm256_xor_si256(mix8(_mm256_xor_si256(q, _mm256_set1_epi32((int)k1))),
+                                      _mm256_set1_epi32((int)k2)));
+    /* lanes are in [0, 65535], so a signed compare with t16 - 1 is "lane >= t16" (t16 in [0, 65536]) */
+    __m256i t = _mm256_set1_epi32((int)t16 - 1);
+    __m256 sv = _mm256_set1_ps(scale);
+    __m256 lo = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0xFFFF)), t)), sv);
+    __m256 hi = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_srli_epi32(h, 16), t)), sv);
+    __m256 a = _mm256_unpacklo_ps(lo, hi), b = _mm256_unpackhi_ps(lo, hi);  /* pairs 0,1,4,5 / 2,3,6,7 */
+    *m0 = _mm256_permute2f128_ps(a, b, 0x20);
+    *m1 = _mm256_permute2f128_ps(a, b, 0x31);
+}
+
+static inline void mask16(float *out, uint32_t q0, uint32_t k1, uint32_t k2, uint32_t t16, float scale) {
+    __m256 m0, m1;
+    mask16v(&m0, &m1, q0, k1, k2, t16, scale);
+    _mm256_storeu_ps(out, m0);
+    _mm256_storeu_ps(out + 8, m1);
+}
+#endif
+
+/* buf[i] = mask value of element e0 + i, for i < len. AVX2: 16 elements (8 hashes) at a time, the ends through a
+ * small buffer, so short rows (attention's keys) are not left to a scalar remainder loop. */
 static void mask_span(float *buf, int64_t e0, int64_t len, uint32_t k1, uint32_t k2, uint32_t t16, float scale) {
-    int64_t e = e0, end = e0 + len;
-    float *out = buf;
     if (len <= 0) return;
-    if (e & 1) {
+#ifdef __AVX2__
+    float tmp[16];
+    uint32_t q = (uint32_t)(e0 >> 1);
+    int64_t done = 0;
+    if (e0 & 1) {  /* first element is a pair's high lane */
+        mask16(tmp, q, k1, k2, t16, scale);
+        int64_t n = len < 15 ? len : 15;
+        memcpy(buf, tmp + 1, sizeof(float) * n);
+        done = n;
+        q += 8;
+    }
+    for (; done + 16 <= len; done += 16, q += 8) mask16(buf + done, q, k1, k2, t16, scale);
+    if (done < len) {
+        mask16(tmp, q, k1, k2, t16, scale);
+        memcpy(buf + done, tmp, sizeof(float) * (len - done));
+    }
+#else
+    for (int64_t i = 0; i < len; i++) {
+        int64_t e = e0 + i;
         uint32_t h = mix(mix((uint32_t)(e >> 1) ^ k1) ^ k2);
-        *out++ = (h >> 16) >= t16 ? scale : 0.0f;
-        e++;
+        buf[i] = ((e & 1) ? (h >> 16) : (h & 0xFFFFU)) >= t16 ? scale : 0.0f;
     }
-    int64_t pairs = (end - e) >> 1;
-    uint32_t q0 = (uint32_t)(e >> 1);
-    for (int64_t i = 0; i < pairs; i++) {
-        uint32_t h = mix(mix((q0 + (uint32_t)i) ^ k1) ^ k2);
-        out[2 * i] = (h & 0xFFFFU) >= t16 ? scale : 0.0f;
-        out[2 * i + 1] = (h >> 16) >= t16 ? scale : 0.0f;
-    }
-    e += 2 * pairs;
-    out += 2 * pairs;
-    if (e < end) {
-        uint32_t h = mix(mix((uint32_t)(e >> 1) ^ k1) ^ k2);
-        *out = (h & 0xFFFFU) >= t16 ? scale : 0.0f;
-    }
+#endif
 }
 
 #define CHUNK 4096
@@ -82,7 +120,6 @@ static void transpose(float *dst, const float *src, int64_t n, int64_t m) {
 
 /* The rank-r rows below: an AVX2 version for r = 8 (one register holds a rank-8 row) and a plain one for any r. */
 #ifdef __AVX2__
-#include <immintrin.h>
 
 static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -104,6 +141,28 @@ static void forward_row8(const float *xm, int64_t d, const float *a, float *low)
         for (int64_t jj = j; jj < d; jj++) sum += a[k * d + jj] * xm[jj];
         low[k] = sum;
     }
+}
+
+/* forward_row8 on mask ⊙ x for a row whose elements start at an even index (pair q0) and d % 16 == 0: the mask
+ * is hashed, kept as bits and applied in the same loop that takes the A-product, 16 elements at a time. */
+static void forward_row8_masked(const float *x, int64_t d, const float *a, float *low, uint32_t q0, uint32_t k1,
+                                uint32_t k2, uint32_t t16, float scale, uint8_t *bits) {
+    __m256 acc[8], acc2[8];
+    for (int k = 0; k < 8; k++) acc[k] = acc2[k] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < d; j += 16, q0 += 8) {
+        __m256 m0, m1;
+        mask16v(&m0, &m1, q0, k1, k2, t16, scale);
+        if (bits) {
+            bits[j / 8] = (uint8_t)_mm256_movemask_ps(_mm256_cmp_ps(m0, _mm256_setzero_ps(), _CMP_NEQ_OQ));
+            bits[j / 8 + 1] = (uint8_t)_mm256_movemask_ps(_mm256_cmp_ps(m1, _mm256_setzero_ps(), _CMP_NEQ_OQ));
+        }
+        __m256 v0 = _mm256_mul_ps(m0, _mm256_loadu_ps(x + j)), v1 = _mm256_mul_ps(m1, _mm256_loadu_ps(x + j + 8));
+        for (int k = 0; k < 8; k++) {
+            acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(a + k * d + j), v0, acc[k]);
+            acc2[k] = _mm256_fmadd_ps(_mm256_loadu_ps(a + k * d + j + 8), v1, acc2[k]);
+        }
+    }
+    for (int k = 0; k < 8; k++) low[k] = hsum(_mm256_add_ps(acc[k], acc2[k]));
 }
 
 /* Phase 1 of a row's backward: gl = s·g·B, and the block's g_b partial pb (o × 8) += s·g·lowᵀ. */
@@ -181,6 +240,29 @@ static void phase2_row8(const float *xm, const float *mrow, int64_t d, const flo
             pa[k * d + j] += gl[k] * xm[j];
         }
         if (gxrow) gxrow[j] += mrow ? mrow[j] * dot : dot;
+    }
+}
+
+/* phase2_row8 with the row's mask read from its bits (d % 8 == 0): x and the mask go straight into registers. */
+static void phase2_row8_bits(const float *x, const uint8_t *bits, float scale, int64_t d, const float *a,
+                             const float *gl, float *gxrow, float *pa) {
+    const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256 sv = _mm256_set1_ps(scale);
+    __m256 gk[8];
+    for (int k = 0; k < 8; k++) gk[k] = _mm256_set1_ps(gl[k]);
+    for (int64_t j = 0; j < d; j += 8) {
+        __m256i on = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(bits[j / 8]), sel), sel);
+        __m256 mv = _mm256_and_ps(_mm256_castsi256_ps(on), sv);
+        __m256 xv = _mm256_mul_ps(mv, _mm256_loadu_ps(x + j)), dot0 = _mm256_setzero_ps(), dot1 = dot0;
+        for (int k = 0; k < 8; k += 2) {
+            dot0 = _mm256_fmadd_ps(gk[k], _mm256_loadu_ps(a + k * d + j), dot0);
+            dot1 = _mm256_fmadd_ps(gk[k + 1], _mm256_loadu_ps(a + (k + 1) * d + j), dot1);
+            _mm256_storeu_ps(pa + k * d + j, _mm256_fmadd_ps(gk[k], xv, _mm256_loadu_ps(pa + k * d + j)));
+            _mm256_storeu_ps(pa + (k + 1) * d + j,
+                             _mm256_fmadd_ps(gk[k + 1], xv, _mm256_loadu_ps(pa + (k + 1) * d + j)));
+        }
+        if (gxrow)
+            _mm256_storeu_ps(gxrow + j, _mm256_fmadd_ps(mv, _mm256_add_ps(dot0, dot1), _mm256_loadu_ps(gxrow + j)));
     }
 }
 #endif
@@ -296,6 +378,14 @@ void lora_forward(const float *x, int64_t T, int64_t d, const float *a, int64_t 
         float *xm = malloc(sizeof(float) * d);
         for (int64_t t = t0; t < t1; t++) {
             const float *row = x + t * d;
+#ifdef __AVX2__
+            if (masked && r == 8 && d % 16 == 0) {
+                forward_row8_masked(row, d, a, low + t * 8, (uint32_t)((t * d) >> 1), k1, k2, t16, scale,
+                                    bits ? bits + t * (d / 8) : NULL);
+                add_low_row(y + t * o, o, bt, r, s, low + t * r, bias);
+                continue;
+            }
+#endif
             if (masked) {
                 mask_span(xm, t * d, d, k1, k2, t16, scale);
                 if (bits) pack_bits(bits + t * ((d + 7) / 8), xm, d);
@@ -334,6 +424,11 @@ void lora_backward(const float *x, const float *g, int64_t T, int64_t d, int64_t
             phase1_rows4(g + t * o, o, b, low + t * 8, s, pb, gl);
             for (int q = 0; q < 4; q++) {
                 const float *xrow = x + (t + q) * d;
+                if (masked && bits && d % 8 == 0) {
+                    phase2_row8_bits(xrow, bits + (t + q) * (d / 8), scale, d, a, gl + 8 * q,
+                                     gx ? gx + (t + q) * d : NULL, pa);
+                    continue;
+                }
                 if (masked) {
                     if (bits)
                         unpack_bits(m, bits + (t + q) * ((d + 7) / 8), d, scale);
@@ -369,32 +464,53 @@ void lora_backward(const float *x, const float *g, int64_t T, int64_t d, int64_t
 }
 
 
-/* row[j] = exp(row[j] - mx) for j < n. AVX2: Cephes' expf polynomial (float precision, ~1 ulp) 8 at a time, and
- * 0 below -87 (masked keys), so no denormal weights slow the products down. */
-static void exp_shifted(float *row, int64_t n, float mx) {
+/* row[j] = exp(row[j] - mx) for j < n; returns their sum. AVX2: Cephes' expf polynomial (float precision, ~1 ulp)
+ * 8 at a time, the last < 8 through a small buffer, and 0 below -87 (masked keys), so no denormal weights slow the
+ * products down. */
+#ifdef __AVX2__
+static inline __m256 exp8(__m256 x0) {
+    __m256 x = _mm256_max_ps(x0, _mm256_set1_ps(-87.0f));
+    __m256 e = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(e, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(e), _mm256_set1_epi32(127)), 23);
+    __m256 big = _mm256_cmp_ps(x0, _mm256_set1_ps(-87.0f), _CMP_GE_OQ);  /* exp below -87: 0, as in torch */
+    return _mm256_and_ps(big, _mm256_mul_ps(p, _mm256_castsi256_ps(pow2)));
+}
+#endif
+
+static float exp_shifted(float *row, int64_t n, float mx) {
     int64_t j = 0;
 #ifdef __AVX2__
     const __m256 m = _mm256_set1_ps(mx);
+    __m256 acc = _mm256_setzero_ps();
     for (; j + 8 <= n; j += 8) {
-        __m256 x0 = _mm256_sub_ps(_mm256_loadu_ps(row + j), m);
-        __m256 x = _mm256_max_ps(x0, _mm256_set1_ps(-87.0f));
-        __m256 e = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m256 r = _mm256_fnmadd_ps(e, _mm256_set1_ps(0.693359375f), x);
-        r = _mm256_fnmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), r);
-        __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-        p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-        __m256i pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(e), _mm256_set1_epi32(127)), 23);
-        __m256 big = _mm256_cmp_ps(x0, _mm256_set1_ps(-87.0f), _CMP_GE_OQ);  /* exp below -87: 0, as in torch */
-        _mm256_storeu_ps(row + j, _mm256_and_ps(big, _mm256_mul_ps(p, _mm256_castsi256_ps(pow2))));
+        __m256 y = exp8(_mm256_sub_ps(_mm256_loadu_ps(row + j), m));
+        _mm256_storeu_ps(row + j, y);
+        acc = _mm256_add_ps(acc, y);
     }
+    if (j < n) {
+        float tmp[8];
+        for (int t = 0; t < 8; t++) tmp[t] = j + t < n ? row[j + t] : -INFINITY;  /* exp(-inf) = 0: adds nothing */
+        __m256 y = exp8(_mm256_sub_ps(_mm256_loadu_ps(tmp), m));
+        _mm256_storeu_ps(tmp, y);
+        acc = _mm256_add_ps(acc, y);
+        memcpy(row + j, tmp, sizeof(float) * (n - j));
+    }
+    return hsum(acc);
+#else
+    float sum = 0.0f;
+    for (; j < n; j++) sum += (row[j] = expf(row[j] - mx));
+    return sum;
 #endif
-    for (; j < n; j++) row[j] = expf(row[j] - mx);
 }
 
 /* Dot products and axpys along a head dimension D: AVX2 when D is a multiple of 8 (unaligned loads, no scalar
@@ -431,26 +547,41 @@ static inline void axpy_d(float *y, float alpha, const float *x, int64_t D) {
 }
 
 /* out[j] = a·rows[j] for n rows of length D, `stride` floats apart: 8 rows at a time with one transposing
- * reduction for all eight (a horizontal sum per row stalled on its own latency: profiled, a third of the forward). */
+ * reduction for all eight (a horizontal sum per row stalled on its own latency: profiled, a third of the forward).
+ * A last block of fewer than 8 rows repeats its last row and keeps only what it needs (short rows: S = 30 keys left
+ * 6 to a scalar loop). */
+#ifdef __AVX2__
+static inline void dots8(float *out8, const float *a, const float *const *r, int64_t D) {
+    __m256 acc[8];
+    for (int t = 0; t < 8; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < D; c += 8) {
+        __m256 av = _mm256_loadu_ps(a + c);
+        for (int t = 0; t < 8; t++) acc[t] = _mm256_fmadd_ps(av, _mm256_loadu_ps(r[t] + c), acc[t]);
+    }
+    __m256 t0 = _mm256_hadd_ps(acc[0], acc[1]), t1 = _mm256_hadd_ps(acc[2], acc[3]);
+    __m256 t2 = _mm256_hadd_ps(acc[4], acc[5]), t3 = _mm256_hadd_ps(acc[6], acc[7]);
+    t0 = _mm256_hadd_ps(t0, t1);
+    t2 = _mm256_hadd_ps(t2, t3);
+    _mm256_storeu_ps(out8, _mm256_add_ps(_mm256_permute2f128_ps(t0, t2, 0x20), _mm256_permute2f128_ps(t0, t2, 0x31)));
+}
+#endif
+
 static void dots(float *out, const float *a, const float *rows, int64_t stride, int64_t n, int64_t D) {
     int64_t j = 0;
 #ifdef __AVX2__
     if (D % 8 == 0) {
+        const float *r[8];
         for (; j + 8 <= n; j += 8) {
-            __m256 acc[8];
-            for (int t = 0; t < 8; t++) acc[t] = _mm256_setzero_ps();
-            for (int64_t c = 0; c < D; c += 8) {
-                __m256 av = _mm256_loadu_ps(a + c);
-                for (int t = 0; t < 8; t++)
-                    acc[t] = _mm256_fmadd_ps(av, _mm256_loadu_ps(rows + (j + t) * stride + c), acc[t]);
-            }
-            __m256 t0 = _mm256_hadd_ps(acc[0], acc[1]), t1 = _mm256_hadd_ps(acc[2], acc[3]);
-            __m256 t2 = _mm256_hadd_ps(acc[4], acc[5]), t3 = _mm256_hadd_ps(acc[6], acc[7]);
-            t0 = _mm256_hadd_ps(t0, t1);
-            t2 = _mm256_hadd_ps(t2, t3);
-            _mm256_storeu_ps(out + j, _mm256_add_ps(_mm256_permute2f128_ps(t0, t2, 0x20),
-                                                     _mm256_permute2f128_ps(t0, t2, 0x31)));
+            for (int t = 0; t < 8; t++) r[t] = rows + (j + t) * stride;
+            dots8(out + j, a, r, D);
         }
+        if (j < n) {
+            float tmp[8];
+            for (int t = 0; t < 8; t++) r[t] = rows + (j + t < n ? j + t : n - 1) * stride;
+            dots8(tmp, a, r, D);
+            memcpy(out + j, tmp, sizeof(float) * (n - j));
+        }
+        return;
     }
 #endif
     for (; j < n; j++) out[j] = dot_d(a, rows + j * stride, D);
@@ -459,36 +590,55 @@ static void dots(float *out, const float *a, const float *rows, int64_t stride, 
 /* out = Σ_j w[j]·rows[j] over n rows of length D, `stride` floats apart. For D = 32 or 64 the sum stays in
  * registers: accumulating in memory chained every row's update on the previous store (profiled: half the
  * attention's time). */
-static inline __attribute__((always_inline)) void weighted_rows_nv(float *out, const float *w, const float *rows,
-                                                                   int64_t stride, int64_t n, const int nv) {
+static inline __attribute__((always_inline)) void weighted_rows_nv(float *out, const float *w, int64_t ws,
+                                                                   const float *rows, int64_t stride, int64_t n,
+                                                                   const int nv) {
 #ifdef __AVX2__
-    __m256 acc[8];
+    /* D = 32 (nv = 4): even and odd rows in separate accumulators, so four FMAs are not waiting on the last four */
+    __m256 acc[8], odd[4];
     for (int c = 0; c < nv; c++) acc[c] = _mm256_setzero_ps();
-    for (int64_t j = 0; j < n; j++) {
-        if (w[j] == 0.0f) continue;  /* dropped or masked keys */
-        __m256 wv = _mm256_set1_ps(w[j]);
+    for (int c = 0; c < 4; c++) odd[c] = _mm256_setzero_ps();
+    int64_t j = 0;
+    if (nv == 4) {
+        for (; j + 2 <= n; j += 2) {
+            __m256 w0 = _mm256_set1_ps(w[j * ws]), w1 = _mm256_set1_ps(w[(j + 1) * ws]);
+            const float *r0 = rows + j * stride, *r1 = r0 + stride;
+            for (int c = 0; c < 4; c++) {
+                acc[c] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(r0 + 8 * c), acc[c]);
+                odd[c] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(r1 + 8 * c), odd[c]);
+            }
+        }
+    }
+    for (; j < n; j++) {
+        __m256 wv = _mm256_set1_ps(w[j * ws]);
         const float *rj = rows + j * stride;
         for (int c = 0; c < nv; c++) acc[c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(rj + 8 * c), acc[c]);
     }
-    for (int c = 0; c < nv; c++) _mm256_storeu_ps(out + 8 * c, acc[c]);
+    for (int c = 0; c < nv; c++) _mm256_storeu_ps(out + 8 * c, nv == 4 ? _mm256_add_ps(acc[c], odd[c]) : acc[c]);
 #else
-    (void)out; (void)w; (void)rows; (void)stride; (void)n; (void)nv;
+    (void)out; (void)w; (void)ws; (void)rows; (void)stride; (void)n; (void)nv;
 #endif
 }
 
-static void weighted_rows(float *out, const float *w, const float *rows, int64_t stride, int64_t n, int64_t D) {
+/* ... with the weights `ws` floats apart (a column of a row-major matrix). */
+static void weighted_rows_s(float *out, const float *w, int64_t ws, const float *rows, int64_t stride, int64_t n,
+                            int64_t D) {
 #ifdef __AVX2__
     if (D == 32) {
-        weighted_rows_nv(out, w, rows, stride, n, 4);
+        weighted_rows_nv(out, w, ws, rows, stride, n, 4);
         return;
     }
     if (D == 64) {
-        weighted_rows_nv(out, w, rows, stride, n, 8);
+        weighted_rows_nv(out, w, ws, rows, stride, n, 8);
         return;
     }
 #endif
     memset(out, 0, sizeof(float) * D);
-    for (int64_t j = 0; j < n; j++) axpy_d(out, w[j], rows + j * stride, D);
+    for (int64_t j = 0; j < n; j++) axpy_d(out, w[j * ws], rows + j * stride, D);
+}
+
+static void weighted_rows(float *out, const float *w, const float *rows, int64_t stride, int64_t n, int64_t D) {
+    weighted_rows_s(out, w, 1, rows, stride, n, D);
 }
 
 /* Training attention for one (batch, head) pair per task: softmax(q·kᵀ·scale + mask) → dropout → ·v.
@@ -509,17 +659,30 @@ void attn_forward(const float *q, const float *k, const float *v, int64_t B, int
             int64_t b = bh / H, h = bh % H;
             for (int64_t i = 0; i < Sq; i++) {
                 const float *qi = q + b * qs[0] + h * qs[1] + i * qs[2];
-                float *row = probs + (bh * Sq + i) * Sk, mx = -INFINITY, sum = 0.0f;
+                float *row = probs + (bh * Sq + i) * Sk, mx = -INFINITY;
                 dots(row, qi, k + b * ks[0] + h * ks[1], ks[2], Sk, D);
                 const float *mrow = mask ? mask + b * ms[0] + i * ms[1] : NULL;
-                for (int64_t j = 0; j < Sk; j++) {
+                int64_t j = 0;
+#ifdef __AVX2__
+                if (!mrow || ms[2] == 1) {  /* scale, mask and running max 8 at a time */
+                    __m256 sv = _mm256_set1_ps(scale), mv = _mm256_set1_ps(-INFINITY);
+                    for (; j + 8 <= Sk; j += 8) {
+                        __m256 x = _mm256_mul_ps(_mm256_loadu_ps(row + j), sv);
+                        if (mrow) x = _mm256_add_ps(x, _mm256_loadu_ps(mrow + j));
+                        _mm256_storeu_ps(row + j, x);
+                        mv = _mm256_max_ps(mv, x);
+                    }
+                    float m8[8];
+                    _mm256_storeu_ps(m8, mv);
+                    for (int t = 0; t < 8; t++) mx = m8[t] > mx ? m8[t] : mx;
+                }
+#endif
+                for (; j < Sk; j++) {
                     row[j] = row[j] * scale + (mrow ? mrow[j * ms[2]] : 0.0f);
                     mx = row[j] > mx ? row[j] : mx;
                 }
-                exp_shifted(row, Sk, mx);
-                for (int64_t j = 0; j < Sk; j++) sum += row[j];
-                float inv = 1.0f / sum;
-                for (int64_t j = 0; j < Sk; j++) row[j] *= inv;
+                float inv = 1.0f / exp_shifted(row, Sk, mx);
+                for (j = 0; j < Sk; j++) row[j] *= inv;
                 if (masked) {
                     mask_span(m, (bh * Sq + i) * Sk, Sk, k1, k2, t16, dscale);
                     for (int64_t j = 0; j < Sk; j++) m[j] *= row[j];  /* the dropped weights */
@@ -543,31 +706,42 @@ void attn_backward(const float *q, const float *k, const float *v, int64_t B, in
 #pragma omp parallel
     {
         float *m = malloc(sizeof(float) * Sk), *ds = malloc(sizeof(float) * Sk);
-        float *wt = malloc(sizeof(float) * Sk * Sq), *st = malloc(sizeof(float) * Sk * Sq);  /* [j][i] */
+        float *wt = malloc(sizeof(float) * Sq * Sk), *st = malloc(sizeof(float) * Sq * Sk);  /* [i][j] */
 #pragma omp for schedule(static)
         for (int64_t bh = 0; bh < B * H; bh++) {
             int64_t b = bh / H, h = bh % H;
             const float *g0 = g + (b * Sq * H + h) * D;  /* query i's gradient row: g0 + i·H·D */
             for (int64_t i = 0; i < Sq; i++) {
                 const float *row = probs + (bh * Sq + i) * Sk, *gi = g0 + i * H * D;
+                float *wrow = wt + i * Sk, *srow = st + i * Sk;
                 if (masked) mask_span(m, (bh * Sq + i) * Sk, Sk, k1, k2, t16, dscale);
                 dots(ds, gi, v + b * vs[0] + h * vs[1], vs[2], Sk, D);
                 float c = 0.0f;
-                for (int64_t j = 0; j < Sk; j++) {
+                int64_t j = 0;
+#ifdef __AVX2__
+                __m256 cv = _mm256_setzero_ps();
+                for (; j + 8 <= Sk; j += 8) {
+                    __m256 p = _mm256_loadu_ps(row + j), d = _mm256_loadu_ps(ds + j);
+                    __m256 mj = masked ? _mm256_loadu_ps(m + j) : _mm256_set1_ps(1.0f);
+                    d = _mm256_mul_ps(d, mj);  /* gradient at the softmax output */
+                    _mm256_storeu_ps(ds + j, d);
+                    cv = _mm256_fmadd_ps(p, d, cv);
+                    _mm256_storeu_ps(wrow + j, _mm256_mul_ps(p, mj));  /* the dropped weight: dv_j = Σ_i w_ij·g_i */
+                }
+                c = hsum(cv);
+#endif
+                for (; j < Sk; j++) {
                     float mj = masked ? m[j] : 1.0f;
-                    ds[j] *= mj;  /* gradient at the softmax output */
+                    ds[j] *= mj;
                     c += row[j] * ds[j];
-                    wt[j * Sq + i] = row[j] * mj;  /* the dropped weight: dv_j = Σ_i w_ij·g_i */
+                    wrow[j] = row[j] * mj;
                 }
-                for (int64_t j = 0; j < Sk; j++) {
-                    ds[j] = row[j] * (ds[j] - c) * scale;  /* gradient at the scores */
-                    st[j * Sq + i] = ds[j];
-                }
-                weighted_rows(dq + ((b * Sq + i) * H + h) * D, ds, k + b * ks[0] + h * ks[1], ks[2], Sk, D);
+                for (j = 0; j < Sk; j++) srow[j] = row[j] * (ds[j] - c) * scale;  /* gradient at the scores */
+                weighted_rows(dq + ((b * Sq + i) * H + h) * D, srow, k + b * ks[0] + h * ks[1], ks[2], Sk, D);
             }
             for (int64_t j = 0; j < Sk; j++) {
-                weighted_rows(dv + ((b * Sk + j) * H + h) * D, wt + j * Sq, g0, H * D, Sq, D);
-                weighted_rows(dk + ((b * Sk + j) * H + h) * D, st + j * Sq, q + b * qs[0] + h * qs[1], qs[2], Sq, D);
+                weighted_rows_s(dv + ((b * Sk + j) * H + h) * D, wt + j, Sk, g0, H * D, Sq, D);
+                weighted_rows_s(dk + ((b * Sk + j) * H + h) * D, st + j, Sk, q + b * qs[0] + h * qs[1], qs[2], Sq, D);
             }
         }
         free(m);
