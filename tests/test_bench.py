@@ -35,6 +35,12 @@ def test_bench_json_rows_filled_and_plausible(bench):
         assert r["peak_rss_mb"] > 50 and r["adapter_bytes"] > 0
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["macro_f1"] <= 1 and r["eval_loss"] > 0
         assert 0 < r["mfu_pct"] < 100
+    # One peak before the first row and one after each row that ran; a row's MFU uses the larger around it.
+    peaks = result["matmul_peaks_flops"]
+    assert len(peaks) == len(ok) + 1 and result["matmul_peak_flops"] == max(peaks)
+    for i, r in enumerate(ok):
+        assert r["matmul_peak_gflops"] * 1e9 == pytest.approx(max(peaks[i:i + 2]))
+        assert r["mfu_pct"] == pytest.approx(100 * r["train_flops"] / r["seconds"] / max(peaks[i:i + 2]))
     assert rows["full"]["trainable_pct"] == 100
     assert rows["lora"]["trainable_pct"] < 100
     # Full fine-tuning saves the whole model; LoRA only the adapter (+ head).
@@ -56,6 +62,7 @@ def test_bench_markdown_table(bench):
     assert "--methods lora,full,nosuch --budget 80 --peer`" in md  # the command that reproduces it
     assert "| full | 5e-05 |" in md  # full fine-tuning gets its own learning rate
     assert "peer_dynamic (lora): **" in md and "nosuch: skipped" in md and "(4·N + 2·N_train)·T" in md
+    assert "before the first row and after every row" in md and "| peak GFLOP/s | MFU % |" in md
 
 
 def test_bench_refuses_bad_budget(tiny_bert, tiny_card, tmp_path, capsys):

@@ -116,6 +116,12 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     optimizer = _optimizer(model, tc)
     scheduler = _scheduler(optimizer, tc, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    # Clipping reads only parameters with gradients: listing the trainable ones skips ~1 ms a step of walking the
+    # frozen base (accelerate's FSDP path needs the model's own parameter list).
+    from accelerate.utils import DistributedType
+
+    clip_params = (list(model.parameters()) if accelerator.distributed_type == DistributedType.FSDP
+                   else [p for p in model.parameters() if p.requires_grad])
     if accelerator.num_processes > 1:  # same initial weights above; from here each process draws its own dropout
         set_seed(tc.seed + accelerator.process_index)
     start_step = restore_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler,
@@ -151,7 +157,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
             if accelerator.num_processes > 1:  # the global batch's mean loss, as one process would log it
                 loss_sum = accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "mean").item()
             if tc.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+                accelerator.clip_grad_norm_(clip_params, tc.max_grad_norm)
             optimizer.step()
             _adalora_update(model, step)
             scheduler.step()
