@@ -85,14 +85,15 @@ def run_bench(recipe_path: str, *, methods: list[str], budget: int | None = None
                 row.update(_child(pool, {"recipe": str(recipe_path), "overrides": list(overrides), "budget": budget,
                                    "method": method, "kind": kind, "run_dir": str(Path(tmp) / kind / method)}))
                 _add_flops(row)
-                peaks.append(matmul_peak(matmul_size))
-                row["matmul_peak_gflops"] = max(peaks[-2:]) / 1e9
-                row["mfu_pct"] = 100 * row["train_flops"] / row["seconds"] / max(peaks[-2:])
                 row["status"] = "ok"
             except PeftkitError as exc:
                 row["status"] = f"skipped: {str(exc).split('. ')[0]}."  # first sentence: what is wrong
             except Exception as exc:  # one broken method must not lose the other rows
                 row["status"] = f"failed: {type(exc).__name__}: {exc}"
+            peaks.append(matmul_peak(matmul_size))
+            if row["status"] == "ok":
+                row["matmul_peak_gflops"] = max(peaks[-2:]) / 1e9
+                row["mfu_pct"] = 100 * row["train_flops"] / row["seconds"] / max(peaks[-2:])
             say(f"  {_short(row)}")
             rows.append(row)
             # Rewritten after every row, so an interrupted bench still leaves the rows it finished.

@@ -39,7 +39,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
           stop_after_step: int | None = None) -> Path:
     """Train `recipe`; return the run folder. `stop_after_step` simulates an interruption (tests of --resume)."""
     import torch
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
 
     from peftkit.checkpoints import restore_checkpoint, save_checkpoint
     from peftkit.data.cards import load_card
@@ -118,8 +118,6 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     model, optimizer = accelerator.prepare(model, optimizer)
     # Clipping reads only parameters with gradients: listing the trainable ones skips ~1 ms a step of walking the
     # frozen base (accelerate's FSDP path needs the model's own parameter list).
-    from accelerate.utils import DistributedType
-
     clip_params = (list(model.parameters()) if accelerator.distributed_type == DistributedType.FSDP
                    else [p for p in model.parameters() if p.requires_grad])
     if accelerator.num_processes > 1:  # same initial weights above; from here each process draws its own dropout
