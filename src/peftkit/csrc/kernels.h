@@ -48,7 +48,8 @@ static inline void mask16v(__m256 *m0, __m256 *m1, uint32_t q0, uint32_t k1, uin
     /* lanes are in [0, 65535], so a signed compare with t16 - 1 is "lane >= t16" (t16 in [0, 65536]) */
     __m256i t = _mm256_set1_epi32((int)t16 - 1);
     __m256 sv = _mm256_set1_ps(scale);
-    __m256 lo = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0xFFFF)), t)), sv);
+    __m256i lanes_lo = _mm256_and_si256(h, _mm256_set1_epi32(0xFFFF));
+    __m256 lo = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(lanes_lo, t)), sv);
     __m256 hi = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_srli_epi32(h, 16), t)), sv);
     __m256 a = _mm256_unpacklo_ps(lo, hi), b = _mm256_unpackhi_ps(lo, hi);  /* pairs 0,1,4,5 / 2,3,6,7 */
     *m0 = _mm256_permute2f128_ps(a, b, 0x20);

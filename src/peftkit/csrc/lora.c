@@ -112,6 +112,26 @@ static void phase1_rows4(const float *g, int64_t o, const float *b, const float 
     _mm256_storeu_ps(gl + 24, _mm256_mul_ps(sv, g3));
 }
 
+/* One 8-column step of phase 2: pa[:, j:j+8] += gl·xv and the returned gl·A[:, j:j+8] (two dot accumulators: half
+ * the FMA latency chain). */
+static inline __m256 phase2_step(const __m256 *gk, __m256 xv, const float *a, int64_t d, int64_t j, float *pa) {
+    __m256 dot0 = _mm256_setzero_ps(), dot1 = dot0;
+    for (int k = 0; k < 8; k += 2) {
+        dot0 = _mm256_fmadd_ps(gk[k], _mm256_loadu_ps(a + k * d + j), dot0);
+        dot1 = _mm256_fmadd_ps(gk[k + 1], _mm256_loadu_ps(a + (k + 1) * d + j), dot1);
+        _mm256_storeu_ps(pa + k * d + j, _mm256_fmadd_ps(gk[k], xv, _mm256_loadu_ps(pa + k * d + j)));
+        _mm256_storeu_ps(pa + (k + 1) * d + j, _mm256_fmadd_ps(gk[k + 1], xv, _mm256_loadu_ps(pa + (k + 1) * d + j)));
+    }
+    return _mm256_add_ps(dot0, dot1);
+}
+
+/* The mask values of 8 elements from their byte of bits (bit i: element i kept). */
+static inline __m256 bits_to_mask8(uint8_t byte, __m256 scale) {
+    const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    __m256i on = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(byte), sel), sel);
+    return _mm256_and_ps(_mm256_castsi256_ps(on), scale);
+}
+
 /* Phase 2 of a row's backward: pa (8 × d) += gl·(mask ⊙ x) and, when gxrow is given, gx += mask ⊙ (gl·A). */
 static void phase2_row8(const float *xm, const float *mrow, int64_t d, const float *a, const float *gl, float *gxrow,
                         float *pa) {
@@ -119,15 +139,7 @@ static void phase2_row8(const float *xm, const float *mrow, int64_t d, const flo
     for (int k = 0; k < 8; k++) gk[k] = _mm256_set1_ps(gl[k]);
     int64_t j = 0;
     for (; j + 8 <= d; j += 8) {
-        __m256 xv = _mm256_loadu_ps(xm + j), dot0 = _mm256_setzero_ps(), dot1 = dot0;
-        for (int k = 0; k < 8; k += 2) {  /* two dot accumulators: half the FMA latency chain */
-            dot0 = _mm256_fmadd_ps(gk[k], _mm256_loadu_ps(a + k * d + j), dot0);
-            dot1 = _mm256_fmadd_ps(gk[k + 1], _mm256_loadu_ps(a + (k + 1) * d + j), dot1);
-            _mm256_storeu_ps(pa + k * d + j, _mm256_fmadd_ps(gk[k], xv, _mm256_loadu_ps(pa + k * d + j)));
-            _mm256_storeu_ps(pa + (k + 1) * d + j,
-                             _mm256_fmadd_ps(gk[k + 1], xv, _mm256_loadu_ps(pa + (k + 1) * d + j)));
-        }
-        __m256 dot = _mm256_add_ps(dot0, dot1);
+        __m256 dot = phase2_step(gk, _mm256_loadu_ps(xm + j), a, d, j, pa);
         if (gxrow) {
             __m256 upd = mrow ? _mm256_mul_ps(_mm256_loadu_ps(mrow + j), dot) : dot;
             _mm256_storeu_ps(gxrow + j, _mm256_add_ps(_mm256_loadu_ps(gxrow + j), upd));
@@ -146,23 +158,13 @@ static void phase2_row8(const float *xm, const float *mrow, int64_t d, const flo
 /* phase2_row8 with the row's mask read from its bits (d % 8 == 0): x and the mask go straight into registers. */
 static void phase2_row8_bits(const float *x, const uint8_t *bits, float scale, int64_t d, const float *a,
                              const float *gl, float *gxrow, float *pa) {
-    const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     const __m256 sv = _mm256_set1_ps(scale);
     __m256 gk[8];
     for (int k = 0; k < 8; k++) gk[k] = _mm256_set1_ps(gl[k]);
     for (int64_t j = 0; j < d; j += 8) {
-        __m256i on = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(bits[j / 8]), sel), sel);
-        __m256 mv = _mm256_and_ps(_mm256_castsi256_ps(on), sv);
-        __m256 xv = _mm256_mul_ps(mv, _mm256_loadu_ps(x + j)), dot0 = _mm256_setzero_ps(), dot1 = dot0;
-        for (int k = 0; k < 8; k += 2) {
-            dot0 = _mm256_fmadd_ps(gk[k], _mm256_loadu_ps(a + k * d + j), dot0);
-            dot1 = _mm256_fmadd_ps(gk[k + 1], _mm256_loadu_ps(a + (k + 1) * d + j), dot1);
-            _mm256_storeu_ps(pa + k * d + j, _mm256_fmadd_ps(gk[k], xv, _mm256_loadu_ps(pa + k * d + j)));
-            _mm256_storeu_ps(pa + (k + 1) * d + j,
-                             _mm256_fmadd_ps(gk[k + 1], xv, _mm256_loadu_ps(pa + (k + 1) * d + j)));
-        }
-        if (gxrow)
-            _mm256_storeu_ps(gxrow + j, _mm256_fmadd_ps(mv, _mm256_add_ps(dot0, dot1), _mm256_loadu_ps(gxrow + j)));
+        __m256 mv = bits_to_mask8(bits[j / 8], sv);
+        __m256 dot = phase2_step(gk, _mm256_mul_ps(mv, _mm256_loadu_ps(x + j)), a, d, j, pa);
+        if (gxrow) _mm256_storeu_ps(gxrow + j, _mm256_fmadd_ps(mv, dot, _mm256_loadu_ps(gxrow + j)));
     }
 }
 #endif
@@ -228,12 +230,8 @@ static void pack_bits(uint8_t *dst, const float *m, int64_t d) {
 static void unpack_bits(float *m, const uint8_t *src, int64_t d, float scale) {
     int64_t j = 0;
 #ifdef __AVX2__
-    const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     const __m256 sv = _mm256_set1_ps(scale);
-    for (; j + 8 <= d; j += 8) {
-        __m256i on = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(src[j / 8]), sel), sel);
-        _mm256_storeu_ps(m + j, _mm256_and_ps(_mm256_castsi256_ps(on), sv));
-    }
+    for (; j + 8 <= d; j += 8) _mm256_storeu_ps(m + j, bits_to_mask8(src[j / 8], sv));
 #endif
     for (; j < d; j++) m[j] = (src[j / 8] >> (j % 8)) & 1 ? scale : 0.0f;
 }
