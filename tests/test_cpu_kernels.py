@@ -33,6 +33,27 @@ def test_mask_is_a_function_of_key_and_element_index(lib):
     assert abs(agree - (0.7**2 + 0.3**2)) < 0.03  # another key: an independent mask (agreement 0.58, not 1)
 
 
+def _lowbias32(x):
+    x = (x ^ (x >> 16)) & 0xFFFFFFFF
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x = (x ^ (x >> 15)) & 0xFFFFFFFF
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return (x ^ (x >> 16)) & 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 37, 100])
+def test_mask_is_the_documented_hash(lib, n):
+    """Element e keeps lane e & 1 of lowbias32(lowbias32((e >> 1) ^ k1) ^ k2) iff it is >= round(p·2¹⁶): the
+    vectorised hash (16 elements a step, short ends through a buffer) computes exactly that, for any length."""
+    p, key = 0.3, 0x0BAD_F00D_1234_5678
+    k1, k2, t16, scale = mask_args(key, p)
+    expected = []
+    for e in range(n):
+        h = _lowbias32(_lowbias32((e >> 1) ^ k1) ^ k2)
+        expected.append(scale if ((h >> 16) if e & 1 else (h & 0xFFFF)) >= t16 else 0.0)
+    assert _mask((n,), key, p).tolist() == pytest.approx(expected)
+
+
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
 def test_keep_rate_scale_and_independence(lib, p):
     mask = _mask((400, 1000), 987654321, p)
