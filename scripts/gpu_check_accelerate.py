@@ -70,7 +70,7 @@ def why(out: str) -> str:
 
 
 def run_figures(run: Path) -> dict:
-    from peftkit.adapters import check_adapter_weights
+    from peftkit.adapters.bundle import check_adapter_weights
 
     metrics = json.loads((run / "metrics.json").read_text())
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]

@@ -12,7 +12,7 @@ the weights being pretrained. What it checks, printing every figure:
      Peak = torch.cuda.max_memory_allocated from load to the last step (8-bit AdamW, not paged, so its state is
      counted). Note: prepare_model_for_kbit_training upcasts every non-4-bit weight (embeddings, lm_head, norms)
      to float32, so the ratio is worse the larger the embedding share (small models, large vocabularies).
-  2. merge parity through peftkit's own merge (`peftkit.merge.merge_adapter`) on a ~150M Llama: a QLoRA-trained
+  2. merge parity through peftkit's own merge (`peftkit.inference.merge.merge_adapter`) on a ~150M Llama: a QLoRA-trained
      adapter merged into a float32 reload of the base; max |logit diff| vs the adapter on the float32 base
      ≤ 1e-3 and top-1 agreement 1.0; agreement with the adapter on the 4-bit base it was trained on is reported.
 Exits 1 if a check fails, 2 if the setup is missing (no CUDA, or a library not importable).
@@ -193,8 +193,8 @@ def memory_check(work: Path, size: str, steps: int, batch: int, seq: int) -> lis
 def merge_check(work: Path, size: str = "150m") -> list[str]:
     import torch
 
-    from peftkit.adapters import save_adapter
-    from peftkit.merge import merge_adapter
+    from peftkit.adapters.bundle import save_adapter
+    from peftkit.inference.merge import merge_adapter
     from peftkit.models.load import load_tokenizer, tokenizer_hash
     from peftkit.models.sources import content_hash, resolve_source
 

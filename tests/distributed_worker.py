@@ -6,7 +6,7 @@ import sys
 
 from peftkit.cli import main
 from peftkit.recipe import load_recipe
-from peftkit.train import train
+from peftkit.training.recipe import train
 
 if __name__ == "__main__":
     for spec in sys.argv[1:]:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from peftkit.bench import run_bench
+from peftkit.bench.methods import run_bench
 from peftkit.cli import main
 from tests.conftest import write_recipe
 
@@ -87,7 +87,7 @@ def test_bench_prefix_row_depends_on_the_pooling(tiny_bert, tiny_card, tmp_path)
     1e-2; under mean pooling, 20 prefixes and the head (there is no pooler) at lr 3e-2."""
     import transformers
 
-    from peftkit.bench import _count, _recipe_for
+    from peftkit.bench.methods import _count, _recipe_for
     from peftkit.recipe import load_recipe
 
     path = str(write_recipe(tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run"))

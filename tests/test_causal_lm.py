@@ -72,8 +72,8 @@ def test_eval_gives_the_training_perplexity(lm_run, capsys):
 
 
 def test_generate_returns_text(lm_run, capsys):
-    from peftkit.adapters import load_adapter
-    from peftkit.generate import generate_text
+    from peftkit.adapters.bundle import load_adapter
+    from peftkit.inference.generate import generate_text
 
     assert main(["generate", str(lm_run), "the film", "--max-new-tokens", "6", "--temperature", "0"]) == 0
     out = capsys.readouterr().out.strip()

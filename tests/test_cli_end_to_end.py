@@ -55,7 +55,7 @@ def test_validation_once_per_point_and_not_in_the_training_time(schedule, tiny_b
     and examples/s)."""
     import time
 
-    from peftkit import train as train_module
+    from peftkit.training import recipe as train_module
 
     calls, real = [], train_module._evaluate
 
@@ -101,7 +101,7 @@ def test_plain_peft_loads_same_logits(run, tiny_bert):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from peftkit.adapters import load_adapter
+    from peftkit.adapters.bundle import load_adapter
 
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     batch = tok(["a great film", "the plot was dull and messy"], padding=True, return_tensors="pt")

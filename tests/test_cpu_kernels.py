@@ -5,8 +5,8 @@ atomically, and fall back (None) when switched off or when no compiler works."""
 import pytest
 import torch
 
-from peftkit import cpu_kernels
-from peftkit.cpu_kernels import apply_mask, kernels, mask_args
+from peftkit.cpu import kernels as cpu_kernels
+from peftkit.cpu.kernels import apply_mask, kernels, mask_args
 
 
 @pytest.fixture

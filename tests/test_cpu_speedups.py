@@ -6,7 +6,7 @@ lean LoRA forward: methods/; the kernels themselves: test_cpu_kernels.py.)"""
 import pytest
 import torch
 
-from peftkit.dropout import keep_mask, use_cpu_dropout
+from peftkit.cpu.dropout import keep_mask, use_cpu_dropout
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
@@ -45,7 +45,8 @@ def test_forward_backward_eval_and_seed(mask_backend):
 
 
 def test_training_uses_it_on_every_dropout(tiny_bert, tiny_card, tmp_path, monkeypatch, mask_backend):
-    from peftkit import cpu_kernels, dropout
+    from peftkit.cpu import dropout
+    from peftkit.cpu import kernels as cpu_kernels
     from peftkit.cli import main
     from tests.conftest import write_recipe
 
@@ -72,7 +73,7 @@ def test_fused_cpu_adamw_gives_the_same_updates():
     """train._optimizer picks torch's fused AdamW on CPU: the same update as the per-parameter loop."""
     from types import SimpleNamespace
 
-    from peftkit.train import _optimizer
+    from peftkit.training.recipe import _optimizer
 
     torch.manual_seed(0)
     models = [torch.nn.Linear(20, 5), torch.nn.Linear(20, 5)]

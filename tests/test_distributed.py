@@ -14,10 +14,10 @@ import pytest
 from safetensors.torch import load_file
 
 from peftkit.cli import main
-from peftkit.distributed import check_distributed, launch_command, shard_steps
+from peftkit.training.distributed import check_distributed, launch_command, shard_steps
 from peftkit.errors import PeftkitError
 from peftkit.recipe import load_recipe
-from peftkit.train import train
+from peftkit.training.recipe import train
 from tests.conftest import no_dropout_copy, write_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def test_two_processes_match_one_and_resume(tmp_path, tiny_bert, tiny_card, chil
     assert not list((tmp_path / "two").rglob("*.tmp"))
 
     # Checkpoints hold each process's RNG state, and they differ (each process draws its own dropout masks).
-    from peftkit.checkpoints import latest_checkpoint
+    from peftkit.training.checkpoints import latest_checkpoint
 
     ckpt = latest_checkpoint(tmp_path / "cut")
     assert json.loads((ckpt / "state.json").read_text()) == {"step": 12, "processes": 2}
@@ -164,7 +164,7 @@ def test_launch_command_hands_off_to_accelerate():
 
 
 def test_deepspeed_config_fits_peftkits_loop():
-    from peftkit.distributed import _configure_deepspeed
+    from peftkit.training.distributed import _configure_deepspeed
 
     ds = {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False},
           "gradient_clipping": "auto", "train_batch_size": "auto"}
@@ -191,7 +191,7 @@ def test_empty_adapter_is_refused(tmp_path, tiny_bert):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from peftkit.adapters import check_adapter_weights, save_adapter
+    from peftkit.adapters.bundle import check_adapter_weights, save_adapter
 
     model = get_peft_model(AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2),
                            LoraConfig(r=2, target_modules=["query"], task_type="SEQ_CLS"))
@@ -252,7 +252,7 @@ def test_more_processes_than_gpus_and_config_conflicts(tmp_path):
 def test_sharded_strategies_skip_checkpoints_and_refuse_resume():
     from types import SimpleNamespace
 
-    from peftkit.distributed import checkpoints_supported
+    from peftkit.training.distributed import checkpoints_supported
 
     fsdp = SimpleNamespace(distributed_type="DistributedType.FSDP")
     with pytest.raises(PeftkitError, match="--resume: peftkit's checkpoints are for DDP"):
@@ -268,7 +268,7 @@ def test_sharded_bf16_loads_float32_weights_and_refuses_zero3(monkeypatch):
     bf16 is refused with the fix; DDP and CPU keep the recipe's dtype."""
     import torch
 
-    from peftkit.distributed import sharded_dtype
+    from peftkit.training.distributed import sharded_dtype
     from peftkit.errors import PeftkitError
 
     assert sharded_dtype("fsdp", "auto") == ("auto", None)  # no GPU here: nothing changes

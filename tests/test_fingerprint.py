@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
-from peftkit.adapters import META_FILE, load_adapter
+from peftkit.adapters.bundle import META_FILE, load_adapter
 from peftkit.cli import main
 from peftkit.errors import PeftkitError
-from peftkit.swap import AdapterSet
+from peftkit.inference.adapter_set import AdapterSet
 from tests.tiny_runs import train_tiny
 
 

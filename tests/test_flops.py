@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peftkit.flops import matmul_params, matmul_peak, train_flops
+from peftkit.bench.flops import matmul_params, matmul_peak, train_flops
 
 
 def _stack(freeze: str | None = None):

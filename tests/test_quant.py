@@ -19,7 +19,7 @@ def _quantized_step(model_dir, bits: int, optimizer: str = "adamw"):
     from peft import prepare_model_for_kbit_training
 
     from peftkit.recipe.schema import TrainSpec
-    from peftkit.train import _optimizer
+    from peftkit.training.recipe import _optimizer
 
     model = load_base_model(resolve_source(str(model_dir)), task="classification", labels=["neg", "pos"],
                             pad_token_id=5, device="cpu", quantization={"bits": bits, "quant_type": "nf4"})

@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import load_file
 
 from peftkit.recipe import load_recipe
-from peftkit.train import train
+from peftkit.training.recipe import train
 from tests.conftest import write_recipe
 
 

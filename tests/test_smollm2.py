@@ -16,9 +16,9 @@ TINY = ["train.max_steps=3", "train.batch_size=4", "data.max_train_examples=12",
 
 
 def test_classification_recipe_few_steps(tmp_path, capsys):
-    from peftkit.adapters import load_adapter
+    from peftkit.adapters.bundle import load_adapter
     from peftkit.data.prepare import tokenize_texts
-    from peftkit.inference import forward_split
+    from peftkit.inference.forward import forward_split
 
     run = tmp_path / "cls"
     assert main(["train", str(RECIPES / "smollm2-lora-rotten_tomatoes.yaml"), "--no-progress",

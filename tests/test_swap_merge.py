@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from peftkit.adapters import load_adapter
+from peftkit.adapters.bundle import load_adapter
 from peftkit.cli import main
-from peftkit.merge import REPORT_FILE, merge_adapter
-from peftkit.swap import AdapterSet
+from peftkit.inference.merge import REPORT_FILE, merge_adapter
+from peftkit.inference.adapter_set import AdapterSet
 from tests.conftest import make_texts, write_card
 from tests.tiny_runs import train_tiny
 
@@ -44,7 +44,7 @@ def _alone(path, texts=TEXTS):
 def _logits(loaded, texts=TEXTS):
     """Logits of a loaded adapter (`load_adapter`'s result) on `texts`."""
     from peftkit.data.prepare import tokenize_texts
-    from peftkit.inference import forward_split
+    from peftkit.inference.forward import forward_split
 
     ids = tokenize_texts(loaded.tokenizer, texts, loaded.meta["max_length"])
     logits, _ = forward_split(loaded.model, ids, None, pad_token_id=loaded.tokenizer.pad_token_id,
@@ -196,7 +196,7 @@ def test_routed_predict_in_a_fresh_process_loads_a_bottleneck_adapter_first(runs
 def test_serve_bench_compare_qlora_over_seeds(monkeypatch, capsys, tmp_path):
     """--seeds trains the pair once per seed (seed passed as an override, one folder per seed) and reports the
     mean QLoRA − LoRA difference; training itself is faked here (the real pair takes minutes)."""
-    import peftkit.bench_serving as sb
+    import peftkit.bench.serving as sb
 
     accuracy = {("fp32", 1): 0.80, ("q", 1): 0.79, ("fp32", 2): 0.82, ("q", 2): 0.82}
     calls = []

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from peftkit.adapters import load_adapter
-from peftkit.swap import AdapterSet
+from peftkit.adapters.bundle import load_adapter
+from peftkit.inference.adapter_set import AdapterSet
 from tests.test_swap_merge import TEXTS, _alone, _logits
 from tests.tiny_runs import train_tiny
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from peftkit.recipe import load_recipe
-from peftkit.train import train
+from peftkit.training.recipe import train
 from tests.conftest import write_recipe
 
 

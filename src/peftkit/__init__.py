@@ -8,11 +8,11 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _LAZY = {
-    "AdapterSet": "peftkit.swap",
-    "merge_adapter": "peftkit.merge",
+    "AdapterSet": "peftkit.inference.adapter_set",
+    "merge_adapter": "peftkit.inference.merge",
     "load_recipe": "peftkit.recipe.load",
-    "train": "peftkit.train",
-    "load_adapter": "peftkit.adapters",
+    "train": "peftkit.training.recipe",
+    "load_adapter": "peftkit.adapters.bundle",
     "PeftkitError": "peftkit.errors",
 }
 

@@ -153,7 +153,7 @@ def _load(recipe: str, overrides: list[str]):
 def cmd_train(args) -> int:
     recipe = _load(args.recipe, args.overrides)
     if args.processes is not None:
-        from peftkit.distributed import launch_training
+        from peftkit.training.distributed import launch_training
 
         flags = [f for f, on in (("--overwrite", args.overwrite), ("--resume", args.resume),
                                  ("--no-progress", args.no_progress)) if on]
@@ -161,7 +161,7 @@ def cmd_train(args) -> int:
                                strategy=recipe.distributed.strategy,
                                accelerate_config=recipe.distributed.accelerate_config,
                                quantized=recipe.quantization is not None)
-    from peftkit.train import train
+    from peftkit.training.recipe import train
 
     out = train(recipe, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) != 0:  # one summary per run, not per process
@@ -175,7 +175,7 @@ def cmd_train(args) -> int:
 
 def cmd_validate(args) -> int:
     recipe = _load(args.recipe, args.overrides)
-    from peftkit.validate import validate_recipe
+    from peftkit.training.preflight import validate_recipe
 
     for line in validate_recipe(recipe):
         print(line)
@@ -184,13 +184,13 @@ def cmd_validate(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from peftkit.predict import evaluate_adapter
+    from peftkit.inference.predict import evaluate_adapter
 
     metrics = evaluate_adapter(args.adapter, data=args.data, split=args.split)
     plots = Path(args.plots) if args.plots else (Path(args.adapter) / "plots" if (Path(args.adapter) / "adapter").is_dir()
                                                  else None)
     if plots is not None and "confusion_matrix" in metrics:
-        from peftkit.plots import plot_confusion
+        from peftkit.inference.plots import plot_confusion
 
         name = f"{Path(args.data).stem}-{args.split}" if args.data else args.split
         png = plot_confusion(metrics["confusion_matrix"], metrics["labels"], plots / f"confusion_matrix-{name}.png",
@@ -209,7 +209,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from peftkit.predict import predict_texts, read_texts
+    from peftkit.inference.predict import predict_texts, read_texts
 
     if args.named:
         return _predict_routed(args)
@@ -233,7 +233,7 @@ def _print_predictions(texts, rows, *, as_json: bool) -> None:
 
 
 def _predict_routed(args) -> int:
-    from peftkit.swap import AdapterSet, parse_adapter_specs, read_routed
+    from peftkit.inference.adapter_set import AdapterSet, parse_adapter_specs, read_routed
 
     pairs = parse_adapter_specs(args.named)
     if args.adapter or args.texts or not args.file:
@@ -248,7 +248,7 @@ def _predict_routed(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from peftkit.merge import merge_adapter
+    from peftkit.inference.merge import merge_adapter
 
     report = merge_adapter(args.adapter, args.out, n_samples=args.samples, overwrite=args.overwrite)
     print(json.dumps(report, indent=2))
@@ -256,7 +256,7 @@ def cmd_merge(args) -> int:
 
 
 def cmd_serve_bench(args) -> int:
-    from peftkit.bench_serving import run_serve_bench
+    from peftkit.bench.serving import run_serve_bench
 
     run_serve_bench(args.named, n_texts=args.texts, compare_qlora=args.compare_qlora, overrides=args.overrides,
                     seeds=args.seeds)
@@ -264,7 +264,7 @@ def cmd_serve_bench(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from peftkit.generate import generate_text
+    from peftkit.inference.generate import generate_text
 
     text = generate_text(args.adapter, args.prompt, max_new_tokens=args.max_new_tokens,
                          temperature=args.temperature, seed=args.seed)
@@ -324,7 +324,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from peftkit.publish import publish_run, push_to_hub
+    from peftkit.adapters.publish import publish_run, push_to_hub
 
     if args.hub:
         url = push_to_hub(args.run, args.hub, base_model=args.base_model)
@@ -347,7 +347,7 @@ def cmd_methods(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from peftkit.bench import run_bench
+    from peftkit.bench.methods import run_bench
 
     if args.budget is not None and args.budget < 1:
         raise PeftkitError(f"--budget: expected a positive number of training examples, found {args.budget}.")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from peftkit.recipe import load_recipe
-from peftkit.train import train
+from peftkit.training.recipe import train
 from tests.conftest import write_recipe
 
 

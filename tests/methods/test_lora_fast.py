@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from peftkit.methods.lora_fast import use_fast_lora
+from peftkit.cpu.lora import use_fast_lora
 
 
 def _model(folder, dropout=0.2, **lora):
@@ -68,7 +68,7 @@ def test_fused_training_function_gives_the_same_run(dropout, tiny_bert, mask_bac
     """On CPU with peftkit's dropout, training goes through one autograd function per layer: same masks (same
     generator draws, on either back end), so the same logits and gradients as PEFT's layer-by-layer graph; the
     frozen embeddings' input gradient is never computed."""
-    from peftkit.dropout import use_cpu_dropout
+    from peftkit.cpu.dropout import use_cpu_dropout
 
     results = []
     for fused in (False, True):
@@ -96,7 +96,7 @@ def test_fused_training_function_gives_the_same_run(dropout, tiny_bert, mask_bac
 
 
 def test_fused_function_falls_back_when_the_base_trains(tiny_bert):
-    from peftkit.dropout import use_cpu_dropout
+    from peftkit.cpu.dropout import use_cpu_dropout
 
     model = _model(tiny_bert)
     use_fast_lora(model)
@@ -111,7 +111,7 @@ def test_fused_function_falls_back_when_the_base_trains(tiny_bert):
 def test_fused_function_skips_the_input_gradient_nobody_needs(tiny_bert, monkeypatch, mask_backend):
     """Above frozen embeddings the layer input needs no gradient: backward then skips the base layer's input-gradient
     matmul (kernels: 0 torch matmuls instead of 1, the rank-r products are in the kernel; torch: 3 instead of 5)."""
-    from peftkit.dropout import use_cpu_dropout
+    from peftkit.cpu.dropout import use_cpu_dropout
 
     model = _model(tiny_bert)
     use_fast_lora(model)

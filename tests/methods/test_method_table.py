@@ -13,14 +13,14 @@ import re
 import pytest
 import torch
 
-from peftkit.adapters import load_adapter, save_adapter
+from peftkit.adapters.bundle import load_adapter, save_adapter
 from peftkit.errors import PeftkitError
 from peftkit.methods.apply import apply_method
 from peftkit.methods.checks import check_method_for_model, model_skeleton
 from peftkit.methods.registry import merge_refusal_reason
 from peftkit.models.load import load_base_model, load_tokenizer, tokenizer_hash
 from peftkit.models.sources import content_hash, resolve_source
-from peftkit.train import _adalora_update
+from peftkit.training.recipe import _adalora_update
 
 LABELS = ["neg", "pos"]
 ARCHS = ["bert", "gpt2", "llama"]

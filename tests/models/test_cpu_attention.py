@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from peftkit.dropout import keep_mask
-from peftkit.models.cpu_attention import NAME, _function, use_cpu_attention
+from peftkit.cpu.dropout import keep_mask
+from peftkit.cpu.attention import NAME, _function, use_cpu_attention
 
 
 @pytest.mark.parametrize("mask_kind", ["bool", "float", None])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from peftkit.data.prepare import tokenize_texts
-from peftkit.inference import forward_split
+from peftkit.inference.forward import forward_split
 from peftkit.methods.apply import apply_method
 from peftkit.models.decoder import backbone
 from peftkit.models.load import load_base_model, load_tokenizer

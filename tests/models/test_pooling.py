@@ -12,7 +12,7 @@ from peftkit.models.load import load_base_model, load_tokenizer
 from peftkit.models.pooling import MeanPooler
 from peftkit.models.sources import resolve_source
 from peftkit.recipe import load_recipe
-from peftkit.train import train
+from peftkit.training.recipe import train
 from tests.conftest import make_texts, write_recipe
 
 TEXTS = ["good film", "the plot was very dull and the actors were tired", "a witty and sharp story"]
@@ -78,10 +78,10 @@ def test_mean_pooling_refusals(tiny_gpt2, tiny_bert, tmp_path, capsys):
 
 
 def test_mean_pooled_adapter_loads_merges_publishes_and_refuses_a_mixed_swap(tiny_bert, tiny_card, tmp_path):
-    from peftkit.adapter_card import snippets
-    from peftkit.adapters import load_adapter
-    from peftkit.merge import merge_adapter
-    from peftkit.swap import AdapterSet
+    from peftkit.adapters.card import snippets
+    from peftkit.adapters.bundle import load_adapter
+    from peftkit.inference.merge import merge_adapter
+    from peftkit.inference.adapter_set import AdapterSet
 
     def run(name, overrides):
         recipe = write_recipe(tmp_path / f"{name}.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / name,

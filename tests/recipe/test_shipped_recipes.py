@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from peftkit.recipe import load_recipe
-from peftkit.train import train
+from peftkit.training.recipe import train
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -24,7 +24,7 @@ def test_the_eight_methods_are_shipped():
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_shipped_recipe(path, tiny_bert, tiny_llama, tiny_card, tmp_path):
-    from peftkit.validate import validate_recipe
+    from peftkit.training.preflight import validate_recipe
     from tests.test_causal_lm import write_lm_card
 
     text = path.read_text()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from peftkit.data.cards import FORMATS, SPLITS, DataCard
 from peftkit.errors import PeftkitError, did_you_mean
-from peftkit.packages import package_dir
+from peftkit.fileio import package_dir
 
 _COMPRESSION = {".bz2": "bz2", ".gz": "gzip"}
 

@@ -50,8 +50,6 @@ def apply_method(model, *, name: str, settings: dict, task: str, total_steps: in
     """Wrap `model` with method `name`. Only the adapter (and, for classification, the head) trains."""
     from peft import get_peft_model
 
-    from peftkit.methods.lora_fast import use_fast_lora
-
     if name == FULL:  # full fine-tuning: the plain model, every parameter trainable
         check_method_settings(name, settings)
         return model.requires_grad_(True)
@@ -61,5 +59,4 @@ def apply_method(model, *, name: str, settings: dict, task: str, total_steps: in
     except ValueError as exc:
         raise PeftkitError(f"method: PEFT could not apply {name} to this {model.config.model_type} model: {exc} "
                            f"Set method.target_modules, or choose another method.") from None
-    use_fast_lora(wrapped)
     return wrapped

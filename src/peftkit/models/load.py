@@ -131,6 +131,10 @@ def load_base_model(
         from peftkit.models.pooling import apply_pooling
 
         apply_pooling(model, pooling, source=f"model source '{source.spec}'")
-    if not quantization:
+    if quantization:
+        from peftkit.models.quant import keep_plain_cpu_4bit_path
+
+        keep_plain_cpu_4bit_path(model)
+    else:
         model.to(device)
     return model

@@ -75,6 +75,23 @@ def bnb_optimizer(name: str, params, *, lr: float, weight_decay: float):
     return classes[name](params, lr=lr, weight_decay=weight_decay)
 
 
+def keep_plain_cpu_4bit_path(model) -> int:
+    """Keep bitsandbytes' 4-bit layers of `model` on their plain dequantize-and-matmul CPU path; returns how many.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a 4-bit weight on the first eval-mode forward (absmax in
+    bfloat16, a tiled layout) and keeps it repacked. Checked on 0.50.2: a layer narrower than one quantization
+    block (in_features < 64) then fails to reshape, training after an in-loop evaluation fails in the repacked
+    matmul's in-place bias add, and predictions differ from those of a CPU without AVX512-BF16. The plain path
+    gives the same numbers on every CPU. Set on this model's layers only.
+    """
+    n = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
 def quantized_modules(model) -> dict[str, str]:
     """Name → class of every bitsandbytes layer in `model` (to check what was and wasn't quantized)."""
     return {n: type(m).__name__ for n, m in model.named_modules() if type(m).__name__ in ("Linear4bit", "Linear8bitLt")}

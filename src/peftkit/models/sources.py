@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftkit.errors import PeftkitError
-from peftkit.packages import package_dir
+from peftkit.fileio import package_dir
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 

@@ -135,11 +135,6 @@ class TrainSpec(_Section):
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory (not with prefix tuning)."""
 
-    release_memory: bool = False
-    """On CPU (Linux/glibc): hand every freed block of 1 MB or more straight back to the OS, so peak RSS follows the
-    live tensors. Lower peak (quickstart row: ~50 MB at batch 16, ~235 MB at batch 32) at a cost in speed (~6% and
-    ~26%): each such block is then a fresh mapping whose pages the kernel zeroes again. See `peftkit/heap.py`."""
-
     report_to: Literal["tensorboard", "wandb", "none"] = "tensorboard"
     """Where training curves go besides `metrics.json`: tensorboard logs in the run folder, wandb, or nowhere."""
 

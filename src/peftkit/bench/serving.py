@@ -46,11 +46,11 @@ def serving_figures(named: list[tuple[str, str]], *, n_texts: int = 64, repeats:
 
     import torch
 
-    from peftkit.adapters import load_adapter
+    from peftkit.adapters.bundle import load_adapter
     from peftkit.data.prepare import tokenize_texts
-    from peftkit.inference import forward_split
-    from peftkit.merge import _sample_texts
-    from peftkit.swap import AdapterSet
+    from peftkit.inference.forward import forward_split
+    from peftkit.inference.merge import _sample_texts
+    from peftkit.inference.adapter_set import AdapterSet
 
     res: dict = {"rss_mb_start": round(rss_mb(), 1)}
     adapters = AdapterSet()
@@ -148,7 +148,7 @@ def run_serve_bench(named_specs: list[str], *, n_texts: int = 64, compare_qlora=
                     seeds: list[int] | None = None) -> dict:
     """The `peftkit serve-bench` command: print the figures (and return them)."""
     from peftkit.errors import PeftkitError
-    from peftkit.swap import parse_adapter_specs
+    from peftkit.inference.adapter_set import parse_adapter_specs
 
     if not named_specs and not compare_qlora:
         raise PeftkitError("serve-bench: nothing to measure. Give --adapter NAME=PATH (one or more) and/or "

@@ -31,7 +31,7 @@ def run_peer(recipe, padding: str, train_limit: int | None) -> dict:
 
     from peftkit.data.cards import load_card
     from peftkit.data.sources import load_splits
-    from peftkit.evaluation import classification_metrics
+    from peftkit.inference.metrics import classification_metrics
     from peftkit.methods.apply import apply_method
     from peftkit.models.load import hf_folder
     from peftkit.models.sources import resolve_source

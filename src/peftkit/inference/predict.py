@@ -32,9 +32,9 @@ def predict_texts(adapter: str, texts: list[str], *, batch_size: int = 64, loade
     """One dict per text: `label` and `probabilities` (label → probability)."""
     import torch
 
-    from peftkit.adapters import load_adapter
+    from peftkit.adapters.bundle import load_adapter
     from peftkit.data.prepare import tokenize_texts
-    from peftkit.inference import forward_split
+    from peftkit.inference.forward import forward_split
 
     loaded = loaded or load_adapter(adapter)
     if loaded.meta["task"] != "classification":
@@ -75,11 +75,11 @@ def _labelled_file(path: Path, labels: list[str]):
 
 def evaluate_adapter(adapter: str, *, data: str | None = None, split: str = "test", metrics=None) -> dict:
     """Metrics of an adapter on a data card's split (default: the card it was trained on) or a labelled file."""
-    from peftkit.adapters import load_adapter
+    from peftkit.adapters.bundle import load_adapter
     from peftkit.data.cards import load_card
     from peftkit.data.prepare import tokenize_texts
-    from peftkit.evaluation import classification_metrics
-    from peftkit.inference import forward_split
+    from peftkit.inference.metrics import classification_metrics
+    from peftkit.inference.forward import forward_split
 
     loaded = load_adapter(adapter)
     meta, labels = loaded.meta, loaded.labels

@@ -15,7 +15,6 @@ from pathlib import Path
 from peftkit.errors import PeftkitError
 from peftkit.fileio import atomic_dir
 from peftkit.fileio import file_sha256 as _hex_sha256
-from peftkit.methods.lora_fast import use_fast_lora
 
 META_FILE = "peftkit_adapter.json"
 FORMAT_VERSION = 1
@@ -261,7 +260,6 @@ def load_adapter(path: str | Path, *, base_source: str | None = None, device: st
                            pad_token_id=tokenizer.pad_token_id, dtype=dtype, device=device, cache_dir=cache_dir,
                            quantization=quantization, pooling=meta.get("pooling", "model"))
     model = PeftModel.from_pretrained(base, str(adapter_dir))
-    use_fast_lora(model)
     model.eval()
     return LoadedAdapter(model, tokenizer, meta, adapter_dir)
 
@@ -295,7 +293,6 @@ def _load_plain_peft(adapter_dir: Path, base_source: str | None, device, dtype) 
     base = load_base_model(source, task=task, labels=labels, pad_token_id=tokenizer.pad_token_id, dtype=dtype,
                            device=device)
     model = PeftModel.from_pretrained(base, str(adapter_dir))
-    use_fast_lora(model)
     model.eval()
     meta = {"task": task, "labels": labels, "base_model": {"source": source.spec}, "method": str(config.peft_type)}
     return LoadedAdapter(model, tokenizer, meta, adapter_dir)

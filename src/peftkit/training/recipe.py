@@ -16,6 +16,7 @@ from contextlib import nullcontext as _nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from peftkit import cpu
 from peftkit.errors import PeftkitError
 from peftkit.fileio import atomic_write_json, atomic_write_text
 from peftkit.recipe import Recipe, recipe_to_yaml
@@ -41,14 +42,12 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     import torch
     from accelerate.utils import DistributedType, set_seed
 
-    from peftkit.checkpoints import restore_checkpoint, save_checkpoint
+    from peftkit.training.checkpoints import restore_checkpoint, save_checkpoint
     from peftkit.data.cards import load_card
     from peftkit.data.sources import load_splits
-    from peftkit.distributed import checkpoints_supported, gather_rng_states, make_accelerator, sharded_dtype
-    from peftkit.dropout import use_cpu_dropout
+    from peftkit.training.distributed import checkpoints_supported, gather_rng_states, make_accelerator, sharded_dtype
     from peftkit.methods.apply import apply_method
     from peftkit.methods.checks import check_method_for_model
-    from peftkit.models.cpu_attention import use_cpu_attention
     from peftkit.models.load import load_base_model, load_config, load_tokenizer
     from peftkit.models.pooling import check_pooling
     from peftkit.models.sources import resolve_source
@@ -81,10 +80,6 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
                                    batch_size=tc.batch_size, grad_accum_steps=tc.grad_accum_steps,
                                    max_grad_norm=tc.max_grad_norm)
     can_checkpoint = checkpoints_supported(accelerator, resume=resume, save_every=tc.save_every)
-    if accelerator.device.type == "cpu" and tc.release_memory:
-        from peftkit.heap import release_freed_memory
-
-        release_freed_memory()
     set_seed(tc.seed)  # the same on every process: same initial adapter, same data order
     labels = card.labels if rc.task == "classification" else None
     quant = recipe.quantization.model_dump() if recipe.quantization else None
@@ -101,9 +96,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_method(model, name=recipe.method.name, settings=recipe.method.settings(), task=rc.task,
                          total_steps=total_steps)
-    use_cpu_dropout(model)
     if accelerator.device.type == "cpu":
-        use_cpu_attention(model)
+        cpu.enable(model)
 
     # 2. The run folder: from here on, files appear (each atomically).
     accelerator.wait_for_everyone()  # every process has checked the folder before the main one fills it
@@ -207,8 +201,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False, prog
     if accelerator.is_main_process:
         _save_bundle(accelerator.unwrap_model(model), out / "adapter", recipe, source, tokenizer, labels, state_dict)
         atomic_write_json(out / "metrics.json", results)
-        from peftkit.adapter_card import write_adapter_card
-        from peftkit.plots import write_run_plots
+        from peftkit.adapters.card import write_adapter_card
+        from peftkit.inference.plots import write_run_plots
 
         write_run_plots(out)
         write_adapter_card(out)
@@ -264,7 +258,7 @@ def _tokenize(dataset, tokenizer, recipe: Recipe, limit: int | None) -> Split:
 def _epoch_batches(split: Split, tc, group_by_length: bool, epoch: int, accelerator, task: str) -> list[list[tuple]]:
     """Optimizer steps of this epoch: each a list of (index list, loss weight) micro-batches for this process."""
     from peftkit.data.prepare import batch_order
-    from peftkit.distributed import shard_steps
+    from peftkit.training.distributed import shard_steps
 
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batches = batch_order(split.lengths, tc.batch_size * world, seed=tc.seed, epoch=epoch,
@@ -325,8 +319,8 @@ def _evaluate(model, split: Split, recipe: Recipe, tokenizer, labels, prefix: st
               full: bool = False) -> dict:
     """Loss and metrics on a split (each process evaluates a slice); `full` adds per-class scores and the confusion
     matrix."""
-    from peftkit.distributed import forward_split_sharded
-    from peftkit.evaluation import classification_metrics
+    from peftkit.training.distributed import forward_split_sharded
+    from peftkit.inference.metrics import classification_metrics
 
     was_training = model.training
     model.eval()
@@ -354,7 +348,7 @@ def _evaluate_base(model, split: Split, recipe: Recipe, tokenizer, accelerator) 
 def _save_bundle(model, adapter_dir: Path, recipe: Recipe, source, tokenizer, labels, state_dict=None) -> None:
     import hashlib
 
-    from peftkit.adapters import save_adapter
+    from peftkit.adapters.bundle import save_adapter
     from peftkit.models.load import tokenizer_hash
     from peftkit.models.sources import content_hash
 

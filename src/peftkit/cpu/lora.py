@@ -8,18 +8,18 @@ into the base output in one GEMM (`addmm_`, alpha = scaling), so no full-size te
 Training on a frozen fp32 base on CPU goes one step further: the whole layer (dropout mask, both products, base
 GEMM) is one autograd function with a hand-written backward. Autograd's handling of the in-place update above
 copied the full-size gradient two or three times per layer (`CopySlices`); this backward makes no full-size copy,
-keeps the mask as 1 byte per element (like `peftkit.dropout`), and skips the input gradient where nothing below
-needs it (the lowest layer, above frozen embeddings). Its mask is the one `peftkit.dropout` draws, from the same
+keeps the mask as 1 byte per element (like `peftkit.cpu.dropout`), and skips the input gradient where nothing below
+needs it (the lowest layer, above frozen embeddings). Its mask is the one `peftkit.cpu.dropout` draws, from the same
 generator at the same point, so a run gives the same losses. Measured on the quickstart (2,000 snippets, 2 cores):
 39.9 → 43.6 ex/s with a 1 MB mmap threshold (`train.release_memory`), 47.7 → 49.7 without it (one run each).
 
-With `peftkit.cpu_kernels` (compiled on first use; see there) the fused function goes further. After the base
+With `peftkit.cpu.kernels` (compiled on first use; see there) the fused function goes further. After the base
 GEMM, one pass over the rows of x and y applies the dropout mask, takes the A-product and adds bias and B-product.
 In backward, after the input-gradient GEMM, one pass over the rows of x, the output gradient and the input gradient
 gives all four rank-r products and the masked input-gradient term. What stays alive until backward is x itself (one
 tensor for q, k and v), the rank-r product and the mask as bits (d/8 bytes a row), not a dropped copy and a byte
 mask per layer. MKL ran the rank-r products at 14-50 GFLOP/s. Without the kernels the torch path below runs, with
-`peftkit.dropout`'s masks.
+`peftkit.cpu.dropout`'s masks.
 
 Anything this path does not cover — DoRA and other variants, mixed-adapter batches (`adapter_names=`), merged or
 disabled adapters, a dtype mismatch (autocast, quantized bases, which are a different class anyway) — falls
@@ -59,7 +59,7 @@ def _fused_args(layer, name: str, x) -> tuple | None:
     """(A, B, W, bias, scaling, p) for the fused training function, or None where it does not apply."""
     import torch
 
-    from peftkit.dropout import cpu_mask_p
+    from peftkit.cpu.dropout import cpu_mask_p
 
     base, a, b = layer.base_layer, layer.lora_A[name], layer.lora_B[name]
     if (type(base) is not torch.nn.Linear or base.weight.requires_grad
@@ -76,8 +76,8 @@ def _function():
     """y = x·Wᵀ + bias + scaling·(dropout(x)·Aᵀ)·Bᵀ with W and bias frozen, as one autograd function."""
     import torch
 
-    from peftkit import dropout  # looked up per call: one place draws every mask
-    from peftkit.cpu_kernels import kernels, mask_args
+    from peftkit.cpu import dropout  # looked up per call: one place draws every mask
+    from peftkit.cpu.kernels import kernels, mask_args
 
     class LoraLinear(torch.autograd.Function):
         @staticmethod

@@ -289,7 +289,7 @@ def forward_split_sharded(model, ids: list[list[int]], labels: list[int] | None,
     """
     import numpy as np
 
-    from peftkit.inference import forward_split
+    from peftkit.inference.forward import forward_split
 
     world, rank = accelerator.num_processes, accelerator.process_index
     if world == 1:

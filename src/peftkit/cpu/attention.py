@@ -4,14 +4,14 @@ With attention dropout on (BERT's `attention_probs_dropout_prob`, 0.1), torch's 
 it scales copies of q and k, draws the dropout mask with the serial `bernoulli_` (~3.5% of a quickstart step), and
 keeps three full attention-sized float tensors per layer for backward (softmax output, float mask, dropped
 probabilities). This function computes the same softmax(q·kᵀ·scale + mask) → dropout → ·v as one autograd function
-that keeps the softmax output and a 1-byte mask, draws the mask with `peftkit.dropout.keep_mask`, and recomputes
+that keeps the softmax output and a 1-byte mask, draws the mask with `peftkit.cpu.dropout.keep_mask`, and recomputes
 the dropped probabilities in backward. Runs are equal in distribution to SDPA's, not bit for bit (another mask
 stream). Measured on the quickstart (2,000 snippets, 2 cores, glibc's default heap, one process per run): peak RSS
 1,236–1,257 MB without it (3 runs), 1,163–1,208 with it (4 runs); speed the same within noise (48.5–51.6 against
 49.2–51.4 ex/s). Accuracy over seeds 42 / 7 / 1, LoRA rows with this and the 16-bit mask lanes against the code
 before both: 0.769 / 0.773 / 0.778 vs 0.786 / 0.767 / 0.770 (mean 0.773 vs 0.774), eval loss mean 0.476 vs 0.468.
 
-With `peftkit.cpu_kernels` the whole function is two compiled loops over (batch, head) pairs. They read q, k and v
+With `peftkit.cpu.kernels` the whole function is two compiled loops over (batch, head) pairs. They read q, k and v
 in transformers' layout, where torch's matmul copied each of them first, and keep the dropout mask as its key:
 scores, mask, softmax, dropout and ·v in one, and all the gradients in the other. A per-head attention mask (one
 that is not shared by the heads) keeps the torch path.
@@ -66,7 +66,7 @@ def _function():
     """softmax(q·kᵀ·scale + mask) → dropout → ·v, returned as (batch, query, heads, head_dim) like transformers'."""
     import torch
 
-    from peftkit import dropout  # looked up per call: one place draws every mask
+    from peftkit.cpu import dropout  # looked up per call: one place draws every mask
 
     class CpuAttention(torch.autograd.Function):
         @staticmethod
@@ -108,7 +108,7 @@ def _function():
 
 def _strides(t):
     """Batch, head and position strides of a (B, H, S, D) view whose last dimension is contiguous."""
-    from peftkit.cpu_kernels import strides
+    from peftkit.cpu.kernels import strides
 
     return strides(*t.stride()[:3])
 
@@ -117,7 +117,7 @@ def _kernel_forward(ctx, q, k, v, mask, scale, p):
     """The kernel's forward: scores, mask, softmax, dropout and ·v per (batch, head), q/k/v read in place."""
     import torch
 
-    from peftkit.cpu_kernels import kernels, mask_args, strides
+    from peftkit.cpu.kernels import kernels, mask_args, strides
 
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     (b, h, sq, d), sk = q.shape, k.shape[2]
@@ -136,7 +136,7 @@ def _kernel_forward(ctx, q, k, v, mask, scale, p):
 
 def _kernel_backward(ctx, grad):
     """dq, dk, dv from the kernel (the dropout mask recomputed from its key), as (B, H, S, D) views."""
-    from peftkit.cpu_kernels import kernels, mask_args
+    from peftkit.cpu.kernels import kernels, mask_args
 
     q, k, v, probs = ctx.saved_tensors
     g = grad.contiguous()

@@ -35,7 +35,7 @@ def _check_run(run: Path) -> None:
 
 
 def _portable_meta(meta: dict) -> dict:
-    from peftkit.adapter_card import portable_source
+    from peftkit.adapters.card import portable_source
 
     meta = json.loads(json.dumps(meta))
     meta["base_model"]["source"] = portable_source(meta["base_model"]["source"])
@@ -78,8 +78,8 @@ def publish_run(run: str | Path, to: str | Path, *, adapter_ref: str | None = No
     `base_model` (a Hub id) names the base in the card metadata and adapter_config.json when the run used a
     local folder or package; without it they hold the run's portable source name.
     """
-    from peftkit.adapter_card import CARD_FILE, is_hub_id, portable_recipe, portable_source, render_card
-    from peftkit.adapters import META_FILE
+    from peftkit.adapters.card import CARD_FILE, is_hub_id, portable_recipe, portable_source, render_card
+    from peftkit.adapters.bundle import META_FILE
 
     run, to = Path(run), Path(to)
     _check_run(run)
@@ -130,7 +130,7 @@ def _data_card_file(ref: str | None) -> Path | None:
 
 def push_to_hub(run: str | Path, repo_id: str, *, base_model: str | None = None, private: bool = False) -> str:
     """Publish `run` into a temporary folder and upload it to the Hub repo `repo_id`; returns the repo URL."""
-    from peftkit.adapter_card import is_hub_id, portable_source
+    from peftkit.adapters.card import is_hub_id, portable_source
     from peftkit.models.sources import hub_offline
 
     if hub_offline():

@@ -10,7 +10,7 @@ def generate_text(adapter: str, prompt: str, *, max_new_tokens: int = 50, temper
     """The generated continuation of `prompt` (without the prompt). `temperature` 0 means greedy decoding."""
     import torch
 
-    from peftkit.adapters import load_adapter
+    from peftkit.adapters.bundle import load_adapter
 
     if max_new_tokens < 1:
         raise PeftkitError(f"--max-new-tokens: {max_new_tokens} is not a positive number of tokens; give 1 or more.")

@@ -4,7 +4,7 @@
 scheduler.pt (tensors and numbers only: read back with weights_only=True), rng.pt (rng-1.pt, … for the other
 processes of a multi-process run) and state.json. A checkpoint folder appears atomically, so an interrupted save
 never leaves a half checkpoint to resume from. Only the main process writes; the RNG states of all processes are
-gathered to it first (`peftkit.distributed.gather_rng_states`).
+gathered to it first (`peftkit.training.distributed.gather_rng_states`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, keep: int
     import torch
     from safetensors.torch import save_file
 
-    from peftkit.distributed import local_rng_state
+    from peftkit.training.distributed import local_rng_state
 
     if not is_main:
         return

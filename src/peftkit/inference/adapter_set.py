@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftkit.errors import PeftkitError
-from peftkit.methods.lora_fast import use_fast_lora
 
 HEAD_NAMES = ("classifier", "score")
 
@@ -101,7 +100,7 @@ class AdapterSet:
         from peft import PeftModel
 
         import peftkit.methods.bottleneck  # noqa: F401  (registers peftkit's own PEFT types before reading configs)
-        from peftkit.adapters import check_bundle, resolve_adapter_dir
+        from peftkit.adapters.bundle import check_bundle, resolve_adapter_dir
 
         if name in self.entries:
             raise PeftkitError(f"swap: adapter name '{name}' is used twice. Give each --adapter a distinct name.")
@@ -120,7 +119,6 @@ class AdapterSet:
             skeleton.config.id2label = dict(enumerate(labels))
             skeleton.config.label2id = {lab: i for i, lab in enumerate(labels)}
         model = PeftModel.from_pretrained(skeleton, str(adapter_dir))
-        use_fast_lora(model)
         model.eval()
         entry = SwapEntry(name, model, labels, meta, adapter_dir)
         self.entries[name] = entry
@@ -140,7 +138,7 @@ class AdapterSet:
     def logits(self, name: str, texts: list[str], *, batch_size: int = 64):
         """Classification logits of `texts` through adapter `name` (numpy, input order)."""
         from peftkit.data.prepare import tokenize_texts
-        from peftkit.inference import forward_split
+        from peftkit.inference.forward import forward_split
 
         model = self.activate(name)
         ids = tokenize_texts(self.tokenizer, texts, self.entries[name].meta.get("max_length", 512))
@@ -196,7 +194,7 @@ class AdapterSet:
         self.base.eval()
 
     def _check_fingerprint(self, adapter_dir: Path, meta: dict) -> None:
-        from peftkit.adapters import fingerprint_differences
+        from peftkit.adapters.bundle import fingerprint_differences
 
         diffs = [] if meta.get("plain") else fingerprint_differences(meta, base_hash=self.base_hash,
                                                                       tok_hash=self.tok_hash)
@@ -209,7 +207,7 @@ class AdapterSet:
                                + "; ".join(diffs) + ". Serve it with the base it was trained on, in a separate set.")
 
     def _plain_meta(self, adapter_dir: Path, shapes: dict) -> dict:
-        from peftkit.adapters import META_FILE, _is_head_weight
+        from peftkit.adapters.bundle import META_FILE, _is_head_weight
 
         config = json.loads((adapter_dir / "adapter_config.json").read_text())
         warnings.warn(f"adapter '{adapter_dir}' has no {META_FILE}: a plain PEFT adapter, so nothing could be "

@@ -5,7 +5,7 @@ Every row trains in its own child process, one after another (forked from a serv
 libraries once), so each row's peak RSS is its own and no row inherits another's caches or allocations. The parent
 measures the fp32 matmul peak of this machine in the same run, before the first row and after every row (each
 row's MFU uses the larger of the two around it), and counts each method's parameters and matmul weights (see
-`peftkit.flops` for the FLOP formula).
+`peftkit.bench.flops` for the FLOP formula).
 A method that cannot be built (unknown name, bad settings) or whose run fails becomes a row that says why.
 """
 
@@ -51,7 +51,7 @@ def run_bench(recipe_path: str, *, methods: list[str], budget: int | None = None
     from transformers.utils import logging
 
     from peftkit.fileio import atomic_write_json, atomic_write_text
-    from peftkit.flops import FORMULA, matmul_peak
+    from peftkit.bench.flops import FORMULA, matmul_peak
     from peftkit.recipe import load_recipe
 
     logging.set_verbosity_error()  # the per-row model loads would otherwise print load reports and bars
@@ -109,7 +109,7 @@ def _environment() -> dict:
     import platform
     import time
 
-    from peftkit.adapters import versions
+    from peftkit.adapters.bundle import versions
 
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu_count": os.cpu_count(),
             "machine": platform.machine(), "versions": versions()}
@@ -132,7 +132,7 @@ def _recipe_for(recipe, method: str):
 def _count(recipe, method: str) -> dict:
     """Parameter and matmul-weight counts of the base model with `method` applied (no training)."""
     from peftkit.data.cards import load_card
-    from peftkit.flops import matmul_params
+    from peftkit.bench.flops import matmul_params
     from peftkit.methods.apply import apply_method
     from peftkit.methods.registry import check_method_settings
     from peftkit.models.load import load_base_model, load_tokenizer
@@ -156,8 +156,8 @@ def _count(recipe, method: str) -> dict:
 
 # Imported once by the fork server, so each row's process starts with them loaded (no 10 s import per row) and
 # every row's peak RSS counts the same library footprint.
-_PRELOAD = ["torch", "transformers", "peft", "accelerate", "datasets", "sklearn.metrics", "peftkit.train",
-            "peftkit.bench_peer", "transformers.trainer"]
+_PRELOAD = ["torch", "transformers", "peft", "accelerate", "datasets", "sklearn.metrics", "peftkit.training.recipe",
+            "peftkit.bench.peer", "transformers.trainer"]
 
 
 def _row_pool():
@@ -199,7 +199,7 @@ def run_row(spec: dict) -> dict:
     if spec["kind"] == "peftkit":
         res = _run_peftkit(recipe, spec["run_dir"])
     else:
-        from peftkit.bench_peer import run_peer
+        from peftkit.bench.peer import run_peer
 
         res = run_peer(recipe, spec["kind"].removeprefix("peer_"), recipe.data.max_train_examples)
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -207,7 +207,7 @@ def run_row(spec: dict) -> dict:
 
 
 def _run_peftkit(recipe, run_dir: str) -> dict:
-    from peftkit.train import train
+    from peftkit.training.recipe import train
 
     recipe.train.output_dir = run_dir
     recipe.train.save_every = None
@@ -223,7 +223,7 @@ def _run_peftkit(recipe, run_dir: str) -> dict:
 
 
 def _add_flops(row: dict) -> None:
-    from peftkit.flops import train_flops
+    from peftkit.bench.flops import train_flops
 
     row["train_flops"] = train_flops(row["matmul_params"], row["matmul_trainable_params"], row["real_tokens"])
 

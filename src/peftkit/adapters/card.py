@@ -103,7 +103,7 @@ def snippets(*, base: str, adapter: str, task: str, labels: list[str] | None,
     example = "a sharp, witty and moving film"
     if task == "classification":
         use = f'print(predict_texts(adapter, [{example!r}], loaded=loaded))'
-        ours = (f'from peftkit import load_adapter\nfrom peftkit.predict import predict_texts\n\n'
+        ours = (f'from peftkit import load_adapter\nfrom peftkit.inference.predict import predict_texts\n\n'
                 f'adapter = {adapter!r}\nloaded = load_adapter(adapter, base_source={base!r})\n{use}\n')
     else:
         ours = (f'from peftkit import load_adapter\n\nadapter = {adapter!r}\n'

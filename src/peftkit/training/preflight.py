@@ -11,12 +11,12 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     """Raise PeftkitError on the first problem; return a few lines describing what was checked."""
     from peftkit.data.cards import load_card
     from peftkit.data.sources import check_card
-    from peftkit.evaluation import check_metric_names
+    from peftkit.inference.metrics import check_metric_names
     from peftkit.methods.checks import check_method_for_model
     from peftkit.models.load import load_config, load_tokenizer
     from peftkit.models.pooling import check_pooling
     from peftkit.models.sources import resolve_source
-    from peftkit.train import _check_max_length, check_card_task, check_report_to
+    from peftkit.training.recipe import _check_max_length, check_card_task, check_report_to
 
     card = load_card(recipe.data.card)
     check_card_task(card, recipe.model.task)

@@ -4,7 +4,7 @@ torch's CPU dropout draws one Bernoulli sample per element from its (serial) gen
 quickstart (MiniLM + LoRA, 2 cores), the 51 dropout layers per step — BERT's hidden/embedding dropouts, the
 classifier's, and one per LoRA layer — took ~24% of the training time, more than the attention.
 
-With `peftkit.cpu_kernels` (built on first use with the machine's C compiler) a mask is a hash of one 64-bit key
+With `peftkit.cpu.kernels` (built on first use with the machine's C compiler) a mask is a hash of one 64-bit key
 drawn from torch's generator and the element index: computed in the pass that applies it, on torch's threads,
 and recomputed in backward instead of kept. Without the kernels, one 64-bit draw of torch's generator yields four
 16-bit uniforms, each compared with round(p·2¹⁶). Either way an element is kept with probability 1 − p (to within
@@ -22,7 +22,7 @@ import math
 def mask_key() -> int | None:
     """A key for one kernel-computed mask (one draw from torch's generator), or None where the kernels are not
     available: the caller then takes `keep_mask`'s pure-torch path, which draws from the generator itself."""
-    from peftkit.cpu_kernels import draw_key, kernels
+    from peftkit.cpu.kernels import draw_key, kernels
 
     return None if kernels() is None else draw_key()
 
@@ -40,7 +40,7 @@ def keep_mask(shape, p: float):
 
     key = mask_key()
     if key is not None:
-        from peftkit.cpu_kernels import apply_mask
+        from peftkit.cpu.kernels import apply_mask
 
         return apply_mask(torch.empty(shape), None, key, p)
     n = math.prod(shape)
@@ -93,7 +93,7 @@ def _masked_scale():
         def forward(ctx, x, p):
             ctx.p, ctx.key = p, mask_key()
             if ctx.key is not None:
-                from peftkit.cpu_kernels import apply_mask
+                from peftkit.cpu.kernels import apply_mask
 
                 x = x.contiguous()
                 return apply_mask(torch.empty_like(x), x, ctx.key, p)
@@ -105,7 +105,7 @@ def _masked_scale():
         @staticmethod
         def backward(ctx, grad):
             if ctx.key is not None:
-                from peftkit.cpu_kernels import apply_mask
+                from peftkit.cpu.kernels import apply_mask
 
                 grad = grad.contiguous()
                 return apply_mask(torch.empty_like(grad), grad, ctx.key, ctx.p), None

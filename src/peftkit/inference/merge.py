@@ -53,7 +53,7 @@ def check_mergeable(adapter_dir: Path, meta: dict | None) -> None:
 def merge_adapter(adapter: str | Path, out: str | Path, *, texts: list[str] | None = None, n_samples: int = 64,
                   progress=None, overwrite: bool = False) -> dict:
     """Merge `adapter` into a float32 reload of its base, write the model to `out`, return the parity report."""
-    from peftkit.adapters import check_bundle, load_adapter, resolve_adapter_dir
+    from peftkit.adapters.bundle import check_bundle, load_adapter, resolve_adapter_dir
     from peftkit.fileio import atomic_dir, atomic_write_json
 
     say = progress or (lambda msg: print(f"merge: {msg}", file=sys.stderr))
