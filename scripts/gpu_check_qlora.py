@@ -12,7 +12,7 @@ the weights being pretrained. What it checks, printing every figure:
      Peak = torch.cuda.max_memory_allocated from load to the last step (8-bit AdamW, not paged, so its state is
      counted). Note: prepare_model_for_kbit_training upcasts every non-4-bit weight (embeddings, lm_head, norms)
      to float32, so the ratio is worse the larger the embedding share (small models, large vocabularies).
-  2. merge parity through peftkit's own merge (`peftkit.inference.merge.merge_adapter`) on a ~150M Llama: a QLoRA-trained
+  2. merge parity through peftkit's own merge (`merge_adapter`) on a ~150M Llama: a QLoRA-trained
      adapter merged into a float32 reload of the base; max |logit diff| vs the adapter on the float32 base
      ≤ 1e-3 and top-1 agreement 1.0; agreement with the adapter on the 4-bit base it was trained on is reported.
 Exits 1 if a check fails, 2 if the setup is missing (no CUDA, or a library not importable).
@@ -70,11 +70,23 @@ def build_base(folder: Path, size: str) -> int:
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     hidden, inter, layers, heads, kv, tied = SIZES[size]
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=2048,
-                      tie_word_embeddings=tied, bos_token_id=1, eos_token_id=0, pad_token_id=0)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        max_position_embeddings=2048,
+        tie_word_embeddings=tied,
+        bos_token_id=1,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
-    torch.set_default_dtype(torch.bfloat16 if DEVICE == "cuda" else torch.float32)  # a 7B never exists in fp32
+    torch.set_default_dtype(
+        torch.bfloat16 if DEVICE == "cuda" else torch.float32
+    )  # a 7B never exists in fp32
     try:
         with torch.device(DEVICE):
             model = LlamaForCausalLM(cfg)
@@ -84,8 +96,9 @@ def build_base(folder: Path, size: str) -> int:
     model.save_pretrained(folder, safe_serialization=True)
     core = Tokenizer(models.WordLevel(vocab={f"w{i}": i for i in range(VOCAB)}, unk_token="w2"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=core, unk_token="w2", eos_token="w0", pad_token="w0",
-                            bos_token="w1").save_pretrained(folder)
+    PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="w2", eos_token="w0", pad_token="w0", bos_token="w1"
+    ).save_pretrained(folder)
     del model
     _free()
     return n
@@ -114,8 +127,9 @@ def train_steps(folder: Path, *, quantized: bool, steps: int, batch: int, seq: i
     if quantized:
         from peftkit.models.quant import bnb_config
 
-        kwargs["quantization_config"] = bnb_config(task="causal_lm", device=DEVICE, bits=4, quant_type="nf4",
-                                                   double_quant=True, compute_dtype="auto")
+        kwargs["quantization_config"] = bnb_config(
+            task="causal_lm", device=DEVICE, bits=4, quant_type="nf4", double_quant=True, compute_dtype="auto"
+        )
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     if quantized:
         from peftkit.models.quant import prepare_quantized_for_training
@@ -124,15 +138,22 @@ def train_steps(folder: Path, *, quantized: bool, steps: int, batch: int, seq: i
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    lora = LoraConfig(
+        r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
     model = get_peft_model(model, lora)
     loaded = torch.cuda.memory_allocated() / 2**30 if DEVICE == "cuda" else float("nan")
     params = [p for p in model.parameters() if p.requires_grad]
     if quantized:
         from peftkit.models.quant import bnb_optimizer
 
-        opt = bnb_optimizer("adamw_8bit", params, lr=lr, weight_decay=0.0)  # paged state would escape the count
+        opt = bnb_optimizer(
+            "adamw_8bit", params, lr=lr, weight_decay=0.0
+        )  # paged state would escape the count
     else:
         opt = torch.optim.AdamW(params, lr=lr)
     g = torch.Generator().manual_seed(0)
@@ -167,15 +188,20 @@ def memory_check(work: Path, size: str, steps: int, batch: int, seq: int) -> lis
     folder = work / f"llama-{size}"
     t0 = time.perf_counter()
     n = build_base(folder, size)
-    print(f"\n[1] memory: Llama {size} ({n / 1e9:.2f}B params, random weights) built in {time.perf_counter() - t0:.0f} s;"
-          f" batch {batch}×{seq}, {steps} steps, LoRA r=16 on all linear layers, gradient checkpointing")
+    print(
+        f"\n[1] memory: Llama {size} ({n / 1e9:.2f}B params, random weights) built in {time.perf_counter() - t0:.0f} s;"
+        f" batch {batch}×{seq}, {steps} steps, LoRA r=16 on all linear layers, gradient checkpointing"
+    )
     rows = {}
     for name, quantized in (("16-bit LoRA (bf16)", False), ("QLoRA (NF4, double quant)", True)):
-        peak, losses, per_step, model, loaded = train_steps(folder, quantized=quantized, steps=steps, batch=batch,
-                                                            seq=seq)
+        peak, losses, per_step, model, loaded = train_steps(
+            folder, quantized=quantized, steps=steps, batch=batch, seq=seq
+        )
         rows[name] = (peak, losses)
-        print(f"  {name:28s} peak {peak:6.2f} GiB (model + LoRA loaded {loaded:6.2f} GiB)   "
-              f"{per_step * 1000:7.1f} ms/step   loss {losses[0]:.3f} → {losses[-1]:.3f}")
+        print(
+            f"  {name:28s} peak {peak:6.2f} GiB (model + LoRA loaded {loaded:6.2f} GiB)   "
+            f"{per_step * 1000:7.1f} ms/step   loss {losses[0]:.3f} → {losses[-1]:.3f}"
+        )
         del model
         _free()
     shutil.rmtree(folder, ignore_errors=True)
@@ -201,15 +227,26 @@ def merge_check(work: Path, size: str = "150m") -> list[str]:
     torch.backends.cuda.matmul.allow_tf32 = False  # the float32 parity must be float32 arithmetic
     folder = work / f"llama-{size}"
     build_base(folder, size)
-    print(f"\n[2] merge parity: QLoRA-trained adapter on a {size} Llama, merged by peftkit into a float32 reload")
+    print(
+        f"\n[2] merge parity: QLoRA-trained adapter on a {size} Llama, merged by peftkit into a float32 reload"
+    )
     _, losses, _, model, _ = train_steps(folder, quantized=True, steps=8, batch=2, seq=64, lr=3e-3)
     lora_b = max(float(p.abs().max()) for n, p in model.named_parameters() if "lora_B" in n)
     source = resolve_source(str(folder))
-    meta = {"base_model": {"source": str(folder), "content_hash": content_hash(source), "model_type": "llama",
-                           "cache_dir": None},
-            "tokenizer_hash": tokenizer_hash(load_tokenizer(source)), "task": "causal_lm", "labels": None,
-            "method": "lora", "max_length": 64,
-            "quantization": {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "auto"}}
+    meta = {
+        "base_model": {
+            "source": str(folder),
+            "content_hash": content_hash(source),
+            "model_type": "llama",
+            "cache_dir": None,
+        },
+        "tokenizer_hash": tokenizer_hash(load_tokenizer(source)),
+        "task": "causal_lm",
+        "labels": None,
+        "method": "lora",
+        "max_length": 64,
+        "quantization": {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "auto"},
+    }
     adapter = save_adapter(model, work / "adapter", meta)
     del model
     _free()
@@ -224,7 +261,9 @@ def merge_check(work: Path, size: str = "150m") -> list[str]:
     if lora_b == 0:
         fails.append("LoRA B stayed zero: the merge would be trivially exact")
     if not fp["max_abs_logit_diff"] <= 1e-3:
-        fails.append(f"merged vs adapter-on-float32-base max |logit diff| {fp['max_abs_logit_diff']:.2e} > 1e-3")
+        fails.append(
+            f"merged vs adapter-on-float32-base max |logit diff| {fp['max_abs_logit_diff']:.2e} > 1e-3"
+        )
     if fp["label_agreement"] < 1.0:
         fails.append(f"merged vs adapter-on-float32-base top-1 agreement {fp['label_agreement']:.3f} < 1")
     return fails
@@ -232,11 +271,15 @@ def merge_check(work: Path, size: str = "150m") -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", choices=sorted(SIZES), default="7b", help="model for the memory check (default 7b)")
+    ap.add_argument(
+        "--size", choices=sorted(SIZES), default="7b", help="model for the memory check (default 7b)"
+    )
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--smoke-cpu", action="store_true", help="tiny sizes on CPU: checks this script's logic only")
+    ap.add_argument(
+        "--smoke-cpu", action="store_true", help="tiny sizes on CPU: checks this script's logic only"
+    )
     args = ap.parse_args()
     if args.smoke_cpu:
         global DEVICE

@@ -20,9 +20,24 @@ def pytest_configure(config):
 
     torch.set_num_threads(1)
 
+
 POSITIVE = ["good", "great", "fine", "superb", "lovely", "moving", "sharp", "witty"]
 NEGATIVE = ["bad", "awful", "dull", "boring", "weak", "messy", "flat", "tired"]
-FILLER = ["the", "a", "film", "movie", "plot", "actors", "is", "was", "very", "quite", "and", "story", "script"]
+FILLER = [
+    "the",
+    "a",
+    "film",
+    "movie",
+    "plot",
+    "actors",
+    "is",
+    "was",
+    "very",
+    "quite",
+    "and",
+    "story",
+    "script",
+]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<eos>", *POSITIVE, *NEGATIVE, *FILLER]
 
 
@@ -65,9 +80,15 @@ def build_tiny_bert(folder: Path, *, hidden: int = 32, layers: int = 2) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True)
-    config = BertConfig(vocab_size=len(VOCAB), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                        intermediate_size=hidden * 2, max_position_embeddings=64, pad_token_id=0,
-)
+    config = BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     model = BertForSequenceClassification(config)
     _pretrain(model, tok)
@@ -86,7 +107,9 @@ def _word_tokenizer(eos: str | None = "<eos>", pad: str | None = None):
     return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", eos_token=eos, pad_token=pad)
 
 
-def build_tiny_decoder(folder: Path, arch: str = "gpt2", *, hidden: int = 32, eos: str | None = "<eos>") -> Path:
+def build_tiny_decoder(
+    folder: Path, arch: str = "gpt2", *, hidden: int = 32, eos: str | None = "<eos>"
+) -> Path:
     """A 2-layer GPT-2 or Llama (random weights) with a word-level tokenizer that has eos but no pad token."""
     import torch
     from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel
@@ -95,13 +118,28 @@ def build_tiny_decoder(folder: Path, arch: str = "gpt2", *, hidden: int = 32, eo
     eos_id = VOCAB.index(eos) if eos else None
     torch.manual_seed(0)
     if arch == "gpt2":
-        cfg = GPT2Config(vocab_size=len(VOCAB), n_embd=hidden, n_layer=2, n_head=4, n_positions=64,
-                         bos_token_id=eos_id, eos_token_id=eos_id)
+        cfg = GPT2Config(
+            vocab_size=len(VOCAB),
+            n_embd=hidden,
+            n_layer=2,
+            n_head=4,
+            n_positions=64,
+            bos_token_id=eos_id,
+            eos_token_id=eos_id,
+        )
         GPT2Model(cfg).save_pretrained(folder)
     else:
-        cfg = LlamaConfig(vocab_size=len(VOCAB), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                          bos_token_id=eos_id, eos_token_id=eos_id)
+        cfg = LlamaConfig(
+            vocab_size=len(VOCAB),
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            bos_token_id=eos_id,
+            eos_token_id=eos_id,
+        )
         LlamaModel(cfg).save_pretrained(folder)
     _word_tokenizer(eos=eos).save_pretrained(folder)
     return folder
@@ -135,8 +173,9 @@ def build_pretrained_decoder(folder: Path, arch: str = "gpt2", *, steps: int = 1
         opt.zero_grad()
     model.eval().save_pretrained(folder)
     tok.pad_token = tok.eos_token
-    classifier = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2,
-                                                                    pad_token_id=tok.eos_token_id)
+    classifier = AutoModelForSequenceClassification.from_pretrained(
+        folder, num_labels=2, pad_token_id=tok.eos_token_id
+    )
     _pretrain(classifier, tok)
     prefix = model.base_model_prefix
     getattr(model, prefix).load_state_dict(getattr(classifier, prefix).state_dict())
@@ -166,7 +205,8 @@ def write_card(folder: Path, rows, *, name: str = "tiny", labels=("neg", "pos"),
         w.writerow(["text", "label"])
         w.writerows(rows)
     card = folder / f"{name}.md"
-    card.write_text(textwrap.dedent(f"""\
+    card.write_text(
+        textwrap.dedent(f"""\
         ---
         license: cc0-1.0
         language: [en]
@@ -184,7 +224,8 @@ def write_card(folder: Path, rows, *, name: str = "tiny", labels=("neg", "pos"),
         # Tiny {name}
 
         Synthetic sentences made by the tests.
-        """))
+        """)
+    )
     return card
 
 
@@ -230,8 +271,17 @@ def tiny_card(tmp_path_factory) -> Path:
     return write_card(tmp_path_factory.mktemp("data"), make_texts(200))
 
 
-def write_recipe(path: Path, *, model: Path | str, card: Path | str, out: Path, method: dict | None = None,
-                 train: dict | None = None, data: dict | None = None, **sections) -> Path:
+def write_recipe(
+    path: Path,
+    *,
+    model: Path | str,
+    card: Path | str,
+    out: Path,
+    method: dict | None = None,
+    train: dict | None = None,
+    data: dict | None = None,
+    **sections,
+) -> Path:
     """A recipe YAML for tiny runs (2 epochs, batch 8, no checkpoints, no tensorboard); dicts override defaults."""
     import yaml
 
@@ -239,8 +289,15 @@ def write_recipe(path: Path, *, model: Path | str, card: Path | str, out: Path, 
         "model": {"source": str(model)},
         "method": method or {"name": "lora"},
         "data": {"card": str(card), "max_length": 32, **(data or {})},
-        "train": {"epochs": 2, "batch_size": 8, "learning_rate": 0.005, "output_dir": str(out), "save_every": None,
-                  "report_to": "none", **(train or {})},
+        "train": {
+            "epochs": 2,
+            "batch_size": 8,
+            "learning_rate": 0.005,
+            "output_dir": str(out),
+            "save_every": None,
+            "report_to": "none",
+            **(train or {}),
+        },
         **sections,
     }
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))

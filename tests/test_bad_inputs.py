@@ -32,10 +32,20 @@ def setup(tmp_path, tiny_bert, tiny_card):
 
 CASES = [
     # (name, recipe kwargs or raw text, extra argv, words the message must contain)
-    ("unknown key", {"train": {"learnig_rate": 0.1}}, [], ["unknown key 'train.learnig_rate'", "Did you mean 'learning_rate'"]),
+    (
+        "unknown key",
+        {"train": {"learnig_rate": 0.1}},
+        [],
+        ["unknown key 'train.learnig_rate'", "Did you mean 'learning_rate'"],
+    ),
     ("misspelled method", {"method": {"name": "lroa"}}, [], ["unknown method 'lroa'", "Did you mean 'lora'"]),
     ("wrong type", {"train": {"batch_size": "sixteen"}}, [], ["train.batch_size", "integer", "sixteen"]),
-    ("negative learning rate", {}, ["train.learning_rate=-0.001"], ["train.learning_rate must be > 0", "-0.001"]),
+    (
+        "negative learning rate",
+        {},
+        ["train.learning_rate=-0.001"],
+        ["train.learning_rate must be > 0", "-0.001"],
+    ),
     ("method setting type", {"method": {"name": "lora", "r": "big"}}, [], ["method.r", "big"]),
     ("yaml syntax", "model:\n  source: [unclosed\n", [], ["r.yaml:", "invalid YAML"]),
     ("model source not found", {"model": "./no/such/model"}, [], ["no such file or folder", "no/such/model"]),

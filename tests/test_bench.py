@@ -14,10 +14,19 @@ from tests.conftest import write_recipe
 @pytest.fixture(scope="module")
 def bench(tiny_bert, tiny_card, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
-    recipe = write_recipe(tmp / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp / "run", train={"epochs": 1})
+    recipe = write_recipe(
+        tmp / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp / "run", train={"epochs": 1}
+    )
     # run_bench directly: the CLI's 2048² matmul-peak probe takes seconds on one thread; 512² shows the same.
-    return run_bench(str(recipe), methods=["lora", "full", "nosuch"], peer=True, budget=80, output=tmp / "out",
-                     progress=False, matmul_size=512)
+    return run_bench(
+        str(recipe),
+        methods=["lora", "full", "nosuch"],
+        peer=True,
+        budget=80,
+        output=tmp / "out",
+        progress=False,
+        matmul_size=512,
+    )
 
 
 def test_bench_json_rows_filled_and_plausible(bench):
@@ -41,8 +50,8 @@ def test_bench_json_rows_filled_and_plausible(bench):
     for i, r in enumerate(result["rows"]):
         if r["status"] != "ok":
             continue
-        assert r["matmul_peak_gflops"] * 1e9 == pytest.approx(max(peaks[i:i + 2]))
-        assert r["mfu_pct"] == pytest.approx(100 * r["train_flops"] / r["seconds"] / max(peaks[i:i + 2]))
+        assert r["matmul_peak_gflops"] * 1e9 == pytest.approx(max(peaks[i : i + 2]))
+        assert r["mfu_pct"] == pytest.approx(100 * r["train_flops"] / r["seconds"] / max(peaks[i : i + 2]))
     assert rows["full"]["trainable_pct"] == 100
     assert rows["lora"]["trainable_pct"] < 100
     # Full fine-tuning saves the whole model; LoRA only the adapter (+ head).
@@ -52,7 +61,8 @@ def test_bench_json_rows_filled_and_plausible(bench):
     assert 0.3 < rows["peer_pad128 (lora)"]["pad_share"] < 1
     for peer in ("peer_pad128 (lora)", "peer_dynamic (lora)"):
         assert rows[peer]["peftkit_speedup"] == pytest.approx(
-            rows["lora"]["examples_per_second"] / rows[peer]["examples_per_second"])
+            rows["lora"]["examples_per_second"] / rows[peer]["examples_per_second"]
+        )
 
 
 def test_bench_markdown_table(bench):

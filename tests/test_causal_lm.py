@@ -12,8 +12,12 @@ import pytest
 from peftkit.cli import main
 from tests.conftest import VOCAB, write_recipe
 
-SENTENCES = ["the film was good and the story was superb", "the plot is dull and the actors are weak",
-             "a movie that is quite witty and very sharp", "the script was messy and the story was flat"]
+SENTENCES = [
+    "the film was good and the story was superb",
+    "the plot is dull and the actors are weak",
+    "a movie that is quite witty and very sharp",
+    "the script was messy and the story was flat",
+]
 
 
 def write_lm_card(folder, n: int = 160):
@@ -23,7 +27,8 @@ def write_lm_card(folder, n: int = 160):
     lines = ["text"] + [rng.choice(SENTENCES) for _ in range(n)]
     (folder / "lm.csv").write_text("\n".join(lines) + "\n")
     card = folder / "lm.md"
-    card.write_text(textwrap.dedent("""\
+    card.write_text(
+        textwrap.dedent("""\
         ---
         license: cc0-1.0
         language: [en]
@@ -36,7 +41,8 @@ def write_lm_card(folder, n: int = 160):
           split: {seed: 0, test: 0.2, validation: 0.2, stratify: false}
         ---
         # Tiny corpus
-        """))
+        """)
+    )
     return card
 
 
@@ -44,10 +50,15 @@ def write_lm_card(folder, n: int = 160):
 def lm_run(request, pretrained_gpt2, pretrained_llama, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"lm-{request.param}")
     model = pretrained_gpt2 if request.param == "gpt2" else pretrained_llama
-    recipe = write_recipe(tmp / "r.yaml", model=model, card=write_lm_card(tmp / "data"), out=tmp / "run",
-                          # 20 epochs: at 4, greedy decoding gave the corpus' "the film was" for 1 seed in 4 (on
-                          # either dropout back end), so the test passed or failed with the mask stream
-                          train={"epochs": 20, "learning_rate": 0.01})
+    recipe = write_recipe(
+        tmp / "r.yaml",
+        model=model,
+        card=write_lm_card(tmp / "data"),
+        out=tmp / "run",
+        # 20 epochs: at 4, greedy decoding gave the corpus' "the film was" for 1 seed in 4 (on
+        # either dropout back end), so the test passed or failed with the mask stream
+        train={"epochs": 20, "learning_rate": 0.01},
+    )
     assert main(["train", str(recipe), "--no-progress", "model.task=causal_lm"]) == 0
     return tmp / "run"
 
@@ -84,8 +95,9 @@ def test_generate_returns_text(lm_run, capsys):
     loaded = load_adapter(lm_run)
     sampled = [generate_text(str(lm_run), "the", max_new_tokens=8, seed=s, loaded=loaded) for s in range(4)]
     assert len(set(sampled)) > 1 and all(set(text.split()) <= set(VOCAB) for text in sampled), sampled
-    assert generate_text(str(lm_run), "the", max_new_tokens=8, seed=1, loaded=loaded) == \
-        generate_text(str(lm_run), "the", max_new_tokens=8, seed=1, loaded=loaded)
+    assert generate_text(str(lm_run), "the", max_new_tokens=8, seed=1, loaded=loaded) == generate_text(
+        str(lm_run), "the", max_new_tokens=8, seed=1, loaded=loaded
+    )
 
 
 def test_generate_bad_inputs(lm_run, capsys, tiny_bert, tiny_card, tmp_path):

@@ -14,8 +14,13 @@ from tests.conftest import write_recipe
 @pytest.fixture(scope="module")
 def run(tiny_bert, tiny_card, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
-    recipe = write_recipe(tmp / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp / "run",
-                          train={"epochs": 3, "learning_rate": 0.01, "log_every": 2})
+    recipe = write_recipe(
+        tmp / "r.yaml",
+        model=tiny_bert,
+        card=tiny_card,
+        out=tmp / "run",
+        train={"epochs": 3, "learning_rate": 0.01, "log_every": 2},
+    )
     assert main(["train", str(recipe), "--no-progress", "data.max_length=24"]) == 0
     return tmp / "run"
 
@@ -48,8 +53,9 @@ def test_metrics_learned_the_signal(run):
 
 
 @pytest.mark.parametrize("schedule", [{"epochs": 2}, {"epochs": 1, "eval_every": 2}])
-def test_validation_once_per_point_and_not_in_the_training_time(schedule, tiny_bert, tiny_card, tmp_path,
-                                                                monkeypatch):
+def test_validation_once_per_point_and_not_in_the_training_time(
+    schedule, tiny_bert, tiny_card, tmp_path, monkeypatch
+):
     """In-loop evaluations (epoch ends, or every `eval_every` steps) skip the last step, which the final evaluation
     covers and logs as the eval curve's last point; their time is not counted as training time (metrics' seconds
     and examples/s)."""
@@ -65,8 +71,13 @@ def test_validation_once_per_point_and_not_in_the_training_time(schedule, tiny_b
         return real(model, split, recipe, tokenizer, labels, prefix, accelerator, full=full)
 
     monkeypatch.setattr(train_module, "_evaluate", slow_evaluate)
-    recipe = write_recipe(tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run",
-                          train={**schedule, "max_steps": 4, "batch_size": 8, "output_dir": str(tmp_path / "run")})
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        model=tiny_bert,
+        card=tiny_card,
+        out=tmp_path / "run",
+        train={**schedule, "max_steps": 4, "batch_size": 8, "output_dir": str(tmp_path / "run")},
+    )
     assert main(["train", str(recipe), "--no-progress", "data.max_train_examples=16"]) == 0
     assert calls == ["eval", "validation", "test"]  # step 2 (of 4); then the final evaluation, once per split
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]

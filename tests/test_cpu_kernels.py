@@ -24,8 +24,12 @@ def _mask(shape, key, p):
 def test_mask_is_a_function_of_key_and_element_index(lib):
     p, key = 0.3, 0x1234_5678_9ABC_DEF1
     whole = _mask((5000,), key, p)
-    assert torch.equal(_mask((5000,), key, p), whole)  # the same key gives the same mask: backward recomputes it
-    assert torch.equal(_mask((7, 13), key, p).flatten(), whole[:91])  # element e's value does not depend on shape
+    assert torch.equal(
+        _mask((5000,), key, p), whole
+    )  # the same key gives the same mask: backward recomputes it
+    assert torch.equal(
+        _mask((7, 13), key, p).flatten(), whole[:91]
+    )  # element e's value does not depend on shape
     x = torch.randn(5000)
     assert torch.equal(apply_mask(torch.empty(5000), x, key, p), x * whole)
     other = _mask((5000,), key + 1, p)
@@ -75,8 +79,9 @@ def _reference(x, a, b, w, bias, s, mask):
     return y, x, a, b
 
 
-@pytest.mark.parametrize("rows, d, o, r", [(389, 384, 1536, 8), (9, 13, 5, 8), (5, 16, 24, 3), (1, 7, 3, 8),
-                                           (6, 33, 40, 16)])
+@pytest.mark.parametrize(
+    "rows, d, o, r", [(389, 384, 1536, 8), (9, 13, 5, 8), (5, 16, 24, 3), (1, 7, 3, 8), (6, 33, 40, 16)]
+)
 @pytest.mark.parametrize("p", [0.0, 0.25])
 def test_fused_lora_passes_match_their_definition(lib, rows, d, o, r, p):
     """r = 8 takes the AVX2 rows (blocks of four, then single rows); other ranks, odd widths and row counts the
@@ -89,19 +94,51 @@ def test_fused_lora_passes_match_their_definition(lib, rows, d, o, r, p):
     ref.backward(g)
 
     y, low, bits = x @ w.t(), torch.empty(rows, r), torch.empty(rows, (d + 7) // 8, dtype=torch.uint8)
-    lib.lora_forward(x.data_ptr(), rows, d, a.data_ptr(), r, low.data_ptr(), int(p > 0), *mask_args(key, p),
-                     y.data_ptr(), o, b.data_ptr(), bias.data_ptr(), s, bits.data_ptr())
+    lib.lora_forward(
+        x.data_ptr(),
+        rows,
+        d,
+        a.data_ptr(),
+        r,
+        low.data_ptr(),
+        int(p > 0),
+        *mask_args(key, p),
+        y.data_ptr(),
+        o,
+        b.data_ptr(),
+        bias.data_ptr(),
+        s,
+        bits.data_ptr(),
+    )
     assert torch.allclose(low, (mask * x) @ a.t(), atol=1e-3, rtol=1e-4)
     assert torch.allclose(y, ref.detach(), atol=1e-3, rtol=1e-4)  # values up to ~750: float32 rounding
 
     if p:  # the forward's bits are the mask
         unpacked = (bits.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1
         assert torch.equal(unpacked.flatten(1)[:, :d].bool(), mask > 0)
-    for packed in (bits, None):  # backward reads the forward's bits, or hashes the mask again: the same gradients
+    for packed in (
+        bits,
+        None,
+    ):  # backward reads the forward's bits, or hashes the mask again: the same gradients
         gx, ga, gb = g @ w, torch.empty(r, d), torch.empty(o, r)
-        lib.lora_backward(x.data_ptr(), g.data_ptr(), rows, d, o, a.data_ptr(), b.data_ptr(), low.data_ptr(), r, s,
-                          gx.data_ptr(), ga.data_ptr(), gb.data_ptr(), int(p > 0), *mask_args(key, p),
-                          None if packed is None else packed.data_ptr())
+        lib.lora_backward(
+            x.data_ptr(),
+            g.data_ptr(),
+            rows,
+            d,
+            o,
+            a.data_ptr(),
+            b.data_ptr(),
+            low.data_ptr(),
+            r,
+            s,
+            gx.data_ptr(),
+            ga.data_ptr(),
+            gb.data_ptr(),
+            int(p > 0),
+            *mask_args(key, p),
+            None if packed is None else packed.data_ptr(),
+        )
         for name, got, want in (("x", gx, xr.grad), ("A", ga, ar.grad), ("B", gb, br.grad)):
             assert torch.allclose(got, want, atol=1e-3, rtol=1e-4), (name, (got - want).abs().max())
     assert ar.grad.abs().max() > 0 and br.grad.abs().max() > 0

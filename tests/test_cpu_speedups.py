@@ -33,7 +33,9 @@ def test_forward_backward_eval_and_seed(mask_backend):
     kept = y != 0
     assert torch.allclose(y[kept], x[kept] / 0.8)
     assert abs(kept.float().mean().item() - 0.8) < 0.03
-    saved = y.grad_fn.saved_tensors  # kernels: nothing (backward recomputes the mask); torch: 1 byte per element
+    saved = (
+        y.grad_fn.saved_tensors
+    )  # kernels: nothing (backward recomputes the mask); torch: 1 byte per element
     assert saved == () if mask_backend == "kernels" else [t.dtype for t in saved] == [torch.bool]
     y.sum().backward()
     torch.manual_seed(3)
@@ -45,21 +47,30 @@ def test_forward_backward_eval_and_seed(mask_backend):
 
 
 def test_training_uses_it_on_every_dropout(tiny_bert, tiny_card, tmp_path, monkeypatch, mask_backend):
+    from peftkit.cli import main
     from peftkit.cpu import dropout
     from peftkit.cpu import kernels as cpu_kernels
-    from peftkit.cli import main
     from tests.conftest import write_recipe
 
     calls, torch_dropouts = [], []
     real, real_key, real_dropout = dropout.keep_mask, cpu_kernels.draw_key, torch.nn.functional.dropout
     monkeypatch.setattr(dropout, "keep_mask", lambda shape, p: calls.append(p) or real(shape, p))
     monkeypatch.setattr(cpu_kernels, "draw_key", lambda: calls.append("key") or real_key())
-    monkeypatch.setattr(torch.nn.functional, "dropout",
-                        lambda x, p=0.5, training=True, inplace=False:
-                        torch_dropouts.append(p) if training and p else None or real_dropout(x, p, training, inplace))
-    recipe = write_recipe(tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run",
-                          method={"name": "lora", "r": 4, "lora_dropout": 0.3},
-                          train={"epochs": 1, "batch_size": 8, "max_steps": 2, "output_dir": str(tmp_path / "run")})
+    monkeypatch.setattr(
+        torch.nn.functional,
+        "dropout",
+        lambda x, p=0.5, training=True, inplace=False: (
+            torch_dropouts.append(p) if training and p else None or real_dropout(x, p, training, inplace)
+        ),
+    )
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        model=tiny_bert,
+        card=tiny_card,
+        out=tmp_path / "run",
+        method={"name": "lora", "r": 4, "lora_dropout": 0.3},
+        train={"epochs": 1, "batch_size": 8, "max_steps": 2, "output_dir": str(tmp_path / "run")},
+    )
     assert main(["train", str(recipe), "--no-progress"]) == 0
     assert torch_dropouts == []  # no training dropout went to torch's own
     if mask_backend == "torch":

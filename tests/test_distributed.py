@@ -14,9 +14,9 @@ import pytest
 from safetensors.torch import load_file
 
 from peftkit.cli import main
-from peftkit.training.distributed import check_distributed, launch_command, shard_steps
 from peftkit.errors import PeftkitError
 from peftkit.recipe import load_recipe
+from peftkit.training.distributed import check_distributed, launch_command, shard_steps
 from peftkit.training.recipe import train
 from tests.conftest import no_dropout_copy, write_recipe
 
@@ -42,22 +42,42 @@ def _max_diff(a: dict, b: dict) -> float:
 @pytest.fixture
 def child_env(monkeypatch):
     # The launched processes import this worktree's peftkit, one thread each (2 processes on few cores).
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "src"), str(ROOT),
-                                                      *filter(None, [os.environ.get("PYTHONPATH")])]))
+    monkeypatch.setenv(
+        "PYTHONPATH",
+        os.pathsep.join([str(ROOT / "src"), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    )
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 def test_two_processes_match_one_and_resume(tmp_path, tiny_bert, tiny_card, child_env):
     # 51 training examples, global batch 8: the last batch has 3 (2 + 1 across processes), so the shard weighting
     # matters; 49 in the resume runs: the last batch has 1 and process 1 runs a weight-0 placeholder.
-    base = dict(model=no_dropout_copy(tiny_bert, tmp_path / "bert"), card=tiny_card,
-                method={"name": "lora", "lora_dropout": 0.0})
-    one = write_recipe(tmp_path / "one.yaml", out=tmp_path / "one", data={"max_train_examples": 51},
-                       train={"batch_size": 8, "log_every": 1}, **base)
-    two = write_recipe(tmp_path / "two.yaml", out=tmp_path / "two", data={"max_train_examples": 51},
-                       train={"batch_size": 4, "log_every": 1}, **base)
-    resume_kw = dict(model=tiny_bert, card=tiny_card, method={"name": "lora", "lora_dropout": 0.2},
-                     data={"max_train_examples": 49}, train={"batch_size": 4, "log_every": 1, "save_every": 4})
+    base = dict(
+        model=no_dropout_copy(tiny_bert, tmp_path / "bert"),
+        card=tiny_card,
+        method={"name": "lora", "lora_dropout": 0.0},
+    )
+    one = write_recipe(
+        tmp_path / "one.yaml",
+        out=tmp_path / "one",
+        data={"max_train_examples": 51},
+        train={"batch_size": 8, "log_every": 1},
+        **base,
+    )
+    two = write_recipe(
+        tmp_path / "two.yaml",
+        out=tmp_path / "two",
+        data={"max_train_examples": 51},
+        train={"batch_size": 4, "log_every": 1},
+        **base,
+    )
+    resume_kw = dict(
+        model=tiny_bert,
+        card=tiny_card,
+        method={"name": "lora", "lora_dropout": 0.2},
+        data={"max_train_examples": 49},
+        train={"batch_size": 4, "log_every": 1, "save_every": 4},
+    )
     full = write_recipe(tmp_path / "full.yaml", out=tmp_path / "full", **resume_kw)
     cut = write_recipe(tmp_path / "cut.yaml", out=tmp_path / "cut", **resume_kw)
     k = 9  # past the first epoch's 7 steps, not on a save_every multiple
@@ -65,9 +85,27 @@ def test_two_processes_match_one_and_resume(tmp_path, tiny_bert, tiny_card, chil
     train(load_recipe(one), progress=False)
     # One launch of 2 processes (the `peftkit train` CLI under accelerate) for: the invariance run, a full dropout
     # run, the same run stopped at step k, and its --resume.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           str(ROOT / "tests" / "distributed_worker.py"), str(two), str(full), f"{cut}@{k}", f"{cut}@resume"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+        str(ROOT / "tests" / "distributed_worker.py"),
+        str(two),
+        str(full),
+        f"{cut}@{k}",
+        f"{cut}@resume",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -106,14 +144,27 @@ def test_two_processes_match_one_and_resume(tmp_path, tiny_bert, tiny_card, chil
 
 def _sharded_vs_one(tmp_path, tiny_bert, tiny_card, strategy: str, processes: int) -> tuple[dict, dict]:
     """The adapter of one plain process and of `processes` processes under `strategy` (same global batch)."""
-    base = dict(model=no_dropout_copy(tiny_bert, tmp_path / "bert"), card=tiny_card,
-                method={"name": "lora", "lora_dropout": 0.0}, data={"max_train_examples": 51})
+    base = dict(
+        model=no_dropout_copy(tiny_bert, tmp_path / "bert"),
+        card=tiny_card,
+        method={"name": "lora", "lora_dropout": 0.0},
+        data={"max_train_examples": 51},
+    )
     one = write_recipe(tmp_path / "one.yaml", out=tmp_path / "one", train={"batch_size": 8}, **base)
-    many = write_recipe(tmp_path / "many.yaml", out=tmp_path / "many", train={"batch_size": 8 // processes},
-                        distributed={"strategy": strategy}, **base)
+    many = write_recipe(
+        tmp_path / "many.yaml",
+        out=tmp_path / "many",
+        train={"batch_size": 8 // processes},
+        distributed={"strategy": strategy},
+        **base,
+    )
     train(load_recipe(one), progress=False)
-    done = subprocess.run([sys.executable, "-m", "peftkit", "train", str(many), "--no-progress", "--processes",
-                           str(processes)], capture_output=True, text=True, timeout=400)
+    done = subprocess.run(
+        [sys.executable, "-m", "peftkit", "train", str(many), "--no-progress", "--processes", str(processes)],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return _adapter(tmp_path / "one"), _adapter(tmp_path / "many")
 
@@ -134,7 +185,9 @@ def test_shard_weights_give_the_global_mean():
     batches = [[0, 1, 2, 3], [4, 5, 6], [7]]
     for world in (1, 2, 3):
         steps = [shard_steps(batches, 2, r, world, lambda i: 1) for r in range(world)]
-        assert all(len(s) == 2 for s in steps)  # every process makes the same number of steps and micro-batches
+        assert all(
+            len(s) == 2 for s in steps
+        )  # every process makes the same number of steps and micro-batches
         for s in range(2):
             # DDP averages over processes: sum of (weight × mean over its examples) / world = global mean weights.
             share = {}
@@ -142,7 +195,7 @@ def test_shard_weights_give_the_global_mean():
                 for idx, w in steps[r][s]:
                     for i in idx:
                         share[i] = share.get(i, 0) + (w / len(idx) / world if w else 0)
-            group = [i for b in batches[2 * s:2 * s + 2] for i in b]
+            group = [i for b in batches[2 * s : 2 * s + 2] for i in b]
             assert share == pytest.approx({i: 1 / len(group) for i in group})
     placeholder = shard_steps([[7]], 1, 1, 2, lambda i: 1)
     assert placeholder == [[([7], 0.0)]]
@@ -152,26 +205,35 @@ def test_launch_command_hands_off_to_accelerate():
     cmd = launch_command("r.yaml", ["--overwrite", "train.epochs=2"], 2, None, cuda_devices=0)
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
     assert "--multi_gpu" in cmd and cmd[cmd.index("--num_processes") + 1] == "2"
-    assert cmd[cmd.index("-m", 3):] == ["-m", "peftkit", "train", "r.yaml", "--overwrite", "train.epochs=2"]
+    assert cmd[cmd.index("-m", 3) :] == ["-m", "peftkit", "train", "r.yaml", "--overwrite", "train.epochs=2"]
     cfg = launch_command("r.yaml", [], 4, "acc.yaml", cuda_devices=4)
     assert cfg[cfg.index("--config_file") + 1] == "acc.yaml" and "--multi_gpu" not in cfg
     # Sharded strategies pick accelerate's own launcher (torchrun / deepspeed) even for one process, never --cpu.
     fsdp = launch_command("r.yaml", [], 1, None, cuda_devices=1, strategy="fsdp")
     assert "--use_fsdp" in fsdp and "--cpu" not in fsdp and "--multi_gpu" not in fsdp
     ds = launch_command("r.yaml", [], 1, None, cuda_devices=0, strategy="deepspeed_zero3")
-    assert ds[ds.index("--use_deepspeed") + 1:ds.index("--use_deepspeed") + 3] == ["--zero_stage", "3"]
+    assert ds[ds.index("--use_deepspeed") + 1 : ds.index("--use_deepspeed") + 3] == ["--zero_stage", "3"]
     assert "--cpu" not in ds
 
 
 def test_deepspeed_config_fits_peftkits_loop():
     from peftkit.training.distributed import _configure_deepspeed
 
-    ds = {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False},
-          "gradient_clipping": "auto", "train_batch_size": "auto"}
+    ds = {
+        "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False},
+        "gradient_clipping": "auto",
+        "train_batch_size": "auto",
+    }
     _configure_deepspeed(ds, 8, 1, 0.5, world=4)
-    assert (ds["train_micro_batch_size_per_gpu"], ds["train_batch_size"], ds["gradient_accumulation_steps"]) == (8, 32, 1)
+    assert (
+        ds["train_micro_batch_size_per_gpu"],
+        ds["train_batch_size"],
+        ds["gradient_accumulation_steps"],
+    ) == (8, 32, 1)
     assert ds["gradient_clipping"] == 0.5 and ds["zero_force_ds_cpu_optimizer"] is False
-    assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True  # else ZeRO-3 saves empties
+    assert (
+        ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    )  # else ZeRO-3 saves empties
     with pytest.raises(PeftkitError, match="has its own optimizer section.*Remove the optimizer section"):
         _configure_deepspeed({"optimizer": {"type": "AdamW"}}, 8, 1, 1.0, world=1)
     with pytest.raises(PeftkitError, match="train.grad_accum_steps: peftkit accumulates"):
@@ -193,8 +255,10 @@ def test_empty_adapter_is_refused(tmp_path, tiny_bert):
 
     from peftkit.adapters.bundle import check_adapter_weights, save_adapter
 
-    model = get_peft_model(AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2),
-                           LoraConfig(r=2, target_modules=["query"], task_type="SEQ_CLS"))
+    model = get_peft_model(
+        AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2),
+        LoraConfig(r=2, target_modules=["query"], task_type="SEQ_CLS"),
+    )
     empty = {k: torch.empty(0) for k in model.state_dict()}
     with pytest.raises(PeftkitError) as err:
         save_adapter(model, tmp_path / "adapter", {}, state_dict=empty)
@@ -208,7 +272,9 @@ def test_empty_adapter_is_refused(tmp_path, tiny_bert):
 @pytest.fixture
 def recipe(tmp_path, tiny_bert, tiny_card):
     def make(**sections):
-        return write_recipe(tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run", **sections)
+        return write_recipe(
+            tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run", **sections
+        )
 
     return make
 
@@ -217,17 +283,30 @@ BAD = [
     # (recipe sections, argv extra, words)
     ({}, ["--processes", "4096"], ["--processes: 4096 processes", "Use --processes"]),
     ({}, ["--processes", "0"], ["--processes: 0 is not a process count"]),
-    ({"distributed": {"accelerate_config": "no/such/accelerate.yaml"}}, ["--processes", "2"],
-     ["distributed.accelerate_config", "no/such/accelerate.yaml", "does not exist", "accelerate config"]),
-    ({"distributed": {"strategy": "fsdp"}, "quantization": {"bits": 4}}, ["--processes", "2"],
-     ["distributed.strategy: fsdp", "quantized", "ddp"]),
+    (
+        {"distributed": {"accelerate_config": "no/such/accelerate.yaml"}},
+        ["--processes", "2"],
+        ["distributed.accelerate_config", "no/such/accelerate.yaml", "does not exist", "accelerate config"],
+    ),
+    (
+        {"distributed": {"strategy": "fsdp"}, "quantization": {"bits": 4}},
+        ["--processes", "2"],
+        ["distributed.strategy: fsdp", "quantized", "ddp"],
+    ),
     ({"distributed": {"strategy": "deepspeed_zero3"}}, ["--processes", "2"], ["pip install deepspeed"]),
-    ({"distributed": {"strategy": "fsdp"}}, ["--processes", "1"], ["distributed.strategy: fsdp needs GPUs", "ddp"]),
+    (
+        {"distributed": {"strategy": "fsdp"}},
+        ["--processes", "1"],
+        ["distributed.strategy: fsdp needs GPUs", "ddp"],
+    ),
 ]
 
 
-@pytest.mark.parametrize("sections,argv,words", BAD, ids=["too many", "zero", "missing config", "fsdp 4-bit",
-                                                          "deepspeed", "fsdp on cpu"])
+@pytest.mark.parametrize(
+    "sections,argv,words",
+    BAD,
+    ids=["too many", "zero", "missing config", "fsdp 4-bit", "deepspeed", "fsdp on cpu"],
+)
 def test_bad_distributed_setups_refused_before_launch(recipe, tmp_path, capsys, sections, argv, words):
     path = recipe(**sections)
     assert main(["train", str(path), "--no-progress", *argv]) == 2
@@ -268,8 +347,8 @@ def test_sharded_bf16_loads_float32_weights_and_refuses_zero3(monkeypatch):
     bf16 is refused with the fix; DDP and CPU keep the recipe's dtype."""
     import torch
 
-    from peftkit.training.distributed import sharded_dtype
     from peftkit.errors import PeftkitError
+    from peftkit.training.distributed import sharded_dtype
 
     assert sharded_dtype("fsdp", "auto") == ("auto", None)  # no GPU here: nothing changes
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -34,7 +34,9 @@ def _edit_meta(folder, **changes):
 
 
 def test_other_base_refused(adapter, tiny_gpt2):
-    with pytest.raises(PeftkitError, match=r"trained on a different base.*base model: expected sha256:.*found sha256:"):
+    with pytest.raises(
+        PeftkitError, match=r"trained on a different base.*base model: expected sha256:.*found sha256:"
+    ):
         load_adapter(adapter, base_source=str(tiny_gpt2))
 
 
@@ -51,7 +53,9 @@ def test_other_tokenizer_refused(adapter, tiny_bert, tmp_path):
 
 
 def test_label_set_and_task_the_caller_needs(adapter):
-    with pytest.raises(PeftkitError, match=r"different label set: expected \['a', 'b', 'c'\], found \['neg', 'pos'\]"):
+    with pytest.raises(
+        PeftkitError, match=r"different label set: expected \['a', 'b', 'c'\], found \['neg', 'pos'\]"
+    ):
         load_adapter(adapter, labels=["a", "b", "c"])
     with pytest.raises(PeftkitError, match="wrong task: expected causal_lm, found classification"):
         load_adapter(adapter, task="causal_lm")
@@ -59,7 +63,9 @@ def test_label_set_and_task_the_caller_needs(adapter):
 
 def test_metadata_that_disagrees_with_the_weights_refused(copy):
     _edit_meta(copy, labels=["neg", "pos", "meh"])
-    with pytest.raises(PeftkitError, match=r"label set does not match the head: expected 3 labels .* found a head with 2"):
+    with pytest.raises(
+        PeftkitError, match=r"label set does not match the head: expected 3 labels .* found a head with 2"
+    ):
         load_adapter(copy)
 
 
@@ -85,7 +91,9 @@ def test_truncated_plain_peft_file_refused_by_header_check(copy):
     f = copy / "adapter_model.safetensors"
     size = f.stat().st_size
     f.write_bytes(f.read_bytes()[:-100])
-    with pytest.raises(PeftkitError, match=f"truncated or corrupt \\(expected {size} bytes, found {size - 100} bytes"):
+    with pytest.raises(
+        PeftkitError, match=f"truncated or corrupt \\(expected {size} bytes, found {size - 100} bytes"
+    ):
         load_adapter(copy)
     f.write_bytes(b"\x05\x00")
     with pytest.raises(PeftkitError, match="expected a valid safetensors header"):
@@ -109,4 +117,6 @@ def test_plain_peft_adapter_loads_with_warning(copy, tiny_bert, adapter):
         adapters = AdapterSet(base_source=str(tiny_bert))
         adapters.add("plain", copy)
     adapters.add("checked", adapter)
-    np.testing.assert_array_equal(adapters.logits("plain", ["a good film"]), adapters.logits("checked", ["a good film"]))
+    np.testing.assert_array_equal(
+        adapters.logits("plain", ["a good film"]), adapters.logits("checked", ["a good film"])
+    )

@@ -18,16 +18,30 @@ from peftkit.errors import PeftkitError
 from peftkit.inference.plots import PIXELS
 from tests.conftest import write_recipe
 
-PUBLISHED = {"README.md", "adapter_config.json", "adapter_model.safetensors", "peftkit_adapter.json", "metrics.json",
-             "recipe.resolved.yaml", "data_card.md", "plots/loss.png", "plots/eval_metrics.png",
-             "plots/confusion_matrix.png"}
+PUBLISHED = {
+    "README.md",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "peftkit_adapter.json",
+    "metrics.json",
+    "recipe.resolved.yaml",
+    "data_card.md",
+    "plots/loss.png",
+    "plots/eval_metrics.png",
+    "plots/confusion_matrix.png",
+}
 
 
 @pytest.fixture(scope="module")
 def run(tiny_bert, tiny_card, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("publish")
-    recipe = write_recipe(tmp / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp / "run",
-                          train={"epochs": 1, "log_every": 2, "eval_every": 5, "report_to": "tensorboard"})
+    recipe = write_recipe(
+        tmp / "r.yaml",
+        model=tiny_bert,
+        card=tiny_card,
+        out=tmp / "run",
+        train={"epochs": 1, "log_every": 2, "eval_every": 5, "report_to": "tensorboard"},
+    )
     assert main(["train", str(recipe), "--no-progress"]) == 0
     return tmp / "run"
 
@@ -83,8 +97,9 @@ def test_tensorboard_is_the_default_and_none_writes_no_logs(tiny_bert, tiny_card
     from peftkit.recipe.schema import TrainSpec
 
     assert TrainSpec().report_to == "tensorboard"
-    recipe = write_recipe(tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run",
-                          train={"max_steps": 2})
+    recipe = write_recipe(
+        tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run", train={"max_steps": 2}
+    )
     assert main(["train", str(recipe), "--no-progress"]) == 0
     assert not (tmp_path / "run" / "logs").exists()
     assert (tmp_path / "run" / "train_log.jsonl").is_file()
@@ -95,8 +110,13 @@ def test_report_to_a_missing_package_is_refused_before_writing(tiny_bert, tiny_c
 
     if importlib.util.find_spec("wandb") is not None:
         pytest.skip("wandb is installed")
-    recipe = write_recipe(tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run",
-                          train={"max_steps": 2, "report_to": "wandb"})
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        model=tiny_bert,
+        card=tiny_card,
+        out=tmp_path / "run",
+        train={"max_steps": 2, "report_to": "wandb"},
+    )
     assert main(["train", str(recipe)]) == 2
     err = capsys.readouterr().err
     assert "train.report_to: 'wandb' needs the `wandb` package, which is not installed" in err
@@ -133,7 +153,9 @@ def test_publish_folder_contents(published, run):
     assert files >= PUBLISHED
     # Beyond those, only confusion matrices `peftkit eval` may have added to the run's plots/.
     assert all(re.fullmatch(r"plots/confusion_matrix-[\w-]+\.png", f) for f in files - PUBLISHED), files
-    assert (published / "adapter_model.safetensors").read_bytes() == (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert (published / "adapter_model.safetensors").read_bytes() == (
+        run / "adapter" / "adapter_model.safetensors"
+    ).read_bytes()
     config = json.loads((published / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "tiny-bert"
     meta = json.loads((published / "peftkit_adapter.json").read_text())
@@ -142,7 +164,14 @@ def test_publish_folder_contents(published, run):
 
 
 def test_no_local_path_in_any_published_file(published, run, tiny_bert, tiny_card):
-    local = [str(run.parent), str(tiny_bert.parent), str(tiny_card.parent), str(Path.home()), os.getcwd(), "/tmp/"]
+    local = [
+        str(run.parent),
+        str(tiny_bert.parent),
+        str(tiny_card.parent),
+        str(Path.home()),
+        os.getcwd(),
+        "/tmp/",
+    ]
     for f in published.rglob("*"):
         if f.is_file():
             data = f.read_bytes()
@@ -157,7 +186,9 @@ def test_card_snippets_load_the_published_adapter(published, tiny_bert):
     assert len(blocks) == 2
     for code in blocks:
         assert "'tiny-bert'" in code and f"'{published.name}'" in code
-        code = code.replace("'tiny-bert'", repr(str(tiny_bert))).replace(f"'{published.name}'", repr(str(published)))
+        code = code.replace("'tiny-bert'", repr(str(tiny_bert))).replace(
+            f"'{published.name}'", repr(str(published))
+        )
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             exec(compile(code, "card-snippet", "exec"), {})
@@ -177,7 +208,9 @@ def test_publish_refuses_a_local_path_leak(run, tmp_path, capsys):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     recipe = copy / "recipe.resolved.yaml"
-    recipe.write_text(recipe.read_text().replace("model:", "description: trained from /home/alice/data\nmodel:", 1))
+    recipe.write_text(
+        recipe.read_text().replace("model:", "description: trained from /home/alice/data\nmodel:", 1)
+    )
     assert main(["publish", str(copy), "--to", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "refusing to write" in err and "recipe.resolved.yaml: /home/alice/data" in err
@@ -239,10 +272,17 @@ def test_causal_lm_run_gets_a_text_generation_card(tiny_gpt2, tmp_path):
 
     (tmp_path / "lm.csv").write_text("text\n" + "".join(f"{t}\n" for t, _ in make_texts(60)))
     card = tmp_path / "lm.md"
-    card.write_text("---\nlicense: cc0-1.0\npeftkit:\n  task: causal_lm\n  source: {file: lm.csv}\n"
-                    "  text_column: text\n---\n# LM\n\nSentences.\n")
-    recipe = write_recipe(tmp_path / "r.yaml", model=tiny_gpt2, card=card, out=tmp_path / "run",
-                          train={"max_steps": 4, "log_every": 1, "eval_every": 2})
+    card.write_text(
+        "---\nlicense: cc0-1.0\npeftkit:\n  task: causal_lm\n  source: {file: lm.csv}\n"
+        "  text_column: text\n---\n# LM\n\nSentences.\n"
+    )
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        model=tiny_gpt2,
+        card=card,
+        out=tmp_path / "run",
+        train={"max_steps": 4, "log_every": 1, "eval_every": 2},
+    )
     recipe.write_text(recipe.read_text().replace("model:\n", "model:\n  task: causal_lm\n", 1))
     assert main(["train", str(recipe), "--no-progress"]) == 0
     run = tmp_path / "run"

@@ -13,7 +13,9 @@ def test_readme_recipe_reference_is_current():
     text = README.read_text()
     start = text.index("<!-- recipe-reference:start -->\n") + len("<!-- recipe-reference:start -->\n")
     end = text.index("<!-- recipe-reference:end -->")
-    assert text[start:end] == recipe_reference_markdown(), "run `peftkit schema --markdown` and paste it into README"
+    assert text[start:end] == recipe_reference_markdown(), (
+        "run `peftkit schema --markdown` and paste it into README"
+    )
 
 
 def test_readme_commands_exist():
@@ -22,5 +24,7 @@ def test_readme_commands_exist():
     text = README.read_text()
     for name in COMMANDS:
         assert f"peftkit {name}" in text, name
-    assert "bash scripts/install.sh && .venv/bin/peftkit train recipes/minilm-lora-rotten_tomatoes.yaml" in text
+    assert (
+        "bash scripts/install.sh && .venv/bin/peftkit train recipes/minilm-lora-rotten_tomatoes.yaml" in text
+    )
     assert "bash scripts/install.sh --dev && .venv/bin/python -m pytest" in text

@@ -20,8 +20,12 @@ def _losses(run):
 def test_resume_reproduces_uninterrupted_run(tmp_path, tiny_bert, tiny_card):
     # Dropout on, so the checkpointed RNG state matters; 2 epochs, so resuming crosses an epoch boundary.
     settings = {"name": "lora", "lora_dropout": 0.2}
-    kw = dict(model=tiny_bert, card=tiny_card, method=settings,
-              train={"epochs": 2, "log_every": 1, "save_every": 4, "learning_rate": 0.01})
+    kw = dict(
+        model=tiny_bert,
+        card=tiny_card,
+        method=settings,
+        train={"epochs": 2, "log_every": 1, "save_every": 4, "learning_rate": 0.01},
+    )
     full = train(load_recipe(write_recipe(tmp_path / "a.yaml", out=tmp_path / "full", **kw)), progress=False)
 
     recipe = load_recipe(write_recipe(tmp_path / "b.yaml", out=tmp_path / "resumed", **kw))

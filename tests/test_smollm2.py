@@ -11,8 +11,14 @@ from peftkit.cli import main, project_root
 
 pytestmark = pytest.mark.slow
 RECIPES = project_root() / "recipes"
-TINY = ["train.max_steps=3", "train.batch_size=4", "data.max_train_examples=12", "data.max_eval_examples=8",
-        "data.max_test_examples=16", "train.save_every=100"]
+TINY = [
+    "train.max_steps=3",
+    "train.batch_size=4",
+    "data.max_train_examples=12",
+    "data.max_eval_examples=8",
+    "data.max_test_examples=16",
+    "train.save_every=100",
+]
 
 
 def test_classification_recipe_few_steps(tmp_path, capsys):
@@ -21,8 +27,18 @@ def test_classification_recipe_few_steps(tmp_path, capsys):
     from peftkit.inference.forward import forward_split
 
     run = tmp_path / "cls"
-    assert main(["train", str(RECIPES / "smollm2-lora-rotten_tomatoes.yaml"), "--no-progress",
-                 f"train.output_dir={run}", *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(RECIPES / "smollm2-lora-rotten_tomatoes.yaml"),
+                "--no-progress",
+                f"train.output_dir={run}",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["n"] == 16 and 0 <= metrics["test"]["accuracy"] <= 1
     meta = json.loads((run / "adapter" / "peftkit_adapter.json").read_text())
@@ -35,17 +51,29 @@ def test_classification_recipe_few_steps(tmp_path, capsys):
     ids = tokenize_texts(tok, texts, 64)
     ids.append(ids[0] + [tok.eos_token_id])  # a text ending in a real eos (== pad)
     for side in ("left", "right"):
-        batched, _ = forward_split(loaded.model, ids, None, pad_token_id=tok.pad_token_id, padding_side=side,
-                                   batch_size=4)
-        single, _ = forward_split(loaded.model, ids, None, pad_token_id=tok.pad_token_id, padding_side=side,
-                                  batch_size=1)
+        batched, _ = forward_split(
+            loaded.model, ids, None, pad_token_id=tok.pad_token_id, padding_side=side, batch_size=4
+        )
+        single, _ = forward_split(
+            loaded.model, ids, None, pad_token_id=tok.pad_token_id, padding_side=side, batch_size=1
+        )
         np.testing.assert_allclose(batched, single, atol=1e-4, rtol=0)
 
 
 def test_causal_lm_recipe_few_steps_and_generate(tmp_path, capsys):
     run = tmp_path / "lm"
-    assert main(["train", str(RECIPES / "smollm2-lora-rotten_tomatoes_text.yaml"), "--no-progress",
-                 f"train.output_dir={run}", *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(RECIPES / "smollm2-lora-rotten_tomatoes_text.yaml"),
+                "--no-progress",
+                f"train.output_dir={run}",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     test = json.loads((run / "metrics.json").read_text())["test"]
     # A pretrained 135M model on English critic snippets: perplexity far below its 49k vocabulary.
     assert 1 < test["perplexity_before"] < 500 and 1 < test["perplexity"] < 500, test

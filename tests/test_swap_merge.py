@@ -10,8 +10,8 @@ import pytest
 
 from peftkit.adapters.bundle import load_adapter
 from peftkit.cli import main
-from peftkit.inference.merge import REPORT_FILE, merge_adapter
 from peftkit.inference.adapter_set import AdapterSet
+from peftkit.inference.merge import REPORT_FILE, merge_adapter
 from tests.conftest import make_texts, write_card
 from tests.tiny_runs import train_tiny
 
@@ -21,16 +21,27 @@ TEXTS = [t for t, _ in make_texts(12, seed=7)]
 @pytest.fixture(scope="module")
 def runs(tiny_bert, tiny_card, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("swap")
-    three = write_card(tmp / "data3", [(t, ["neg", "pos", "meh"][i % 3]) for i, (t, _) in enumerate(make_texts(150))],
-                       name="three", labels=("neg", "pos", "meh"))
+    three = write_card(
+        tmp / "data3",
+        [(t, ["neg", "pos", "meh"][i % 3]) for i, (t, _) in enumerate(make_texts(150))],
+        name="three",
+        labels=("neg", "pos", "meh"),
+    )
     runs = {}
     if _has_bottleneck():  # issue 3's bottleneck adapters (Pfeiffer layout), once merged
-        runs["bottleneck"] = train_tiny(tmp, "bottleneck", model=tiny_bert, card=tiny_card, epochs=1,
-                                        method={"name": "pfeiffer"})
+        runs["bottleneck"] = train_tiny(
+            tmp, "bottleneck", model=tiny_bert, card=tiny_card, epochs=1, method={"name": "pfeiffer"}
+        )
     return runs | {
         "lora": train_tiny(tmp, "lora", model=tiny_bert, card=tiny_card),
-        "prefix": train_tiny(tmp, "prefix", model=tiny_bert, card=tiny_card, epochs=1,
-                             method={"name": "prefix_tuning", "num_virtual_tokens": 4}),
+        "prefix": train_tiny(
+            tmp,
+            "prefix",
+            model=tiny_bert,
+            card=tiny_card,
+            epochs=1,
+            method={"name": "prefix_tuning", "num_virtual_tokens": 4},
+        ),
         "lora3": train_tiny(tmp, "lora3", model=tiny_bert, card=three, epochs=1),
         "qlora": train_tiny(tmp, "qlora", model=tiny_bert, card=tiny_card, quantization={"bits": 4}),
     }
@@ -47,8 +58,14 @@ def _logits(loaded, texts=TEXTS):
     from peftkit.inference.forward import forward_split
 
     ids = tokenize_texts(loaded.tokenizer, texts, loaded.meta["max_length"])
-    logits, _ = forward_split(loaded.model, ids, None, pad_token_id=loaded.tokenizer.pad_token_id,
-                              padding_side=loaded.tokenizer.padding_side, batch_size=64)
+    logits, _ = forward_split(
+        loaded.model,
+        ids,
+        None,
+        pad_token_id=loaded.tokenizer.pad_token_id,
+        padding_side=loaded.tokenizer.padding_side,
+        batch_size=64,
+    )
     return logits
 
 
@@ -63,8 +80,12 @@ def _has_bottleneck() -> bool:
 def _bottleneck_row():
     if _has_bottleneck():
         return "bottleneck"
-    return pytest.param("bottleneck", marks=pytest.mark.skip(reason="BOTTLENECK ROW: peftkit.methods.bottleneck "
-                                                                    "(issue 3) is not in this branch yet"))
+    return pytest.param(
+        "bottleneck",
+        marks=pytest.mark.skip(
+            reason="BOTTLENECK ROW: peftkit.methods.bottleneck (issue 3) is not in this branch yet"
+        ),
+    )
 
 
 def test_swap_gives_each_adapter_its_own_logits_exactly(runs):
@@ -77,8 +98,10 @@ def test_swap_gives_each_adapter_its_own_logits_exactly(runs):
             np.testing.assert_array_equal(adapters.logits(name, TEXTS), _alone(runs[name]))
     assert adapters.logits("lora3", TEXTS).shape == (len(TEXTS), 3)
     # One base in memory: every adapter's frozen weights are the very same tensors.
-    ptrs = [{p.data_ptr() for n, p in e.model.named_parameters() if "word_embeddings" in n}
-            for e in adapters.entries.values()]
+    ptrs = [
+        {p.data_ptr() for n, p in e.model.named_parameters() if "word_embeddings" in n}
+        for e in adapters.entries.values()
+    ]
     assert len(set().union(*ptrs)) == 1
 
 
@@ -92,16 +115,32 @@ def test_swap_pairs_with_lora(runs, kind):
 
 
 def test_predict_cli_routes_each_line_to_its_adapter(runs, tmp_path, capsys):
-    lines = [{"adapter": "sent", "text": "a good film"}, {"adapter": "three", "text": "a dull plot"},
-             {"adapter": "pre", "text": "bad"}]
+    lines = [
+        {"adapter": "sent", "text": "a good film"},
+        {"adapter": "three", "text": "a dull plot"},
+        {"adapter": "pre", "text": "bad"},
+    ]
     f = tmp_path / "in.jsonl"
     f.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    args = ["predict", "--adapter", f"sent={runs['lora']}", "--adapter", f"three={runs['lora3']}",
-            "--adapter", f"pre={runs['prefix']}", "--file", str(f), "--json"]
+    args = [
+        "predict",
+        "--adapter",
+        f"sent={runs['lora']}",
+        "--adapter",
+        f"three={runs['lora3']}",
+        "--adapter",
+        f"pre={runs['prefix']}",
+        "--file",
+        str(f),
+        "--json",
+    ]
     assert main(args) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["adapter"] for r in rows] == ["sent", "three", "pre"]
-    assert set(rows[1]["probabilities"]) == {"neg", "pos", "meh"} and set(rows[0]["probabilities"]) == {"neg", "pos"}
+    assert set(rows[1]["probabilities"]) == {"neg", "pos", "meh"} and set(rows[0]["probabilities"]) == {
+        "neg",
+        "pos",
+    }
     assert rows[0]["label"] == "pos"
     f.write_text(json.dumps({"adapter": "nope", "text": "x"}) + "\n")
     assert main(args) == 2
@@ -186,9 +225,24 @@ def test_routed_predict_in_a_fresh_process_loads_a_bottleneck_adapter_first(runs
 
     f = tmp_path / "in.jsonl"
     f.write_text(json.dumps({"adapter": "b", "text": "a good film"}) + "\n")
-    done = subprocess.run([sys.executable, "-m", "peftkit", "predict", "--adapter", f"b={runs['bottleneck']}",
-                           "--adapter", f"l={runs['lora']}", "--file", str(f), "--json"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "peftkit",
+            "predict",
+            "--adapter",
+            f"b={runs['bottleneck']}",
+            "--adapter",
+            f"l={runs['lora']}",
+            "--file",
+            str(f),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.splitlines()[0])["adapter"] == "b"
 
@@ -204,8 +258,14 @@ def test_serve_bench_compare_qlora_over_seeds(monkeypatch, capsys, tmp_path):
     def fake_train(recipe, overrides, out):
         seed = int([o for o in overrides if o.startswith("train.seed=")][0].split("=")[1])
         calls.append((recipe, overrides, out))
-        return {"recipe": recipe, "accuracy": accuracy[(recipe, seed)], "macro_f1": 0.5, "peak_rss_mb": 100.0,
-                "examples_per_s": 1.0, "adapter": str(out / "adapter")}
+        return {
+            "recipe": recipe,
+            "accuracy": accuracy[(recipe, seed)],
+            "macro_f1": 0.5,
+            "peak_rss_mb": 100.0,
+            "examples_per_s": 1.0,
+            "adapter": str(out / "adapter"),
+        }
 
     monkeypatch.setattr(sb, "train_in_process", fake_train)
     result = sb.compare_qlora_training(["fp32", "q"], ["data.max_train_examples=10"], [1, 2], root=tmp_path)
@@ -219,7 +279,9 @@ def test_serve_bench_compare_qlora_over_seeds(monkeypatch, capsys, tmp_path):
     assert "over 2 seed(s): mean -0.50 pt (sd 0.71 pt)" in capsys.readouterr().out.replace("−", "-")
 
 
-@pytest.mark.parametrize("seeds, words", [("1,x", "comma-separated list of integers"), ("1,1", "repeats a seed")])
+@pytest.mark.parametrize(
+    "seeds, words", [("1,x", "comma-separated list of integers"), ("1,1", "repeats a seed")]
+)
 def test_serve_bench_bad_seeds_are_usage_errors(seeds, words, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["serve-bench", "--seeds", seeds])

@@ -25,11 +25,21 @@ ORDER = ("lora", "lora_pooler", "prefix_pooler", "lora_again")
 def runs(tiny_bert, tiny_card, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("swap_mts")
     return {
-        "lora_pooler": train_tiny(tmp, "lora_pooler", model=tiny_bert, card=tiny_card,
-                                  method={"name": "lora", "r": 4, "modules_to_save": ["pooler"]}),
-        "prefix_pooler": train_tiny(tmp, "prefix_pooler", model=tiny_bert, card=tiny_card, epochs=1,
-                                    method={"name": "prefix_tuning", "num_virtual_tokens": 4,
-                                            "modules_to_save": ["pooler"]}),
+        "lora_pooler": train_tiny(
+            tmp,
+            "lora_pooler",
+            model=tiny_bert,
+            card=tiny_card,
+            method={"name": "lora", "r": 4, "modules_to_save": ["pooler"]},
+        ),
+        "prefix_pooler": train_tiny(
+            tmp,
+            "prefix_pooler",
+            model=tiny_bert,
+            card=tiny_card,
+            epochs=1,
+            method={"name": "prefix_tuning", "num_virtual_tokens": 4, "modules_to_save": ["pooler"]},
+        ),
         "lora": train_tiny(tmp, "lora", model=tiny_bert, card=tiny_card),
     }
 
@@ -68,8 +78,10 @@ def test_swap_keeps_each_adapters_saved_modules_to_itself(runs, tiny_bert):
         for name in reversed(ORDER):
             np.testing.assert_allclose(adapters.logits(name, TEXTS), alone[name], rtol=0, atol=1e-6)
     for i, a in enumerate(ORDER[:-1]):
-        for b in ORDER[i + 1:-1]:
-            assert np.abs(alone[a] - alone[b]).max() > 1e-2, f"{a} and {b} give the same logits"  # seen >= 0.146
+        for b in ORDER[i + 1 : -1]:
+            assert np.abs(alone[a] - alone[b]).max() > 1e-2, (
+                f"{a} and {b} give the same logits"
+            )  # seen >= 0.146
     # The shared base itself is never wrapped: its pooler is the plain module with the pretrained weights.
     assert type(adapters.base.bert.pooler).__name__ == "BertPooler"
     base_pooler = load_file(str(tiny_bert / "model.safetensors"))["pooler.dense.weight"]

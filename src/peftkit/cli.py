@@ -22,27 +22,41 @@ def _seed_list(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers, e.g. 42,7,1") from None
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a comma-separated list of integers, e.g. 42,7,1"
+        ) from None
     if len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"'{text}' repeats a seed; each seed once, e.g. 42,7,1")
     return seeds
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient adaptation of BERT- and GPT-style "
-                                "models: recipe → small adapter → eval / predict.")
+    p = argparse.ArgumentParser(
+        prog="peftkit",
+        description="Parameter-efficient adaptation of BERT- and GPT-style "
+        "models: recipe → small adapter → eval / predict.",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a recipe into a run folder")
     t.add_argument("recipe", help="recipe YAML file")
-    t.add_argument("overrides", nargs="*", metavar="key=value", help="override recipe fields, e.g. train.epochs=2")
+    t.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="override recipe fields, e.g. train.epochs=2"
+    )
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--processes", type=int, metavar="N", help="train with N processes (GPUs, or CPU cores without a "
-                   "GPU) through `accelerate launch`; strategy from the recipe's distributed section")
+    t.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="train with N processes (GPUs, or CPU cores without a "
+        "GPU) through `accelerate launch`; strategy from the recipe's distributed section",
+    )
 
-    v = sub.add_parser("validate", help="check a recipe, its data card and model source without loading a model")
+    v = sub.add_parser(
+        "validate", help="check a recipe, its data card and model source without loading a model"
+    )
     v.add_argument("recipe")
     v.add_argument("overrides", nargs="*", metavar="key=value")
 
@@ -51,13 +65,23 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="data card name/path, or a .csv/.jsonl file with text and label columns")
     e.add_argument("--split", default="test", help="split of the data card (default: test)")
     e.add_argument("--json", action="store_true", help="print metrics as JSON")
-    e.add_argument("--plots", metavar="DIR", help="write the confusion-matrix PNG here (default: RUN/plots/ when "
-                   "given a run folder; none for a bare adapter folder)")
+    e.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="write the confusion-matrix PNG here (default: RUN/plots/ when "
+        "given a run folder; none for a bare adapter folder)",
+    )
 
     pr = sub.add_parser("predict", help="labels and probabilities for texts")
     pr.add_argument("adapter", nargs="?", help="run folder or adapter folder (or use --adapter NAME=PATH)")
-    pr.add_argument("--adapter", dest="named", action="append", default=[], metavar="NAME=PATH",
-                    help="load several adapters on one base; --file is then JSONL whose lines name their 'adapter'")
+    pr.add_argument(
+        "--adapter",
+        dest="named",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="load several adapters on one base; --file is then JSONL whose lines name their 'adapter'",
+    )
     pr.add_argument("texts", nargs="*", help="texts to classify")
     pr.add_argument("--file", help="a text file (one text per line) or JSONL with a 'text' field")
     pr.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -68,23 +92,49 @@ def _build_parser() -> argparse.ArgumentParser:
     m.add_argument("--samples", type=int, default=64, help="sample inputs for the parity report (default 64)")
     m.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
-    sb = sub.add_parser("serve-bench", help="serving benchmark: swap latency, adapter vs merged vs base latency, "
-                        "memory for 1..N adapters; optionally QLoRA vs fp32 LoRA training")
-    sb.add_argument("--adapter", dest="named", action="append", default=[], metavar="NAME=PATH",
-                    help="adapters to load on one base (the first is also merged for the latency comparison)")
+    sb = sub.add_parser(
+        "serve-bench",
+        help="serving benchmark: swap latency, adapter vs merged vs base latency, "
+        "memory for 1..N adapters; optionally QLoRA vs fp32 LoRA training",
+    )
+    sb.add_argument(
+        "--adapter",
+        dest="named",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="adapters to load on one base (the first is also merged for the latency comparison)",
+    )
     sb.add_argument("--texts", type=int, default=64, help="inputs per latency measurement (default 64)")
-    sb.add_argument("--compare-qlora", nargs=2, metavar=("FP32_RECIPE", "QLORA_RECIPE"),
-                    help="train both recipes (each in its own process) and compare accuracy, peak RSS, examples/s")
-    sb.add_argument("--set", dest="overrides", action="append", default=[], metavar="key=value",
-                    help="overrides for both --compare-qlora recipes (e.g. data.max_train_examples=1000)")
-    sb.add_argument("--seeds", type=_seed_list, default=None, metavar="S1,S2,…",
-                    help="train the --compare-qlora pair once per seed and report the mean accuracy difference "
-                         "(default: the recipes' own seed)")
+    sb.add_argument(
+        "--compare-qlora",
+        nargs=2,
+        metavar=("FP32_RECIPE", "QLORA_RECIPE"),
+        help="train both recipes (each in its own process) and compare accuracy, peak RSS, examples/s",
+    )
+    sb.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="key=value",
+        help="overrides for both --compare-qlora recipes (e.g. data.max_train_examples=1000)",
+    )
+    sb.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default=None,
+        metavar="S1,S2,…",
+        help="train the --compare-qlora pair once per seed and report the mean accuracy difference "
+        "(default: the recipes' own seed)",
+    )
     g = sub.add_parser("generate", help="sample a continuation of a prompt from a causal-LM adapter")
     g.add_argument("adapter", help="run folder or adapter folder (task causal_lm)")
     g.add_argument("prompt", help="text to continue")
     g.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate (default: 50)")
-    g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default: 0.8)")
+    g.add_argument(
+        "--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default: 0.8)"
+    )
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
 
     sub.add_parser("ls", help="list shipped recipes and data cards")
@@ -93,7 +143,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--markdown", action="store_true", help="the recipe reference as Markdown tables")
     d = sub.add_parser("data", help="check a data card against its data, or describe the data")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    dc = dsub.add_parser("check", help="verify source, checksum, counts, labels and columns; exit 1 on mismatch")
+    dc = dsub.add_parser(
+        "check", help="verify source, checksum, counts, labels and columns; exit 1 on mismatch"
+    )
     dc.add_argument("cards", nargs="*", metavar="CARD", help="card names or .md paths (default: every card)")
     ds = dsub.add_parser("show", help="sizes, label distribution, text-length percentiles")
     ds.add_argument("card", metavar="CARD")
@@ -105,18 +157,31 @@ def _build_parser() -> argparse.ArgumentParser:
     where = pb.add_mutually_exclusive_group(required=True)
     where.add_argument("--to", metavar="DIR", help="new folder to write (must not exist)")
     where.add_argument("--hub", metavar="REPO_ID", help="Hugging Face Hub repo to upload to (needs network)")
-    pb.add_argument("--base-model", metavar="HUB_ID", help="the base's Hub id for the card metadata and "
-                    "adapter_config.json, when the run used a local folder or package (needed for --hub)")
+    pb.add_argument(
+        "--base-model",
+        metavar="HUB_ID",
+        help="the base's Hub id for the card metadata and "
+        "adapter_config.json, when the run used a local folder or package (needed for --hub)",
+    )
     m = sub.add_parser("methods", help="trainable parameters and adapter size per shipped recipe's method")
     m.add_argument("recipes", nargs="*", help="recipe files (default: the shipped recipes/minilm-*.yaml)")
     m.add_argument("--model", help="base model source for every row (default: each recipe's own model)")
-    b = sub.add_parser("bench", help="compare methods (and the plain Trainer pipeline) on one recipe: bench.md/json")
+    b = sub.add_parser(
+        "bench", help="compare methods (and the plain Trainer pipeline) on one recipe: bench.md/json"
+    )
     b.add_argument("recipe", help="recipe YAML file (its method's settings are used for that method)")
-    b.add_argument("overrides", nargs="*", metavar="key=value", help="override recipe fields, e.g. train.epochs=1")
-    b.add_argument("--methods", default="lora,dora,ia3,prefix_tuning,houlsby,full",
-                   help="comma-separated methods; `full` is full fine-tuning (default: %(default)s)")
+    b.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="override recipe fields, e.g. train.epochs=1"
+    )
+    b.add_argument(
+        "--methods",
+        default="lora,dora,ia3,prefix_tuning,houlsby,full",
+        help="comma-separated methods; `full` is full fine-tuning (default: %(default)s)",
+    )
     b.add_argument("--budget", type=int, help="training examples per row (default: the recipe's)")
-    b.add_argument("--peer", action="store_true", help="add transformers Trainer + peft rows (pad-to-128, dynamic)")
+    b.add_argument(
+        "--peer", action="store_true", help="add transformers Trainer + peft rows (pad-to-128, dynamic)"
+    )
     b.add_argument("--output", help="folder for bench.md and bench.json (default: bench/<recipe name>)")
     return p
 
@@ -155,12 +220,23 @@ def cmd_train(args) -> int:
     if args.processes is not None:
         from peftkit.training.distributed import launch_training
 
-        flags = [f for f, on in (("--overwrite", args.overwrite), ("--resume", args.resume),
-                                 ("--no-progress", args.no_progress)) if on]
-        return launch_training(args.recipe, [*args.overrides, *flags], args.processes,
-                               strategy=recipe.distributed.strategy,
-                               accelerate_config=recipe.distributed.accelerate_config,
-                               quantized=recipe.quantization is not None)
+        flags = [
+            f
+            for f, on in (
+                ("--overwrite", args.overwrite),
+                ("--resume", args.resume),
+                ("--no-progress", args.no_progress),
+            )
+            if on
+        ]
+        return launch_training(
+            args.recipe,
+            [*args.overrides, *flags],
+            args.processes,
+            strategy=recipe.distributed.strategy,
+            accelerate_config=recipe.distributed.accelerate_config,
+            quantized=recipe.quantization is not None,
+        )
     from peftkit.training.recipe import train
 
     out = train(recipe, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
@@ -187,14 +263,21 @@ def cmd_eval(args) -> int:
     from peftkit.inference.predict import evaluate_adapter
 
     metrics = evaluate_adapter(args.adapter, data=args.data, split=args.split)
-    plots = Path(args.plots) if args.plots else (Path(args.adapter) / "plots" if (Path(args.adapter) / "adapter").is_dir()
-                                                 else None)
+    plots = (
+        Path(args.plots)
+        if args.plots
+        else (Path(args.adapter) / "plots" if (Path(args.adapter) / "adapter").is_dir() else None)
+    )
     if plots is not None and "confusion_matrix" in metrics:
         from peftkit.inference.plots import plot_confusion
 
         name = f"{Path(args.data).stem}-{args.split}" if args.data else args.split
-        png = plot_confusion(metrics["confusion_matrix"], metrics["labels"], plots / f"confusion_matrix-{name}.png",
-                             title=f"Confusion matrix ({name}, n={metrics['n']})")
+        png = plot_confusion(
+            metrics["confusion_matrix"],
+            metrics["labels"],
+            plots / f"confusion_matrix-{name}.png",
+            title=f"Confusion matrix ({name}, n={metrics['n']})",
+        )
         print(f"plot: {png}", file=sys.stderr)
     if args.json:
         print(json.dumps(metrics, indent=2))
@@ -203,8 +286,10 @@ def cmd_eval(args) -> int:
         if key in metrics:
             print(f"{key:>10}: {metrics[key]:.4f}")
     for label, s in metrics.get("per_class", {}).items():
-        print(f"{label:>10}: precision {s['precision']:.3f} recall {s['recall']:.3f} f1 {s['f1']:.3f} "
-              f"(n={s['support']})")
+        print(
+            f"{label:>10}: precision {s['precision']:.3f} recall {s['recall']:.3f} f1 {s['f1']:.3f} "
+            f"(n={s['support']})"
+        )
     return 0
 
 
@@ -214,10 +299,14 @@ def cmd_predict(args) -> int:
     if args.named:
         return _predict_routed(args)
     if not args.adapter:
-        raise PeftkitError("predict: no adapter. Give a run/adapter folder, or several with --adapter NAME=PATH.")
+        raise PeftkitError(
+            "predict: no adapter. Give a run/adapter folder, or several with --adapter NAME=PATH."
+        )
     texts = list(args.texts) + (read_texts(args.file) if args.file else [])
     if not texts:
-        raise PeftkitError("predict: no input. Give texts as arguments or --file F (one text per line or JSONL).")
+        raise PeftkitError(
+            "predict: no input. Give texts as arguments or --file F (one text per line or JSONL)."
+        )
     _print_predictions(texts, predict_texts(args.adapter, texts), as_json=args.json)
     return 0
 
@@ -237,8 +326,10 @@ def _predict_routed(args) -> int:
 
     pairs = parse_adapter_specs(args.named)
     if args.adapter or args.texts or not args.file:
-        raise PeftkitError("predict --adapter NAME=PATH: give the inputs as --file F.jsonl whose lines are "
-                           '{"adapter": NAME, "text": ...} (positional adapter and texts are for one adapter).')
+        raise PeftkitError(
+            "predict --adapter NAME=PATH: give the inputs as --file F.jsonl whose lines are "
+            '{"adapter": NAME, "text": ...} (positional adapter and texts are for one adapter).'
+        )
     rows = read_routed(args.file, [n for n, _ in pairs])
     adapters = AdapterSet()
     for name, path in pairs:
@@ -258,16 +349,26 @@ def cmd_merge(args) -> int:
 def cmd_serve_bench(args) -> int:
     from peftkit.bench.serving import run_serve_bench
 
-    run_serve_bench(args.named, n_texts=args.texts, compare_qlora=args.compare_qlora, overrides=args.overrides,
-                    seeds=args.seeds)
+    run_serve_bench(
+        args.named,
+        n_texts=args.texts,
+        compare_qlora=args.compare_qlora,
+        overrides=args.overrides,
+        seeds=args.seeds,
+    )
     return 0
 
 
 def cmd_generate(args) -> int:
     from peftkit.inference.generate import generate_text
 
-    text = generate_text(args.adapter, args.prompt, max_new_tokens=args.max_new_tokens,
-                         temperature=args.temperature, seed=args.seed)
+    text = generate_text(
+        args.adapter,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+    )
     print(args.prompt + text)
     return 0
 
@@ -318,7 +419,9 @@ def cmd_data(args) -> int:
             for line in problems:
                 print(f"  - {line}")
         else:
-            print(f"{card.path}: OK ({sum(card.counts.values()):,} examples, {card.checksum or 'no checksum'})")
+            print(
+                f"{card.path}: OK ({sum(card.counts.values()):,} examples, {card.checksum or 'no checksum'})"
+            )
     # 2: a card could not be read at all (like any bad input); 1: cards that read but disagree with their data.
     return 2 if broken else 1 if failed else 0
 
@@ -352,8 +455,14 @@ def cmd_bench(args) -> int:
     if args.budget is not None and args.budget < 1:
         raise PeftkitError(f"--budget: expected a positive number of training examples, found {args.budget}.")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    out = run_bench(args.recipe, methods=methods, budget=args.budget, peer=args.peer, output=args.output,
-                    overrides=args.overrides)
+    out = run_bench(
+        args.recipe,
+        methods=methods,
+        budget=args.budget,
+        peer=args.peer,
+        output=args.output,
+        overrides=args.overrides,
+    )
     print((out / "bench.md").read_text())
     print(f"wrote {out / 'bench.md'} and {out / 'bench.json'}")
     return 0

@@ -34,8 +34,13 @@ def did_you_mean(word: str, choices) -> str:
     choices = [str(c) for c in choices]
     if not choices:
         return ""
-    best = min(choices, key=lambda c: (_edit_distance(word.lower(), c.lower()),
-                                       -difflib.SequenceMatcher(None, word, c).ratio()))
+    best = min(
+        choices,
+        key=lambda c: (
+            _edit_distance(word.lower(), c.lower()),
+            -difflib.SequenceMatcher(None, word, c).ratio(),
+        ),
+    )
     close = _edit_distance(word.lower(), best.lower()) <= max(1, len(word) // 3)
     if not close:
         hits = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)

@@ -61,6 +61,7 @@ def file_sha256(path: str | Path) -> str:
             h.update(block)
     return h.hexdigest()
 
+
 def package_dir(name: str) -> Path | None:
     """The folder of installed top-level package `name`, or None. find_spec locates it without running its code."""
     if "." in name:

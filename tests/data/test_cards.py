@@ -41,8 +41,13 @@ def error_of(path: Path) -> str:
 
 
 def test_load_card_fields(tmp_path):
-    block = peftkit_block(labels=["pos", "neg"], exclude_labels=["mixed"], split={"seed": 7, "test": 0.3},
-                          counts={"train": 5, "validation": 1, "test": 2}, checksum="sha256:" + "ab" * 32)
+    block = peftkit_block(
+        labels=["pos", "neg"],
+        exclude_labels=["mixed"],
+        split={"seed": 7, "test": 0.3},
+        counts={"train": 5, "validation": 1, "test": 2},
+        checksum="sha256:" + "ab" * 32,
+    )
     card = load_card(write_card(tmp_path, block=block, pretty_name="Tiny"))
     assert isinstance(card, DataCard)
     assert card.name == "tiny"
@@ -51,7 +56,12 @@ def test_load_card_fields(tmp_path):
     assert card.id2label == {0: "pos", 1: "neg"}
     assert card.label2id == {"pos": 0, "neg": 1}
     assert card.exclude_labels == ["mixed"]
-    assert (card.split.seed, card.split.test, card.split.validation, card.split.stratify) == (7, 0.3, 0.1, True)
+    assert (card.split.seed, card.split.test, card.split.validation, card.split.stratify) == (
+        7,
+        0.3,
+        0.1,
+        True,
+    )
     assert card.counts == {"train": 5, "validation": 1, "test": 2}
     assert card.prose.startswith("# Tiny")
 
@@ -62,7 +72,9 @@ def test_integer_labels_become_names(tmp_path):
 
 
 def test_causal_lm_card_needs_no_labels(tmp_path):
-    card = load_card(write_card(tmp_path, block=peftkit_block(task="causal_lm", label_column=None, labels=None)))
+    card = load_card(
+        write_card(tmp_path, block=peftkit_block(task="causal_lm", label_column=None, labels=None))
+    )
     assert card.task == "causal_lm" and card.labels == [] and card.label_column is None
 
 
@@ -186,6 +198,7 @@ def test_import_stays_cheap():
     heavy = "{'pandas', 'datasets', 'sklearn', 'huggingface_hub'}"
     code = f"import sys, peftkit.data.cards, peftkit.data.sources; print(sorted({heavy} & set(sys.modules)))"
     src = str(Path(__file__).resolve().parents[2] / "src")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": src})
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONPATH": src}
+    )
     assert out.stdout.strip() == "[]"

@@ -14,8 +14,13 @@ from peftkit.data.cards import list_cards
 from peftkit.data.report import describe_card, size_category, verify_card
 
 COUNTS = {"train": 70, "validation": 10, "test": 20}
-HF = {"license": "mit", "language": ["en"], "task_categories": ["text-classification"], "pretty_name": "Tiny",
-      "size_categories": ["n<1K"]}
+HF = {
+    "license": "mit",
+    "language": ["en"],
+    "task_categories": ["text-classification"],
+    "pretty_name": "Tiny",
+    "size_categories": ["n<1K"],
+}
 
 
 def data_rows() -> list[dict]:
@@ -26,8 +31,14 @@ def data_rows() -> list[dict]:
 def write(folder, rows=None, hf=None, prose="# Tiny\n\nSynthetic reviews.\n", **block) -> str:
     """A data file and a card for it; front matter keys in `hf`, peftkit keys as keywords (None drops one)."""
     pd.DataFrame(rows or data_rows()).to_csv(folder / "reviews.csv", index=False)
-    peftkit = {"task": "classification", "source": {"file": "reviews.csv"}, "text_column": "text",
-               "label_column": "sentiment", "labels": ["pos", "neg"], "counts": COUNTS}
+    peftkit = {
+        "task": "classification",
+        "source": {"file": "reviews.csv"},
+        "text_column": "text",
+        "label_column": "sentiment",
+        "labels": ["pos", "neg"],
+        "counts": COUNTS,
+    }
     peftkit.update(block)
     if "checksum" not in block:
         peftkit["checksum"] = "sha256:" + "0" * 64  # replaced below by the real one
@@ -146,16 +157,26 @@ def test_check_no_prose(tmp_path, capsys):
 def test_check_wrong_size_category(tmp_path, capsys):
     code, out = check(capsys, write(tmp_path, hf={"size_categories": ["1K<n<10K"]}))
     assert code == 1
-    assert "size_categories: the card says ['1K<n<10K'], but the data has 100 examples, so it should be [n<1K]." in out
+    assert (
+        "size_categories: the card says ['1K<n<10K'], but the data has 100 examples, so it should be [n<1K]."
+        in out
+    )
 
 
 def test_size_category_buckets():
     assert [size_category(n) for n in (0, 999, 1000, 12_808, 100_000)] == [
-        "n<1K", "n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M"]
+        "n<1K",
+        "n<1K",
+        "1K<n<10K",
+        "10K<n<100K",
+        "100K<n<1M",
+    ]
 
 
 def test_show_sizes_labels_and_lengths(tmp_path, capsys, tiny_bert):
-    rows = [{"text": "good film", "sentiment": "pos"}] * 60 + [{"text": "a dull boring plot", "sentiment": "neg"}] * 40
+    rows = [{"text": "good film", "sentiment": "pos"}] * 60 + [
+        {"text": "a dull boring plot", "sentiment": "neg"}
+    ] * 40
     card = write(tmp_path, rows=rows, checksum=None)
     info = describe_card(card, model=str(tiny_bert))
     assert info["sizes"] == COUNTS and info["total"] == 100

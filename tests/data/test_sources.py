@@ -27,8 +27,14 @@ def rows(n_pos: int = 60, n_neg: int = 40, n_mixed: int = 5) -> list[dict]:
 
 
 def write_card(folder: Path, source: dict, **overrides) -> Path:
-    block = {"task": "classification", "source": source, "text_column": "text", "label_column": "sentiment",
-             "labels": ["pos", "neg"], "exclude_labels": ["mixed"]}
+    block = {
+        "task": "classification",
+        "source": source,
+        "text_column": "text",
+        "label_column": "sentiment",
+        "labels": ["pos", "neg"],
+        "exclude_labels": ["mixed"],
+    }
     block.update(overrides)
     block = {k: v for k, v in block.items() if v is not None}
     path = folder / "tiny.md"
@@ -76,7 +82,10 @@ def test_splits_are_stratified(csv_card):
 
 
 def test_empty_texts_are_dropped(tmp_path):
-    data = rows() + [{"text": "  ", "sentiment": "pos", "movie": "d"}, {"text": "", "sentiment": "neg", "movie": "d"}]
+    data = rows() + [
+        {"text": "  ", "sentiment": "pos", "movie": "d"},
+        {"text": "", "sentiment": "neg", "movie": "d"},
+    ]
     pd.DataFrame(data).to_csv(tmp_path / "reviews.csv", index=False)
     dd = load_splits(load_card(write_card(tmp_path, {"file": "reviews.csv"})))
     assert sum(len(s) for s in dd.values()) == 100
@@ -99,7 +108,9 @@ def test_split_files_keep_their_test_split(tmp_path):
     assert list(dd["test"]["text"]) == list(given_test[given_test.sentiment != "mixed"].text)
     assert len(dd["validation"]) == 5  # 10 % of the 50 train rows left after dropping 'mixed'
     # Several files: sha256 over the bytes in split-name order (test, then train).
-    expected = hashlib.sha256((tmp_path / "test.parquet").read_bytes() + (tmp_path / "train.jsonl.gz").read_bytes())
+    expected = hashlib.sha256(
+        (tmp_path / "test.parquet").read_bytes() + (tmp_path / "train.jsonl.gz").read_bytes()
+    )
     assert source_checksum(card) == "sha256:" + expected.hexdigest()
 
 
@@ -113,7 +124,9 @@ def test_json_and_bz2_csv_sources(tmp_path):
 
 def test_format_override_and_unknown_extension(tmp_path):
     pd.DataFrame(rows()).to_csv(tmp_path / "all.data", index=False)
-    assert "cannot tell the format of all.data" in error_of(load_card(write_card(tmp_path, {"file": "all.data"})))
+    assert "cannot tell the format of all.data" in error_of(
+        load_card(write_card(tmp_path, {"file": "all.data"}))
+    )
     card = load_card(write_card(tmp_path, {"file": "all.data"}, format="csv"))
     assert len(load_splits(card)["test"]) == 20
 
@@ -139,7 +152,8 @@ def test_check_card_reports_missing_then_matches_then_changed_count(tmp_path, cs
     assert check_card(load_card(write_card(tmp_path, {"file": "reviews.csv"}, **good))) == []
     bad = dict(good, counts={"train": 71, "validation": 10, "test": 20})
     assert check_card(load_card(write_card(tmp_path, {"file": "reviews.csv"}, **bad))) == [
-        "counts.train: the card says 71, the data has 70."]
+        "counts.train: the card says 71, the data has 70."
+    ]
 
 
 def test_check_card_reports_label_without_examples(tmp_path):
@@ -157,8 +171,9 @@ def test_checksum_mismatch(tmp_path):
     assert len(load_splits(card, verify_checksum=False)["train"]) == 70
     assert any(p.startswith("checksum:") for p in check_card(card))
     # Changed data is reported as changed, before any label or column error it may also cause.
-    unlisted = load_card(write_card(tmp_path, {"file": "reviews.csv"}, checksum="sha256:" + "0" * 64,
-                                    exclude_labels=None))
+    unlisted = load_card(
+        write_card(tmp_path, {"file": "reviews.csv"}, checksum="sha256:" + "0" * 64, exclude_labels=None)
+    )
     assert "source data changed" in error_of(unlisted)
 
 
@@ -216,6 +231,10 @@ def test_shipped_rotten_tomatoes_card():
     card = load_card("rotten_tomatoes")
     dd = load_splits(card)
     assert sum(len(s) for s in dd.values()) == 12808
-    assert {name: len(s) for name, s in dd.items()} == card.counts == {"train": 8965, "validation": 1281, "test": 2562}
+    assert (
+        {name: len(s) for name, s in dd.items()}
+        == card.counts
+        == {"train": 8965, "validation": 1281, "test": 2562}
+    )
     assert dd["train"].features["label"].names == ["rotten", "fresh"]
     assert check_card(card) == []

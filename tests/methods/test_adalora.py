@@ -11,10 +11,23 @@ from tests.conftest import write_recipe
 
 
 def test_adalora_prunes_to_budget_in_training(tiny_bert, tiny_card, tmp_path):
-    method = {"name": "adalora", "init_r": 4, "target_r": 2, "tinit": 1, "tfinal": 2, "deltaT": 1,
-              "target_modules": ["query", "value"]}
-    path = write_recipe(tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run", method=method,
-                        train={"max_steps": 6})
+    method = {
+        "name": "adalora",
+        "init_r": 4,
+        "target_r": 2,
+        "tinit": 1,
+        "tfinal": 2,
+        "deltaT": 1,
+        "target_modules": ["query", "value"],
+    }
+    path = write_recipe(
+        tmp_path / "r.yaml",
+        model=tiny_bert,
+        card=tiny_card,
+        out=tmp_path / "run",
+        method=method,
+        train={"max_steps": 6},
+    )
     out = train(load_recipe(path), progress=False)
     config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert config["total_step"] == 6

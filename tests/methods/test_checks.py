@@ -15,31 +15,80 @@ RT_CARD = Path(__file__).resolve().parents[2] / "data_cards" / "rotten_tomatoes.
 
 CASES = [
     # (id, model fixture, method block, train block, words the message must contain)
-    ("loha on Conv1D", "tiny_gpt2", {"name": "loha", "r": 2}, {},
-     ["loha does not support transformers' Conv1D", "c_attn", "target_modules"]),
+    (
+        "loha on Conv1D",
+        "tiny_gpt2",
+        {"name": "loha", "r": 2},
+        {},
+        ["loha does not support transformers' Conv1D", "c_attn", "target_modules"],
+    ),
     ("oft on Conv1D", "tiny_gpt2", {"name": "oft"}, {}, ["oft does not support transformers' Conv1D"]),
-    ("target matches nothing", "tiny_bert", {"name": "lora", "target_modules": ["quary", "value"]}, {},
-     ["'quary' matches no module", "Did you mean 'query'", "layer names"]),
-    ("regex matches nothing", "tiny_llama", {"name": "pfeiffer", "target_modules": r".*\.mlp\.nope"}, {},
-     ["matches no module", "down_proj"]),
-    ("prefix + checkpointing", "tiny_bert", {"name": "prefix_tuning"}, {"gradient_checkpointing": True},
-     ["prefix_tuning cannot be combined", "gradient_checkpointing: false"]),
+    (
+        "target matches nothing",
+        "tiny_bert",
+        {"name": "lora", "target_modules": ["quary", "value"]},
+        {},
+        ["'quary' matches no module", "Did you mean 'query'", "layer names"],
+    ),
+    (
+        "regex matches nothing",
+        "tiny_llama",
+        {"name": "pfeiffer", "target_modules": r".*\.mlp\.nope"},
+        {},
+        ["matches no module", "down_proj"],
+    ),
+    (
+        "prefix + checkpointing",
+        "tiny_bert",
+        {"name": "prefix_tuning"},
+        {"gradient_checkpointing": True},
+        ["prefix_tuning cannot be combined", "gradient_checkpointing: false"],
+    ),
     ("rank zero", "tiny_bert", {"name": "lora", "r": 0}, {}, ["method.r: 0", "1 or more"]),
-    ("reduction factor too big", "tiny_bert", {"name": "houlsby", "reduction_factor": 64}, {},
-     ["method.reduction_factor: 64", "hidden size (32)"]),
-    ("unknown variant", "tiny_bert", {"name": "bottleneck", "variant": "sideways"}, {}, ["method.variant", "sideways"]),
-    ("layer out of range", "tiny_gpt2", {"name": "pfeiffer", "layers_to_transform": [1, 5]}, {},
-     ["method.layers_to_transform: [5]", "layers 0–1"]),
-    ("preset contradicted", "tiny_bert", {"name": "houlsby", "variant": "parallel"}, {},
-     ["method.variant", "'houlsby' fixes variant: 'houlsby'"]),
-    ("adalora schedule", "tiny_bert", {"name": "adalora", "tinit": 20000}, {},
-     ["PEFT refuses these adalora settings", "tinit"]),
+    (
+        "reduction factor too big",
+        "tiny_bert",
+        {"name": "houlsby", "reduction_factor": 64},
+        {},
+        ["method.reduction_factor: 64", "hidden size (32)"],
+    ),
+    (
+        "unknown variant",
+        "tiny_bert",
+        {"name": "bottleneck", "variant": "sideways"},
+        {},
+        ["method.variant", "sideways"],
+    ),
+    (
+        "layer out of range",
+        "tiny_gpt2",
+        {"name": "pfeiffer", "layers_to_transform": [1, 5]},
+        {},
+        ["method.layers_to_transform: [5]", "layers 0–1"],
+    ),
+    (
+        "preset contradicted",
+        "tiny_bert",
+        {"name": "houlsby", "variant": "parallel"},
+        {},
+        ["method.variant", "'houlsby' fixes variant: 'houlsby'"],
+    ),
+    (
+        "adalora schedule",
+        "tiny_bert",
+        {"name": "adalora", "tinit": 20000},
+        {},
+        ["PEFT refuses these adalora settings", "tinit"],
+    ),
 ]
 
 
 # `train` runs the same checks (one function); a few cases prove it refuses before writing anything.
-PAIRS = [("validate", c) for c in CASES] + [("train", c) for c in CASES if c[0] in
-                                             {"loha on Conv1D", "prefix + checkpointing", "reduction factor too big"}]
+PAIRS = [("validate", c) for c in CASES] + [
+    ("train", c)
+    for c in CASES
+    if c[0] in {"loha on Conv1D", "prefix + checkpointing", "reduction factor too big"}
+]
 
 
 @pytest.mark.parametrize("command,case", PAIRS, ids=[f"{cmd}-{c[0]}" for cmd, c in PAIRS])
@@ -69,10 +118,17 @@ def test_conv1d_list_matches_peft(tiny_gpt2):
     from peftkit.models.sources import resolve_source
 
     def wrap(name):
-        model = load_base_model(resolve_source(str(tiny_gpt2)), task="classification", labels=["a", "b"],
-                                pad_token_id=5, device="cpu")
+        model = load_base_model(
+            resolve_source(str(tiny_gpt2)),
+            task="classification",
+            labels=["a", "b"],
+            pad_token_id=5,
+            device="cpu",
+        )
         settings = {} if name == "boft" else {"r": 2}
-        return get_peft_model(model, build_peft_config(name, settings, task="classification", model_type="gpt2"))
+        return get_peft_model(
+            model, build_peft_config(name, settings, task="classification", model_type="gpt2")
+        )
 
     assert {"lora", "vera"} <= CONV1D_OK
     wrap("vera")
@@ -83,7 +139,12 @@ def test_conv1d_list_matches_peft(tiny_gpt2):
 
 
 def test_validate_accepts_bottleneck_and_prefix(tiny_bert, tmp_path, capsys):
-    for method in ({"name": "houlsby", "reduction_factor": 8}, {"name": "prefix_tuning", "num_virtual_tokens": 4}):
-        recipe = write_recipe(tmp_path / "r.yaml", model=tiny_bert, card=RT_CARD, out=tmp_path / "run", method=method)
+    for method in (
+        {"name": "houlsby", "reduction_factor": 8},
+        {"name": "prefix_tuning", "num_virtual_tokens": 4},
+    ):
+        recipe = write_recipe(
+            tmp_path / "r.yaml", model=tiny_bert, card=RT_CARD, out=tmp_path / "run", method=method
+        )
         assert main(["validate", str(recipe)]) == 0
         assert "OK" in capsys.readouterr().out

@@ -17,17 +17,20 @@ from peftkit.methods.apply import apply_method
 from peftkit.models.load import load_base_model, load_tokenizer
 from peftkit.models.sources import resolve_source
 
-BROKEN_BY = ("transformers 5.24 (past_key_values → cache rename) breaks peft 0.21.2's prefix tuning for sequence "
-             "classification; keep transformers <5.24 (pyproject.toml) until peft supports the new cache argument, "
-             "or implement prefix tuning in src/peftkit/methods/prefix/")
+BROKEN_BY = (
+    "transformers 5.24 (past_key_values → cache rename) breaks peft 0.21.2's prefix tuning for sequence "
+    "classification; keep transformers <5.24 (pyproject.toml) until peft supports the new cache argument, "
+    "or implement prefix tuning in src/peftkit/methods/prefix/"
+)
 
 
 def _model(folder):
     source = resolve_source(str(folder))
     tok = load_tokenizer(source)
     torch.manual_seed(0)
-    model = load_base_model(source, task="classification", labels=["neg", "pos"], pad_token_id=tok.pad_token_id,
-                            device="cpu")
+    model = load_base_model(
+        source, task="classification", labels=["neg", "pos"], pad_token_id=tok.pad_token_id, device="cpu"
+    )
     enc = dict(tok(["the film was good", "dull"], padding=True, return_tensors="pt"))
     enc.pop("token_type_ids", None)
     return model, enc
@@ -39,15 +42,21 @@ def test_prefix_tuning_reaches_attention_on_pinned_transformers(arch, tiny_bert,
 
     folder = {"bert": tiny_bert, "gpt2": tiny_gpt2, "llama": tiny_llama}[arch]
     model, batch = _model(folder)
-    model = apply_method(model, name="prefix_tuning", settings={"num_virtual_tokens": 4}, task="classification")
+    model = apply_method(
+        model, name="prefix_tuning", settings={"num_virtual_tokens": 4}, task="classification"
+    )
     model.eval()
     try:
         with torch.no_grad():
             before = model(**batch).logits
-            model.prompt_encoder["default"].embedding.weight.add_(1.0)  # move the prefix: the logits must follow
+            model.prompt_encoder["default"].embedding.weight.add_(
+                1.0
+            )  # move the prefix: the logits must follow
             after = model(**batch).logits
     except Exception as exc:  # noqa: BLE001 — any failure here is the upgrade breakage this guard exists for
-        pytest.fail(f"prefix tuning on {arch} failed with transformers {transformers.__version__}: {exc!r}. {BROKEN_BY}")
+        pytest.fail(
+            f"prefix tuning on {arch} failed with transformers {transformers.__version__}: {exc!r}. {BROKEN_BY}"
+        )
     assert not torch.allclose(before, after), f"the prefix does not reach attention on {arch}. {BROKEN_BY}"
 
 
@@ -67,7 +76,11 @@ def test_bottleneck_route_into_peft(tiny_bert, tmp_path):
 
     from peftkit.methods.bottleneck import PEFT_TYPE, BottleneckConfig, BottleneckModel
 
-    assert PeftType("BOTTLENECK") is PEFT_TYPE and PeftType.BOTTLENECK is PEFT_TYPE and PEFT_TYPE in list(PeftType)
+    assert (
+        PeftType("BOTTLENECK") is PEFT_TYPE
+        and PeftType.BOTTLENECK is PEFT_TYPE
+        and PEFT_TYPE in list(PeftType)
+    )
     assert PEFT_TYPE_TO_CONFIG_MAPPING[PEFT_TYPE] is BottleneckConfig
     assert PEFT_TYPE_TO_TUNER_MAPPING[PEFT_TYPE] is BottleneckModel
     model, batch = _model(tiny_bert)
@@ -93,8 +106,12 @@ def test_bottleneck_starts_as_identity(tiny_llama):
     with torch.no_grad():
         base_hidden = model.model(**batch).last_hidden_state
         for variant in ("houlsby", "pfeiffer", "parallel"):
-            wrapped = apply_method(_model(tiny_llama)[0], name=variant, settings={}, task="classification").eval()
-            assert torch.allclose(wrapped.base_model.model.model(**batch).last_hidden_state, base_hidden, atol=1e-6)
+            wrapped = apply_method(
+                _model(tiny_llama)[0], name=variant, settings={}, task="classification"
+            ).eval()
+            assert torch.allclose(
+                wrapped.base_model.model.model(**batch).last_hidden_state, base_hidden, atol=1e-6
+            )
 
 
 def test_bottleneck_adapters_swap_on_one_base(tiny_gpt2, tmp_path):

@@ -12,7 +12,9 @@ def _model(folder, dropout=0.2, **lora):
 
     torch.manual_seed(0)
     base = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=3, pad_token_id=0)
-    config = LoraConfig(task_type="SEQ_CLS", r=4, target_modules="all-linear", lora_alpha=8, lora_dropout=dropout, **lora)
+    config = LoraConfig(
+        task_type="SEQ_CLS", r=4, target_modules="all-linear", lora_alpha=8, lora_dropout=dropout, **lora
+    )
     model = get_peft_model(base, config)
     for name, p in model.named_parameters():  # non-zero B so the adapter changes the output
         if "lora_B" in name:
@@ -24,7 +26,9 @@ def _run(model, train: bool):
     model.train(train)
     torch.manual_seed(1)  # same dropout masks in both runs
     ids = torch.randint(3, model.config.vocab_size, (3, 9))
-    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True).hidden_states[-1]
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True).hidden_states[
+        -1
+    ]
     grads = {}
     if train:
         out.float().pow(2).sum().backward()

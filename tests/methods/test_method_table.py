@@ -60,12 +60,16 @@ def _base(folder):
     source = resolve_source(str(folder))
     tok = load_tokenizer(source)
     torch.manual_seed(0)
-    model = load_base_model(source, task="classification", labels=LABELS, pad_token_id=tok.pad_token_id, device="cpu")
+    model = load_base_model(
+        source, task="classification", labels=LABELS, pad_token_id=tok.pad_token_id, device="cpu"
+    )
     return source, tok, model
 
 
 def _batch(tok):
-    enc = tok(["the film was good", "a dull and boring plot is bad", "great"], padding=True, return_tensors="pt")
+    enc = tok(
+        ["the film was good", "a dull and boring plot is bad", "great"], padding=True, return_tensors="pt"
+    )
     enc.pop("token_type_ids", None)
     return dict(enc)
 
@@ -82,8 +86,11 @@ def _linear_shapes(model, targets):
 
     out = []
     for name, m in model.named_modules():
-        hit = re.fullmatch(targets, name) if isinstance(targets, str) else any(
-            name == t or name.endswith("." + t) for t in targets)
+        hit = (
+            re.fullmatch(targets, name)
+            if isinstance(targets, str)
+            else any(name == t or name.endswith("." + t) for t in targets)
+        )
         if not hit:
             continue
         if isinstance(m, torch.nn.Linear):
@@ -125,7 +132,11 @@ def expected_trainable(name, settings, base, peft_config) -> int:
         v, e = settings["num_virtual_tokens"], settings["encoder_hidden_size"]
         n = v * h + (h * e + e) + (e * e + e) + (e * h + h)  # embedding + the MLP reparametrisation
     elif name == "prefix_tuning":
-        kv = h // cfg.num_attention_heads * (getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+        kv = (
+            h
+            // cfg.num_attention_heads
+            * (getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+        )
         n = settings["num_virtual_tokens"] * layers * 2 * kv
     else:  # bottleneck variants: (down h→b + bias) + (up b→h + bias) per adapter
         b = settings.get("bottleneck_size") or h // settings["reduction_factor"]
@@ -153,10 +164,15 @@ def test_method_row(case, arch, folders, tmp_path):
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert trainable
     assert not [n for n, p in trainable.items() if id(p) in base_params]
-    assert any(("classifier" in n or "score" in n) and "modules_to_save" in n for n in trainable), "head must train"
-    skeleton = model_skeleton(base.config, "classification")  # unwrapped shapes: get_peft_model wraps `base` in place
+    assert any(("classifier" in n or "score" in n) and "modules_to_save" in n for n in trainable), (
+        "head must train"
+    )
+    skeleton = model_skeleton(
+        base.config, "classification"
+    )  # unwrapped shapes: get_peft_model wraps `base` in place
     assert sum(p.numel() for p in trainable.values()) == expected_trainable(
-        name, settings, skeleton, model.peft_config["default"])
+        name, settings, skeleton, model.peft_config["default"]
+    )
 
     # 2. Every trainable tensor changes. Zero-initialised halves (LoRA's B, a bottleneck's up-projection, AdaLoRA's
     # singular values) give their partner a zero gradient on step 1, so train two steps (PEFT's tests do the same).
@@ -175,16 +191,23 @@ def test_method_row(case, arch, folders, tmp_path):
 
     # 3. Save → load through peftkit reproduces the logits.
     logits = _logits(model, batch)
-    meta = {"base_model": {"source": str(folder), "content_hash": content_hash(source), "model_type": arch},
-            "tokenizer_hash": tokenizer_hash(tok), "task": "classification", "labels": LABELS, "method": name}
+    meta = {
+        "base_model": {"source": str(folder), "content_hash": content_hash(source), "model_type": arch},
+        "tokenizer_hash": tokenizer_hash(tok),
+        "task": "classification",
+        "labels": LABELS,
+        "method": name,
+    }
     save_adapter(model, tmp_path / "adapter", meta)
     loaded = load_adapter(tmp_path / "adapter", device="cpu")
     assert torch.allclose(_logits(loaded.model, batch), logits, atol=1e-6, rtol=0)
     if not loaded.model.peft_config["default"].is_prompt_learning:
-        # PEFT 0.21.2's disable_adapter() fails on prompt-learning classifiers (it patches prepare_inputs_for_generation,
-        # which classifiers lack); every other method must be switchable off.
+        # PEFT 0.21.2's disable_adapter() fails on prompt-learning classifiers (it patches
+        # prepare_inputs_for_generation, which classifiers lack); every other method must be switchable off.
         with loaded.model.disable_adapter():
-            assert not torch.allclose(_logits(loaded.model, batch), logits, atol=1e-4), "disabling must change outputs"
+            assert not torch.allclose(_logits(loaded.model, batch), logits, atol=1e-4), (
+                "disabling must change outputs"
+            )
 
     # 4. Merge: same logits where mergeable, a refusal with the reason where not.
     reason = merge_refusal_reason(name)

@@ -14,6 +14,7 @@ def write_checked_card(folder, rows, **kwargs):
     loaded = load_card(card)
     counts = {name: len(split) for name, split in load_splits(loaded).items()}
     text = card.read_text().replace(
-        "  split:", f"  checksum: {source_checksum(loaded)}\n  counts: {counts}\n  split:".replace("'", ""), 1)
+        "  split:", f"  checksum: {source_checksum(loaded)}\n  counts: {counts}\n  split:".replace("'", ""), 1
+    )
     card.write_text(text)
     return card

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from peftkit.cpu.dropout import keep_mask
 from peftkit.cpu.attention import NAME, _function, use_cpu_attention
+from peftkit.cpu.dropout import keep_mask
 
 
 @pytest.mark.parametrize("mask_kind", ["bool", "float", None])
@@ -15,12 +15,20 @@ def test_same_numbers_as_softmax_dropout_matmul_with_the_same_mask(mask_kind, d,
     """Head sizes 4 (plain loops), 8 and 32 (AVX2 rows); q/k/v either contiguous or, as transformers passes them,
     (batch, heads, seq, dim) views of (batch, seq, heads·dim) projections."""
     torch.manual_seed(0)
-    b, h, sq, sk, p = 2, 3, 5, 11, 0.3  # sk > sq: prefix tuning's longer keys; 11 keys: one block of 8 and a tail
+    b, h, sq, sk, p = (
+        2,
+        3,
+        5,
+        11,
+        0.3,
+    )  # sk > sq: prefix tuning's longer keys; 11 keys: one block of 8 and a tail
     if layout == "contiguous":
         q, k, v = (torch.randn(b, h, s, d, requires_grad=True) for s in (sq, sk, sk))
     else:
-        q, k, v = (torch.randn(b, s, h * d).view(b, s, h, d).transpose(1, 2).requires_grad_(True)
-                   for s in (sq, sk, sk))
+        q, k, v = (
+            torch.randn(b, s, h * d).view(b, s, h, d).transpose(1, 2).requires_grad_(True)
+            for s in (sq, sk, sk)
+        )
     real = torch.ones(b, 1, sq, sk, dtype=torch.bool)
     real[0, ..., 5:] = False  # padding keys of the first sequence
     mask = {"bool": real, "float": torch.zeros(b, 1, sq, sk).masked_fill(~real, -1e9), None: None}[mask_kind]
@@ -51,7 +59,9 @@ def _bert(folder):
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(0)
-    return AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=2, attn_implementation="sdpa")
+    return AutoModelForSequenceClassification.from_pretrained(
+        str(folder), num_labels=2, attn_implementation="sdpa"
+    )
 
 
 def test_used_in_training_only_and_never_saved(tiny_bert, monkeypatch, mask_backend):
@@ -63,13 +73,17 @@ def test_used_in_training_only_and_never_saved(tiny_bert, monkeypatch, mask_back
     model.eval()
     plain.eval()
     with torch.no_grad():  # eval: SDPA itself, the same logits
-        assert torch.allclose(model(input_ids=ids, attention_mask=mask).logits,
-                              plain(input_ids=ids, attention_mask=mask).logits, atol=1e-6)
+        assert torch.allclose(
+            model(input_ids=ids, attention_mask=mask).logits,
+            plain(input_ids=ids, attention_mask=mask).logits,
+            atol=1e-6,
+        )
     model.train()
     sdpa = torch.nn.functional.scaled_dot_product_attention
     calls = []
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
-                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    monkeypatch.setattr(
+        torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k)
+    )
     model(input_ids=ids, attention_mask=mask).logits.sum().backward()
     assert calls == []  # training with dropout: the lean function, not SDPA
     assert model.bert.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
@@ -85,5 +99,7 @@ def test_decoders_and_other_attention_are_left_alone(tiny_gpt2, tiny_bert):
 
     gpt2 = AutoModelForSequenceClassification.from_pretrained(str(tiny_gpt2), num_labels=2)
     assert not use_cpu_attention(gpt2) and gpt2.config._attn_implementation != NAME
-    eager = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=2, attn_implementation="eager")
+    eager = AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_bert), num_labels=2, attn_implementation="eager"
+    )
     assert not use_cpu_attention(eager) and eager.config._attn_implementation == "eager"

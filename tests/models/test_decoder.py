@@ -18,8 +18,9 @@ from tests.conftest import build_tiny_decoder, make_texts
 def _model(folder, method="lora", settings=None):
     source = resolve_source(str(folder))
     tok = load_tokenizer(source)
-    model = load_base_model(source, task="classification", labels=["neg", "pos"], pad_token_id=tok.pad_token_id,
-                            device="cpu")
+    model = load_base_model(
+        source, task="classification", labels=["neg", "pos"], pad_token_id=tok.pad_token_id, device="cpu"
+    )
     torch.manual_seed(1)
     # init_lora_weights=False: a non-zero update, so the adapter is part of what is compared.
     settings = settings if settings is not None else {"init_lora_weights": False}
@@ -40,8 +41,12 @@ def test_batched_equals_one_by_one(arch, side, eos, tiny_gpt2, tiny_llama):
     assert tok.pad_token_id == tok.eos_token_id == model.config.pad_token_id  # pad == eos, set on both
     ids = _ids(tok, eos=eos)
     assert len({len(x) for x in ids}) > 3  # real padding in the batches
-    batched, _ = forward_split(model, ids, None, pad_token_id=tok.pad_token_id, padding_side=side, batch_size=12)
-    single, _ = forward_split(model, ids, None, pad_token_id=tok.pad_token_id, padding_side=side, batch_size=1)
+    batched, _ = forward_split(
+        model, ids, None, pad_token_id=tok.pad_token_id, padding_side=side, batch_size=12
+    )
+    single, _ = forward_split(
+        model, ids, None, pad_token_id=tok.pad_token_id, padding_side=side, batch_size=1
+    )
     np.testing.assert_allclose(batched, single, atol=1e-5, rtol=0)
     # And the pooled token is the real last one (the eos itself when the text ends in eos): compare with the
     # head applied by hand to the last position of the unpadded sequence.
@@ -56,8 +61,12 @@ def test_left_and_right_padding_agree(tiny_gpt2):
     # GPT-2 has absolute positions: left padding only agrees because positions are counted from the mask.
     model, tok = _model(tiny_gpt2)
     ids = _ids(tok)
-    left, _ = forward_split(model, ids, None, pad_token_id=tok.pad_token_id, padding_side="left", batch_size=6)
-    right, _ = forward_split(model, ids, None, pad_token_id=tok.pad_token_id, padding_side="right", batch_size=6)
+    left, _ = forward_split(
+        model, ids, None, pad_token_id=tok.pad_token_id, padding_side="left", batch_size=6
+    )
+    right, _ = forward_split(
+        model, ids, None, pad_token_id=tok.pad_token_id, padding_side="right", batch_size=6
+    )
     np.testing.assert_allclose(left, right, atol=1e-5, rtol=0)
 
 
@@ -66,8 +75,12 @@ def test_prompt_tuning_pools_the_real_last_token(side, tiny_gpt2):
     # Prompt tuning feeds inputs_embeds (virtual tokens first); transformers would pool the last position.
     model, tok = _model(tiny_gpt2, "prompt_tuning", {"num_virtual_tokens": 4})
     ids = _ids(tok)
-    batched, _ = forward_split(model, ids, None, pad_token_id=tok.pad_token_id, padding_side=side, batch_size=12)
-    single, _ = forward_split(model, ids, None, pad_token_id=tok.pad_token_id, padding_side=side, batch_size=1)
+    batched, _ = forward_split(
+        model, ids, None, pad_token_id=tok.pad_token_id, padding_side=side, batch_size=12
+    )
+    single, _ = forward_split(
+        model, ids, None, pad_token_id=tok.pad_token_id, padding_side=side, batch_size=1
+    )
     np.testing.assert_allclose(batched, single, atol=1e-5, rtol=0)
 
 
@@ -88,8 +101,13 @@ def cls_run(request, pretrained_gpt2, pretrained_llama, tiny_card, tmp_path_fact
 
     tmp = tmp_path_factory.mktemp(f"cls-{request.param}")
     model = pretrained_gpt2 if request.param == "gpt2" else pretrained_llama
-    recipe = write_recipe(tmp / "r.yaml", model=model, card=tiny_card, out=tmp / "run",
-                          train={"epochs": 3, "learning_rate": 0.01})
+    recipe = write_recipe(
+        tmp / "r.yaml",
+        model=model,
+        card=tiny_card,
+        out=tmp / "run",
+        train={"epochs": 3, "learning_rate": 0.01},
+    )
     assert main(["train", str(recipe), "--no-progress"]) == 0
     return tmp / "run"
 

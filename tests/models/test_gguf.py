@@ -51,9 +51,15 @@ def write_tiny_gguf(path, seed: int = 0):
     kv = HIDDEN // HEADS * KV_HEADS
     w.add_tensor("token_embd.weight", rand(len(tokens), HIDDEN))
     for i in range(LAYERS):
-        for name, shape in (("attn_q", (HIDDEN, HIDDEN)), ("attn_k", (kv, HIDDEN)), ("attn_v", (kv, HIDDEN)),
-                            ("attn_output", (HIDDEN, HIDDEN)), ("ffn_gate", (FFN, HIDDEN)), ("ffn_up", (FFN, HIDDEN)),
-                            ("ffn_down", (HIDDEN, FFN))):
+        for name, shape in (
+            ("attn_q", (HIDDEN, HIDDEN)),
+            ("attn_k", (kv, HIDDEN)),
+            ("attn_v", (kv, HIDDEN)),
+            ("attn_output", (HIDDEN, HIDDEN)),
+            ("ffn_gate", (FFN, HIDDEN)),
+            ("ffn_up", (FFN, HIDDEN)),
+            ("ffn_down", (HIDDEN, FFN)),
+        ):
             w.add_tensor(f"blk.{i}.{name}.weight", rand(*shape))
         w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(HIDDEN, np.float32))
         w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(HIDDEN, np.float32))
@@ -153,7 +159,8 @@ def test_corrupt_gguf(kind, tiny_gguf, tmp_path):
     assert str(bad) in msg
     assert ("is not a GGUF file" in msg) if kind == "not-gguf" else ("corrupt or truncated" in msg)
     assert not (tmp_path / "cache" / "gguf").exists() or not any(
-        p.name != ".lock" for p in (tmp_path / "cache" / "gguf").iterdir())
+        p.name != ".lock" for p in (tmp_path / "cache" / "gguf").iterdir()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -164,15 +171,18 @@ def checked_card(tmp_path_factory):
     return write_checked_card(tmp_path_factory.mktemp("card"), make_texts(200))
 
 
-def test_recipe_trains_and_predicts_from_a_gguf_source(tiny_gguf, checked_card, tmp_path, monkeypatch, capsys):
+def test_recipe_trains_and_predicts_from_a_gguf_source(
+    tiny_gguf, checked_card, tmp_path, monkeypatch, capsys
+):
     from peftkit.cli import main
     from peftkit.models.sources import content_hash, resolve_source
     from tests.conftest import write_recipe
 
     tiny_card = checked_card
     monkeypatch.setenv("PEFTKIT_CACHE", str(tmp_path / "cache"))
-    recipe = write_recipe(tmp_path / "r.yaml", model=tiny_gguf, card=tiny_card, out=tmp_path / "run",
-                          train={"max_steps": 3})
+    recipe = write_recipe(
+        tmp_path / "r.yaml", model=tiny_gguf, card=tiny_card, out=tmp_path / "run", train={"max_steps": 3}
+    )
     assert main(["validate", str(recipe)]) == 0
     assert "gguf" in capsys.readouterr().out
     assert main(["train", str(recipe), "--no-progress"]) == 0

@@ -21,8 +21,14 @@ TEXTS = ["good film", "the plot was very dull and the actors were tired", "a wit
 def _load(folder, pooling):
     source = resolve_source(str(folder))
     tok = load_tokenizer(source)
-    model = load_base_model(source, task="classification", labels=["neg", "pos"], pad_token_id=tok.pad_token_id,
-                            device="cpu", pooling=pooling)
+    model = load_base_model(
+        source,
+        task="classification",
+        labels=["neg", "pos"],
+        pad_token_id=tok.pad_token_id,
+        device="cpu",
+        pooling=pooling,
+    )
     return model.eval(), tok
 
 
@@ -39,7 +45,9 @@ def test_mean_pooling_feeds_the_mean_of_real_tokens_to_the_classifier(tiny_bert)
     torch.testing.assert_close(logits, expected, atol=1e-6, rtol=0)
     torch.testing.assert_close(alone, logits, atol=1e-5, rtol=0)
     assert model.config.peftkit_pooling == "mean"
-    assert not any(k.startswith("bert.pooler") for k in model.state_dict())  # nothing of the [CLS] pooler is left
+    assert not any(
+        k.startswith("bert.pooler") for k in model.state_dict()
+    )  # nothing of the [CLS] pooler is left
     plain, _ = _load(tiny_bert, "model")
     assert "bert.pooler.dense.weight" in plain.state_dict() and not hasattr(plain.config, "peftkit_pooling")
 
@@ -48,7 +56,9 @@ def test_mean_pooling_under_prefix_tuning_reads_the_mask_from_the_right(tiny_ber
     from peftkit.methods.apply import apply_method
 
     model, tok = _load(tiny_bert, "mean")
-    model = apply_method(model, name="prefix_tuning", settings={"num_virtual_tokens": 4}, task="classification")
+    model = apply_method(
+        model, name="prefix_tuning", settings={"num_virtual_tokens": 4}, task="classification"
+    )
     model.eval()
     with torch.no_grad():
         batch = model(**tok(TEXTS, padding=True, return_tensors="pt")).logits
@@ -60,7 +70,6 @@ def test_mean_pooling_refusals(tiny_gpt2, tiny_bert, tmp_path, capsys):
     """Bad poolings are refused with the fix; `validate` and `train` refuse before anything is written."""
     from peftkit.cli import main
 
-
     with pytest.raises(PeftkitError, match="model.pooling: mean needs a BERT-style encoder"):
         _load(tiny_gpt2, "mean")
     recipe = write_recipe(tmp_path / "r.yaml", model=tiny_bert, card="rotten_tomatoes", out=tmp_path / "out")
@@ -68,8 +77,10 @@ def test_mean_pooling_refusals(tiny_gpt2, tiny_bert, tmp_path, capsys):
         load_recipe(recipe, ["model.pooling=max"])
     # Refused before anything is written: a decoder, and a pooler to train that mean pooling removed.
     gpt = write_recipe(tmp_path / "g.yaml", model=tiny_gpt2, card="rotten_tomatoes", out=tmp_path / "g")
-    for path, extra, message in [(gpt, [], "is a gpt2 decoder"),
-                                 (recipe, ["method.modules_to_save=[pooler]"], "'pooler' has nothing to train")]:
+    for path, extra, message in [
+        (gpt, [], "is a gpt2 decoder"),
+        (recipe, ["method.modules_to_save=[pooler]"], "'pooler' has nothing to train"),
+    ]:
         for command in ("validate", "train"):
             assert main([command, str(path), "model.pooling=mean", *extra]) == 2
             err = capsys.readouterr().err
@@ -78,14 +89,19 @@ def test_mean_pooling_refusals(tiny_gpt2, tiny_bert, tmp_path, capsys):
 
 
 def test_mean_pooled_adapter_loads_merges_publishes_and_refuses_a_mixed_swap(tiny_bert, tiny_card, tmp_path):
-    from peftkit.adapters.card import snippets
     from peftkit.adapters.bundle import load_adapter
-    from peftkit.inference.merge import merge_adapter
+    from peftkit.adapters.card import snippets
     from peftkit.inference.adapter_set import AdapterSet
+    from peftkit.inference.merge import merge_adapter
 
     def run(name, overrides):
-        recipe = write_recipe(tmp_path / f"{name}.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / name,
-                              train={"epochs": 1, "learning_rate": 0.01})
+        recipe = write_recipe(
+            tmp_path / f"{name}.yaml",
+            model=tiny_bert,
+            card=tiny_card,
+            out=tmp_path / name,
+            train={"epochs": 1, "learning_rate": 0.01},
+        )
         return train(load_recipe(recipe, overrides), progress=False) / "adapter"
 
     mean, cls = run("mean", ["model.pooling=mean"]), run("cls", [])
@@ -102,8 +118,9 @@ def test_mean_pooled_adapter_loads_merges_publishes_and_refuses_a_mixed_swap(tin
     merged, _ = _load(tmp_path / "merged", "model")  # the recorded pooling wins over the default
     assert isinstance(merged.bert.pooler, MeanPooler)
 
-    _, plain = snippets(base="/models/minilm", adapter="adapter", task="classification", labels=["neg", "pos"],
-                        pooling="mean")
+    _, plain = snippets(
+        base="/models/minilm", adapter="adapter", task="classification", labels=["neg", "pos"], pooling="mean"
+    )
     compile(plain, "snippet", "exec")
     assert plain.index("apply_pooling(model, 'mean')") < plain.index("PeftModel.from_pretrained")
 

@@ -33,8 +33,12 @@ def versions() -> dict:
 
     from peftkit import __version__
 
-    return {"peftkit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__}
+    return {
+        "peftkit": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }
 
 
 def save_adapter(model, out_dir: str | Path, meta: dict, state_dict: dict | None = None) -> Path:
@@ -46,11 +50,17 @@ def save_adapter(model, out_dir: str | Path, meta: dict, state_dict: dict | None
     """
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, **({} if state_dict is None else {"state_dict": state_dict}))
+        model.save_pretrained(
+            tmp, safe_serialization=True, **({} if state_dict is None else {"state_dict": state_dict})
+        )
         check_adapter_weights(tmp)
         weights = sorted(p for p in tmp.iterdir() if p.suffix == ".safetensors")
-        full = {"format": FORMAT_VERSION, **meta, "versions": versions(),
-                "files": {p.name: file_sha256(p) for p in weights}}
+        full = {
+            "format": FORMAT_VERSION,
+            **meta,
+            "versions": versions(),
+            "files": {p.name: file_sha256(p) for p in weights},
+        }
         (tmp / META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
     return out_dir
 
@@ -69,10 +79,17 @@ def check_adapter_weights(adapter_dir: Path) -> dict:
     empty = [k for k, v in tensors.items() if v.numel() == 0]
     bad = [k for k, v in tensors.items() if v.numel() and not bool(torch.isfinite(v.float()).all())]
     norm = float(torch.sqrt(sum((v.float() ** 2).sum() for v in tensors.values()))) if tensors else 0.0
-    problem = ("no adapter tensors at all" if not tensors else
-               f"{len(empty)} of {len(tensors)} tensors are empty (e.g. {empty[0]})" if empty else
-               f"{len(bad)} tensors hold NaN or inf values (e.g. {bad[0]})" if bad else
-               "every adapter weight is zero" if norm == 0.0 else None)
+    problem = (
+        "no adapter tensors at all"
+        if not tensors
+        else f"{len(empty)} of {len(tensors)} tensors are empty (e.g. {empty[0]})"
+        if empty
+        else f"{len(bad)} tensors hold NaN or inf values (e.g. {bad[0]})"
+        if bad
+        else "every adapter weight is zero"
+        if norm == 0.0
+        else None
+    )
     if problem:
         raise PeftkitError(
             f"adapter '{adapter_dir}': refusing to save an empty or broken adapter: {problem}. With FSDP or DeepSpeed "
@@ -96,15 +113,19 @@ def read_meta(adapter_dir: str | Path) -> dict | None:
     try:
         return json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
-        raise PeftkitError(f"adapter '{adapter_dir}': {META_FILE} is not valid JSON ({exc}). The bundle is corrupt; "
-                           f"re-export it from its run folder.") from None
+        raise PeftkitError(
+            f"adapter '{adapter_dir}': {META_FILE} is not valid JSON ({exc}). The bundle is corrupt; "
+            f"re-export it from its run folder."
+        ) from None
 
 
 def resolve_adapter_dir(path: str | Path) -> Path:
     """Accept a run folder (uses its adapter/) or an adapter folder."""
     path = Path(path)
     if not path.exists():
-        raise PeftkitError(f"adapter '{path}': no such folder. Pass a run folder (runs/NAME) or its adapter/ folder.")
+        raise PeftkitError(
+            f"adapter '{path}': no such folder. Pass a run folder (runs/NAME) or its adapter/ folder."
+        )
     if (path / "adapter" / "adapter_config.json").is_file():
         return path / "adapter"
     return path
@@ -115,7 +136,9 @@ def check_files(adapter_dir: Path, meta: dict) -> None:
     for name, expected in meta.get("files", {}).items():
         f = adapter_dir / name
         if not f.is_file():
-            raise PeftkitError(f"adapter '{adapter_dir}': weight file {name} is missing. Re-export the adapter.")
+            raise PeftkitError(
+                f"adapter '{adapter_dir}': weight file {name} is missing. Re-export the adapter."
+            )
         found = file_sha256(f)
         if found != expected:
             raise PeftkitError(
@@ -139,7 +162,9 @@ def safetensors_shapes(path: Path) -> dict[str, list[int]]:
             header = None
     ends = [t["data_offsets"][1] for k, t in (header or {}).items() if k != "__metadata__"]
     if header is None or 8 + n + max(ends, default=0) != size:
-        expected = f"{8 + n + max(ends, default=0)} bytes" if header is not None else "a valid safetensors header"
+        expected = (
+            f"{8 + n + max(ends, default=0)} bytes" if header is not None else "a valid safetensors header"
+        )
         raise PeftkitError(
             f"adapter file '{path}' is truncated or corrupt (expected {expected}, found {size} bytes). "
             f"Copy it again or re-export the adapter from its run folder."
@@ -169,18 +194,25 @@ def check_consistency(adapter_dir: Path, meta: dict, shapes: dict[str, list[int]
 
 def _is_head_weight(key: str) -> bool:
     parts = key.split(".")
-    return parts[-1] == "weight" and any(p in ("classifier", "score") for p in parts) and (
-        "out_proj" in parts or parts[-2] in ("classifier", "score", "modules_to_save"))
+    return (
+        parts[-1] == "weight"
+        and any(p in ("classifier", "score") for p in parts)
+        and ("out_proj" in parts or parts[-2] in ("classifier", "score", "modules_to_save"))
+    )
 
 
 def check_expected(adapter_dir: Path, meta: dict, *, task: str | None, labels: list[str] | None) -> None:
     """Refuse an adapter whose task or label set is not what the caller needs, showing expected vs found."""
     if task and meta.get("task") != task:
-        raise PeftkitError(f"adapter '{adapter_dir}': wrong task: expected {task}, found {meta.get('task')}. "
-                           f"Use an adapter trained for {task}.")
+        raise PeftkitError(
+            f"adapter '{adapter_dir}': wrong task: expected {task}, found {meta.get('task')}. "
+            f"Use an adapter trained for {task}."
+        )
     if labels is not None and meta.get("labels") != list(labels):
-        raise PeftkitError(f"adapter '{adapter_dir}': different label set: expected {list(labels)}, found "
-                           f"{meta.get('labels')}. Use an adapter trained on this label set.")
+        raise PeftkitError(
+            f"adapter '{adapter_dir}': different label set: expected {list(labels)}, found "
+            f"{meta.get('labels')}. Use an adapter trained on this label set."
+        )
 
 
 def check_bundle(adapter_dir: Path) -> tuple[dict | None, dict[str, list[int]]]:
@@ -193,8 +225,10 @@ def check_bundle(adapter_dir: Path) -> tuple[dict | None, dict[str, list[int]]]:
         check_files(adapter_dir, meta)
     weights = sorted(adapter_dir.glob("*.safetensors"))
     if not weights:
-        raise PeftkitError(f"adapter '{adapter_dir}': no adapter_model.safetensors there (peftkit loads safetensors "
-                           f"only, never pickle). Re-save the adapter with safe_serialization=True.")
+        raise PeftkitError(
+            f"adapter '{adapter_dir}': no adapter_model.safetensors there (peftkit loads safetensors "
+            f"only, never pickle). Re-save the adapter with safe_serialization=True."
+        )
     shapes = {}
     for w in weights:
         shapes.update(safetensors_shapes(w))
@@ -221,16 +255,25 @@ def fingerprint_differences(meta: dict, *, base_hash: str, tok_hash: str) -> lis
     """Human-readable expected-vs-found lines for a base model or tokenizer that is not the one trained on."""
     diffs = []
     if meta["base_model"]["content_hash"] != base_hash:
-        diffs.append(f"base model: expected {meta['base_model']['content_hash'][:23]}… ({meta['base_model']['source']}), "
-                     f"found {base_hash[:23]}…")
+        diffs.append(
+            f"base model: expected {meta['base_model']['content_hash'][:23]}… ({meta['base_model']['source']}), "
+            f"found {base_hash[:23]}…"
+        )
     if meta["tokenizer_hash"] != tok_hash:
         diffs.append(f"tokenizer: expected {meta['tokenizer_hash'][:23]}…, found {tok_hash[:23]}…")
     return diffs
 
 
-def load_adapter(path: str | Path, *, base_source: str | None = None, device: str | None = None,
-                 dtype: str = "auto", task: str | None = None, labels: list[str] | None = None,
-                 quantization: dict | None = None) -> LoadedAdapter:
+def load_adapter(
+    path: str | Path,
+    *,
+    base_source: str | None = None,
+    device: str | None = None,
+    dtype: str = "auto",
+    task: str | None = None,
+    labels: list[str] | None = None,
+    quantization: dict | None = None,
+) -> LoadedAdapter:
     """Load base model + adapter, checking the fingerprint first. `base_source` overrides the recorded base.
 
     `task` / `labels`: what the caller needs; an adapter for another task or label set is refused.
@@ -253,12 +296,21 @@ def load_adapter(path: str | Path, *, base_source: str | None = None, device: st
     diffs = fingerprint_differences(meta, base_hash=content_hash(source), tok_hash=_tok_hash(tokenizer))
     if diffs:
         raise PeftkitError(
-            f"adapter '{adapter_dir}' was trained on a different base than '{source.spec}': " + "; ".join(diffs)
+            f"adapter '{adapter_dir}' was trained on a different base than '{source.spec}': "
+            + "; ".join(diffs)
             + ". Load it with the base it was trained on (see base_model in its peftkit_adapter.json)."
         )
-    base = load_base_model(source, task=meta["task"], labels=meta.get("labels"),
-                           pad_token_id=tokenizer.pad_token_id, dtype=dtype, device=device, cache_dir=cache_dir,
-                           quantization=quantization, pooling=meta.get("pooling", "model"))
+    base = load_base_model(
+        source,
+        task=meta["task"],
+        labels=meta.get("labels"),
+        pad_token_id=tokenizer.pad_token_id,
+        dtype=dtype,
+        device=device,
+        cache_dir=cache_dir,
+        quantization=quantization,
+        pooling=meta.get("pooling", "model"),
+    )
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     model.eval()
     return LoadedAdapter(model, tokenizer, meta, adapter_dir)
@@ -279,9 +331,11 @@ def _load_plain_peft(adapter_dir: Path, base_source: str | None, device, dtype) 
 
     config = PeftConfig.from_pretrained(str(adapter_dir))
     source = resolve_source(base_source or config.base_model_name_or_path)
-    warnings.warn(f"adapter '{adapter_dir}' has no {META_FILE}: a plain PEFT adapter, so nothing could be checked "
-                  f"(base model, tokenizer, labels). Make sure '{source.spec}' is the base it was trained on.",
-                  stacklevel=2)
+    warnings.warn(
+        f"adapter '{adapter_dir}' has no {META_FILE}: a plain PEFT adapter, so nothing could be checked "
+        f"(base model, tokenizer, labels). Make sure '{source.spec}' is the base it was trained on.",
+        stacklevel=2,
+    )
     task = "classification" if str(config.task_type) in ("SEQ_CLS", "TaskType.SEQ_CLS") else "causal_lm"
     tokenizer = load_tokenizer(source)
     labels = None
@@ -290,9 +344,15 @@ def _load_plain_peft(adapter_dir: Path, base_source: str | None, device, dtype) 
 
         cfg = load_config(source)
         labels = [cfg.id2label[i] for i in sorted(cfg.id2label)]
-    base = load_base_model(source, task=task, labels=labels, pad_token_id=tokenizer.pad_token_id, dtype=dtype,
-                           device=device)
+    base = load_base_model(
+        source, task=task, labels=labels, pad_token_id=tokenizer.pad_token_id, dtype=dtype, device=device
+    )
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     model.eval()
-    meta = {"task": task, "labels": labels, "base_model": {"source": source.spec}, "method": str(config.peft_type)}
+    meta = {
+        "task": task,
+        "labels": labels,
+        "base_model": {"source": source.spec},
+        "method": str(config.peft_type),
+    }
     return LoadedAdapter(model, tokenizer, meta, adapter_dir)

@@ -20,8 +20,10 @@ from peftkit.fileio import atomic_write_text
 
 CARD_FILE = "README.md"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-TASK_TAGS = {"classification": ("text-classification", "AutoModelForSequenceClassification"),
-             "causal_lm": ("text-generation", "AutoModelForCausalLM")}
+TASK_TAGS = {
+    "classification": ("text-classification", "AutoModelForSequenceClassification"),
+    "causal_lm": ("text-generation", "AutoModelForCausalLM"),
+}
 
 
 def is_hub_id(spec: str) -> bool:
@@ -83,18 +85,37 @@ def _eval_results(metrics: dict, task: str, dataset: str, dataset_name: str) -> 
     results = []
     for split in ("validation", "test"):
         res = metrics.get(split) or {}
-        for key, mtype, mname, config in (("accuracy", "accuracy", "Accuracy", None),
-                                          ("macro_f1", "f1", "Macro F1", "macro"),
-                                          ("loss", "loss", "Loss", None), ("perplexity", "perplexity", "Perplexity", None)):
+        for key, mtype, mname, config in (
+            ("accuracy", "accuracy", "Accuracy", None),
+            ("macro_f1", "f1", "Macro F1", "macro"),
+            ("loss", "loss", "Loss", None),
+            ("perplexity", "perplexity", "Perplexity", None),
+        ):
             if isinstance(res.get(key), float):
-                results.append(EvalResult(task_type=task_type, dataset_type=dataset, dataset_name=dataset_name,
-                                          dataset_split=split, metric_type=mtype, metric_name=mname,
-                                          metric_config=config, metric_value=round(res[key], 4)))
+                results.append(
+                    EvalResult(
+                        task_type=task_type,
+                        dataset_type=dataset,
+                        dataset_name=dataset_name,
+                        dataset_split=split,
+                        metric_type=mtype,
+                        metric_name=mname,
+                        metric_config=config,
+                        metric_value=round(res[key], 4),
+                    )
+                )
     return results
 
 
-def snippets(*, base: str, adapter: str, task: str, labels: list[str] | None,
-             plain_base: str | None = None, pooling: str = "model") -> tuple[str, str]:
+def snippets(
+    *,
+    base: str,
+    adapter: str,
+    task: str,
+    labels: list[str] | None,
+    plain_base: str | None = None,
+    pooling: str = "model",
+) -> tuple[str, str]:
     """(peftkit snippet, plain peft snippet) that load `adapter` on `base` (plain peft: `plain_base`) once.
 
     An adapter trained with `model.pooling: mean` needs that pooling on the plain base too (one peftkit call).
@@ -102,60 +123,87 @@ def snippets(*, base: str, adapter: str, task: str, labels: list[str] | None,
     plain_base = plain_base or base
     example = "a sharp, witty and moving film"
     if task == "classification":
-        use = f'print(predict_texts(adapter, [{example!r}], loaded=loaded))'
-        ours = (f'from peftkit import load_adapter\nfrom peftkit.inference.predict import predict_texts\n\n'
-                f'adapter = {adapter!r}\nloaded = load_adapter(adapter, base_source={base!r})\n{use}\n')
+        use = f"print(predict_texts(adapter, [{example!r}], loaded=loaded))"
+        ours = (
+            f"from peftkit import load_adapter\nfrom peftkit.inference.predict import predict_texts\n\n"
+            f"adapter = {adapter!r}\nloaded = load_adapter(adapter, base_source={base!r})\n{use}\n"
+        )
     else:
-        ours = (f'from peftkit import load_adapter\n\nadapter = {adapter!r}\n'
-                f'loaded = load_adapter(adapter, base_source={base!r})\nprint(loaded.model)\n')
+        ours = (
+            f"from peftkit import load_adapter\n\nadapter = {adapter!r}\n"
+            f"loaded = load_adapter(adapter, base_source={base!r})\nprint(loaded.model)\n"
+        )
     if plain_base.startswith("package:"):
-        base_line = f'base = str(resolve_source({plain_base!r}).path)  # the model folder inside the installed package\n'
+        # the model folder inside the installed package
+        base_line = f"base = str(resolve_source({plain_base!r}).path)\n"
         head = "from peftkit.models.sources import resolve_source\n"
     else:
         base_line = f"base = {plain_base!r}\n"
         head = ""
     auto = TASK_TAGS[task][1]
-    plain = f"import torch\nfrom peft import PeftModel\nfrom transformers import {auto}, AutoTokenizer\n{head}\n{base_line}"
+    plain = (
+        f"import torch\nfrom peft import PeftModel\nfrom transformers import {auto}, AutoTokenizer\n"
+        f"{head}\n{base_line}"
+    )
     if task == "classification":
-        plain += (f"labels = {labels!r}\n"
-                  f"model = {auto}.from_pretrained(base, num_labels=len(labels), id2label=dict(enumerate(labels)),\n"
-                  f"    label2id={{name: i for i, name in enumerate(labels)}})\n"
-                  + (_MEAN_POOLING if pooling == "mean" else "")
-                  + f"model = PeftModel.from_pretrained(model, {adapter!r}).eval()\n"
-                  "tokenizer = AutoTokenizer.from_pretrained(base)\nwith torch.no_grad():\n"
-                  f"    logits = model(**tokenizer([{example!r}], return_tensors='pt')).logits\n"
-                  "print(labels[int(logits.argmax(-1))])\n")
+        plain += (
+            f"labels = {labels!r}\n"
+            f"model = {auto}.from_pretrained(base, num_labels=len(labels), id2label=dict(enumerate(labels)),\n"
+            f"    label2id={{name: i for i, name in enumerate(labels)}})\n"
+            + (_MEAN_POOLING if pooling == "mean" else "")
+            + f"model = PeftModel.from_pretrained(model, {adapter!r}).eval()\n"
+            "tokenizer = AutoTokenizer.from_pretrained(base)\nwith torch.no_grad():\n"
+            f"    logits = model(**tokenizer([{example!r}], return_tensors='pt')).logits\n"
+            "print(labels[int(logits.argmax(-1))])\n"
+        )
     else:
-        plain += (f"model = PeftModel.from_pretrained({auto}.from_pretrained(base), {adapter!r}).eval()\n"
-                  "tokenizer = AutoTokenizer.from_pretrained(base)\n"
-                  "out = model.generate(**tokenizer(['The film'], return_tensors='pt'), max_new_tokens=20)\n"
-                  "print(tokenizer.decode(out[0]))\n")
+        plain += (
+            f"model = PeftModel.from_pretrained({auto}.from_pretrained(base), {adapter!r}).eval()\n"
+            "tokenizer = AutoTokenizer.from_pretrained(base)\n"
+            "out = model.generate(**tokenizer(['The film'], return_tensors='pt'), max_new_tokens=20)\n"
+            "print(tokenizer.decode(out[0]))\n"
+        )
     return ours, plain
 
 
-_MEAN_POOLING = ("from peftkit.models.pooling import apply_pooling\n\n"
-                 "apply_pooling(model, 'mean')  # trained reading the mean of the tokens, not [CLS]\n")
+_MEAN_POOLING = (
+    "from peftkit.models.pooling import apply_pooling\n\n"
+    "apply_pooling(model, 'mean')  # trained reading the mean of the tokens, not [CLS]\n"
+)
 
 
 def _metrics_table(metrics: dict) -> str:
-    keys = [k for k in ("accuracy", "macro_f1", "loss", "perplexity")
-            if any(isinstance((metrics.get(s) or {}).get(k), float) for s in ("validation", "test"))]
+    keys = [
+        k
+        for k in ("accuracy", "macro_f1", "loss", "perplexity")
+        if any(isinstance((metrics.get(s) or {}).get(k), float) for s in ("validation", "test"))
+    ]
     rows = ["| split | n | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
     for split in ("validation", "test"):
         res = metrics.get(split)
         if res:
-            rows.append(f"| {split} | {res.get('n', '')} | " + " | ".join(f"{res[k]:.4f}" for k in keys) + " |")
+            rows.append(
+                f"| {split} | {res.get('n', '')} | " + " | ".join(f"{res[k]:.4f}" for k in keys) + " |"
+            )
     test = metrics.get("test") or {}
     if test.get("per_class"):
-        rows += ["", "Per class (test):", "", "| label | precision | recall | F1 | support |",
-                 "|---|---:|---:|---:|---:|"]
-        rows += [f"| {name} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
-                 for name, s in test["per_class"].items()]
+        rows += [
+            "",
+            "Per class (test):",
+            "",
+            "| label | precision | recall | F1 | support |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        rows += [
+            f"| {name} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
+            for name, s in test["per_class"].items()
+        ]
     return "\n".join(rows)
 
 
-def render_card(run_dir: str | Path, *, adapter_ref: str, plots_prefix: str = "../plots/",
-                base_model: str | None = None) -> str:
+def render_card(
+    run_dir: str | Path, *, adapter_ref: str, plots_prefix: str = "../plots/", base_model: str | None = None
+) -> str:
     """The adapter card text for a run; `adapter_ref` is what the snippets load (a folder or a hub repo id).
 
     `base_model`: the base's Hub id, for the metadata and the plain-peft snippet, when the run used a local
@@ -171,18 +219,32 @@ def render_card(run_dir: str | Path, *, adapter_ref: str, plots_prefix: str = ".
     task, method, labels = meta["task"], meta["method"], meta.get("labels")
     base = portable_source(meta["base_model"]["source"])
     card = _card_summary(meta.get("data_card") or recipe["data"]["card"])
-    dataset = (card.source.hub if card and card.source.kind == "hub" else recipe["data"]["card"])
+    dataset = card.source.hub if card and card.source.kind == "hub" else recipe["data"]["card"]
     dataset_name = (card.metadata.get("pretty_name") if card else None) or dataset
     license_ = _base_license(meta["base_model"]["source"]) or "other"
     data = ModelCardData(
-        base_model=base_model or base, library_name="peft", pipeline_tag=TASK_TAGS[task][0], license=license_,
-        tags=["peft", "peftkit", method, TASK_TAGS[task][0]], datasets=[dataset],
-        model_name=f"{run_dir.name}", eval_results=_eval_results(metrics, task, dataset, dataset_name) or None,
+        base_model=base_model or base,
+        library_name="peft",
+        pipeline_tag=TASK_TAGS[task][0],
+        license=license_,
+        tags=["peft", "peftkit", method, TASK_TAGS[task][0]],
+        datasets=[dataset],
+        model_name=f"{run_dir.name}",
+        eval_results=_eval_results(metrics, task, dataset, dataset_name) or None,
     )
-    ours, plain = snippets(base=base, adapter=adapter_ref, task=task, labels=labels, plain_base=base_model,
-                           pooling=meta.get("pooling", "model"))
-    what = (f"classifies text into {', '.join(labels)}" if task == "classification"
-            else "adapts the base model's text generation to the data below")
+    ours, plain = snippets(
+        base=base,
+        adapter=adapter_ref,
+        task=task,
+        labels=labels,
+        plain_base=base_model,
+        pooling=meta.get("pooling", "model"),
+    )
+    what = (
+        f"classifies text into {', '.join(labels)}"
+        if task == "classification"
+        else "adapts the base model's text generation to the data below"
+    )
     parts = [
         f"# {run_dir.name}",
         f"A **{method}** adapter for `{base}`, trained with peftkit on "
@@ -201,10 +263,15 @@ def render_card(run_dir: str | Path, *, adapter_ref: str, plots_prefix: str = ".
         "## Results",
         _metrics_table(metrics),
         "## Plots",
-        *[f"![{alt}]({plots_prefix}{name})" for alt, name in (("training loss", "loss.png"),
-                                                                ("validation metrics", "eval_metrics.png"),
-                                                                ("confusion matrix", "confusion_matrix.png"))
-          if (run_dir / "plots" / name).is_file()],
+        *[
+            f"![{alt}]({plots_prefix}{name})"
+            for alt, name in (
+                ("training loss", "loss.png"),
+                ("validation metrics", "eval_metrics.png"),
+                ("confusion matrix", "confusion_matrix.png"),
+            )
+            if (run_dir / "plots" / name).is_file()
+        ],
         "## Framework versions",
         ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()),
     ]
@@ -222,7 +289,9 @@ def _data_section(card, dataset_name: str) -> str:
     if card.labels:
         head += " Labels (id order): " + ", ".join(f"`{name}`" for name in card.labels) + "."
     # The prose's first paragraph (headings and tables skipped) says what the data is.
-    paragraphs = [p.strip() for p in card.prose.split("\n\n") if p.strip() and not p.lstrip().startswith(("#", "|"))]
+    paragraphs = [
+        p.strip() for p in card.prose.split("\n\n") if p.strip() and not p.lstrip().startswith(("#", "|"))
+    ]
     tail = "The full data card (source, license, known limits) is `data_card.md` in the published folder."
     return "\n\n".join([head, *paragraphs[:1], tail])
 

@@ -21,12 +21,19 @@ from peftkit.fileio import atomic_dir
 
 TEXT_SUFFIXES = (".json", ".md", ".yaml", ".yml", ".txt", ".jsonl")
 # Absolute paths under the usual per-machine roots; URLs ('https://x/home/...') are not matched.
-_LOCAL_PATH = re.compile(r"(?<![\w./:-])(?:/(?:home|Users|tmp|root|mnt|private|var/folders|work)/[^\s\"'`<>)]*"
-                         r"|[A-Za-z]:\\(?:Users|Documents and Settings)\\[^\s\"'`<>)]*)")
+_LOCAL_PATH = re.compile(
+    r"(?<![\w./:-])(?:/(?:home|Users|tmp|root|mnt|private|var/folders|work)/[^\s\"'`<>)]*"
+    r"|[A-Za-z]:\\(?:Users|Documents and Settings)\\[^\s\"'`<>)]*)"
+)
 
 
 def _check_run(run: Path) -> None:
-    for rel in ("adapter/adapter_config.json", "adapter/peftkit_adapter.json", "metrics.json", "recipe.resolved.yaml"):
+    for rel in (
+        "adapter/adapter_config.json",
+        "adapter/peftkit_adapter.json",
+        "metrics.json",
+        "recipe.resolved.yaml",
+    ):
         if not (run / rel).is_file():
             raise PeftkitError(
                 f"publish: '{run}' is not a finished run folder ({rel} is missing). Pass the folder `peftkit train` "
@@ -71,24 +78,29 @@ def find_leaks(folder: Path, local_paths: list[str]) -> list[str]:
     return leaks
 
 
-def publish_run(run: str | Path, to: str | Path, *, adapter_ref: str | None = None,
-                base_model: str | None = None) -> Path:
+def publish_run(
+    run: str | Path, to: str | Path, *, adapter_ref: str | None = None, base_model: str | None = None
+) -> Path:
     """Write the self-contained folder `to` for `run`; refuses an existing `to` and any local-path leak.
 
     `base_model` (a Hub id) names the base in the card metadata and adapter_config.json when the run used a
     local folder or package; without it they hold the run's portable source name.
     """
-    from peftkit.adapters.card import CARD_FILE, is_hub_id, portable_recipe, portable_source, render_card
     from peftkit.adapters.bundle import META_FILE
+    from peftkit.adapters.card import CARD_FILE, is_hub_id, portable_recipe, portable_source, render_card
 
     run, to = Path(run), Path(to)
     _check_run(run)
     if base_model is not None and not is_hub_id(base_model):
-        raise PeftkitError(f"publish --base-model: '{base_model}' is not a Hub model id. Write it as ORG/NAME, "
-                           f"e.g. sentence-transformers/all-MiniLM-L6-v2.")
+        raise PeftkitError(
+            f"publish --base-model: '{base_model}' is not a Hub model id. Write it as ORG/NAME, "
+            f"e.g. sentence-transformers/all-MiniLM-L6-v2."
+        )
     if to.exists():
-        raise PeftkitError(f"publish --to: '{to}' already exists; publish never overwrites. Choose a new folder "
-                           f"or remove the old one first.")
+        raise PeftkitError(
+            f"publish --to: '{to}' already exists; publish never overwrites. Choose a new folder "
+            f"or remove the old one first."
+        )
     meta = json.loads((run / "adapter" / META_FILE).read_text())
     with atomic_dir(to) as tmp:
         for f in (run / "adapter").iterdir():
@@ -105,8 +117,9 @@ def publish_run(run: str | Path, to: str | Path, *, adapter_ref: str | None = No
         card = _data_card_file(meta.get("data_card"))
         if card is not None:
             shutil.copy2(card, tmp / "data_card.md")
-        (tmp / CARD_FILE).write_text(render_card(run, adapter_ref=adapter_ref or to.name, plots_prefix="plots/",
-                                                    base_model=base_model))
+        (tmp / CARD_FILE).write_text(
+            render_card(run, adapter_ref=adapter_ref or to.name, plots_prefix="plots/", base_model=base_model)
+        )
         leaks = find_leaks(tmp, _local_paths(run, meta))
         if leaks:
             raise PeftkitError(
@@ -128,7 +141,9 @@ def _data_card_file(ref: str | None) -> Path | None:
         return None
 
 
-def push_to_hub(run: str | Path, repo_id: str, *, base_model: str | None = None, private: bool = False) -> str:
+def push_to_hub(
+    run: str | Path, repo_id: str, *, base_model: str | None = None, private: bool = False
+) -> str:
     """Publish `run` into a temporary folder and upload it to the Hub repo `repo_id`; returns the repo URL."""
     from peftkit.adapters.card import is_hub_id, portable_source
     from peftkit.models.sources import hub_offline
@@ -140,10 +155,13 @@ def push_to_hub(run: str | Path, repo_id: str, *, base_model: str | None = None,
             f"(`hf upload {repo_id} DIR`)."
         )
     if not is_hub_id(repo_id):
-        raise PeftkitError(f"publish --hub: '{repo_id}' is not a Hub repo id. Write it as `user/name` or `org/name`.")
+        raise PeftkitError(
+            f"publish --hub: '{repo_id}' is not a Hub repo id. Write it as `user/name` or `org/name`."
+        )
     _check_run(Path(run))
-    base = base_model or portable_source(json.loads((Path(run) / "adapter" / "peftkit_adapter.json").read_text())
-                                         ["base_model"]["source"])
+    base = base_model or portable_source(
+        json.loads((Path(run) / "adapter" / "peftkit_adapter.json").read_text())["base_model"]["source"]
+    )
     if not is_hub_id(base):
         # The Hub rejects a model card whose base_model is not a model id.
         raise PeftkitError(
@@ -158,8 +176,12 @@ def push_to_hub(run: str | Path, repo_id: str, *, base_model: str | None = None,
         api = HfApi()
         try:
             api.create_repo(repo_id, private=private, exist_ok=True)
-            api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message=f"peftkit publish {Path(run).name}")
+            api.upload_folder(
+                folder_path=str(folder), repo_id=repo_id, commit_message=f"peftkit publish {Path(run).name}"
+            )
         except Exception as exc:  # auth, network and permission errors all need the same advice
-            raise PeftkitError(f"publish --hub {repo_id}: upload failed ({exc}). Log in with `hf auth login` (or set "
-                               f"HF_TOKEN) and check that you may write to '{repo_id}'.") from exc
+            raise PeftkitError(
+                f"publish --hub {repo_id}: upload failed ({exc}). Log in with `hf auth login` (or set "
+                f"HF_TOKEN) and check that you may write to '{repo_id}'."
+            ) from exc
     return f"https://huggingface.co/{repo_id}"

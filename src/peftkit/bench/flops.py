@@ -46,10 +46,12 @@ def train_flops(n_matmul: int, n_trainable: int, tokens: int) -> float:
     return float((4 * n_matmul + 2 * n_trainable) * tokens)
 
 
-FORMULA = ("train FLOPs = (4·N + 2·N_train)·T: N = matmul weights (Linear layers, adapters included, embeddings "
-           "excluded), N_train = the trainable ones, T = real (non-pad) training tokens; forward 2N, input-gradient "
-           "backward 2N, weight gradients 2·N_train (full fine-tuning: 6·N·T). Attention score/mix matmuls and "
-           "element-wise ops are left out (~1% here).")
+FORMULA = (
+    "train FLOPs = (4·N + 2·N_train)·T: N = matmul weights (Linear layers, adapters included, embeddings "
+    "excluded), N_train = the trainable ones, T = real (non-pad) training tokens; forward 2N, input-gradient "
+    "backward 2N, weight gradients 2·N_train (full fine-tuning: 6·N·T). Attention score/mix matmuls and "
+    "element-wise ops are left out (~1% here)."
+)
 
 
 def matmul_peak(size: int = 2048, repeats: int = 5) -> float:

@@ -34,24 +34,39 @@ CLS_POOLER_SETTINGS = {"prefix_tuning": {"num_virtual_tokens": 128, "modules_to_
 BENCH_LEARNING_RATES = {"ia3": 1e-2, "prefix_tuning": 3e-2, "prompt_tuning": 3e-2, "full": 5e-5}
 CLS_POOLER_LEARNING_RATES = {"prefix_tuning": 1e-2}
 COLUMNS = [  # (key, header, format)
-    ("name", "row", "{}"), ("learning_rate", "lr", "{:g}"), ("trainable_params", "trainable", "{:,}"),
+    ("name", "row", "{}"),
+    ("learning_rate", "lr", "{:g}"),
+    ("trainable_params", "trainable", "{:,}"),
     ("trainable_pct", "trainable %", "{:.3g}"),
-    ("adapter_bytes", "adapter bytes", "{:,}"), ("examples_per_second", "train ex/s", "{:.1f}"),
-    ("tokens_per_second", "real tok/s", "{:.0f}"), ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
-    ("eval_loss", "eval loss", "{:.4f}"), ("accuracy", "accuracy", "{:.4f}"), ("macro_f1", "macro-F1", "{:.4f}"),
-    ("matmul_peak_gflops", "peak GFLOP/s", "{:.1f}"), ("mfu_pct", "MFU %", "{:.1f}"),
+    ("adapter_bytes", "adapter bytes", "{:,}"),
+    ("examples_per_second", "train ex/s", "{:.1f}"),
+    ("tokens_per_second", "real tok/s", "{:.0f}"),
+    ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
+    ("eval_loss", "eval loss", "{:.4f}"),
+    ("accuracy", "accuracy", "{:.4f}"),
+    ("macro_f1", "macro-F1", "{:.4f}"),
+    ("matmul_peak_gflops", "peak GFLOP/s", "{:.1f}"),
+    ("mfu_pct", "MFU %", "{:.1f}"),
 ]
 
 
-def run_bench(recipe_path: str, *, methods: list[str], budget: int | None = None, peer: bool = False,
-              output: str | Path | None = None, overrides: list[str] = (), progress: bool = True,
-              matmul_size: int = 2048) -> Path:
+def run_bench(
+    recipe_path: str,
+    *,
+    methods: list[str],
+    budget: int | None = None,
+    peer: bool = False,
+    output: str | Path | None = None,
+    overrides: list[str] = (),
+    progress: bool = True,
+    matmul_size: int = 2048,
+) -> Path:
     """Bench `methods` on `recipe_path` (+ `overrides`) with `budget` training examples; return the output folder."""
     import torch
     from transformers.utils import logging
 
-    from peftkit.fileio import atomic_write_json, atomic_write_text
     from peftkit.bench.flops import FORMULA, matmul_peak
+    from peftkit.fileio import atomic_write_json, atomic_write_text
     from peftkit.recipe import load_recipe
 
     logging.set_verbosity_error()  # the per-row model loads would otherwise print load reports and bars
@@ -60,9 +75,15 @@ def run_bench(recipe_path: str, *, methods: list[str], budget: int | None = None
     if not methods:
         raise PeftkitError("--methods: no method given. Name one or more, e.g. --methods lora,ia3,full.")
     out = Path(output or Path("bench") / Path(recipe_path).stem)
-    base = {"recipe": str(recipe_path), "methods": list(methods), "peer": peer, "overrides": list(overrides),
-            "budget": budget,
-            "threads": torch.get_num_threads(), **_environment()}
+    base = {
+        "recipe": str(recipe_path),
+        "methods": list(methods),
+        "peer": peer,
+        "overrides": list(overrides),
+        "budget": budget,
+        "threads": torch.get_num_threads(),
+        **_environment(),
+    }
     # The peak is measured before the first row and after every row: on a shared machine it moved by ±20% within
     # minutes (122-176 GFLOP/s), so each row's MFU uses the larger of the two measurements around it, not one taken
     # minutes earlier.
@@ -82,8 +103,19 @@ def run_bench(recipe_path: str, *, methods: list[str], budget: int | None = None
             row = {"name": name, "kind": kind, "method": method}
             try:
                 row.update(_count(recipe, method))
-                row.update(_child(pool, {"recipe": str(recipe_path), "overrides": list(overrides), "budget": budget,
-                                   "method": method, "kind": kind, "run_dir": str(Path(tmp) / kind / method)}))
+                row.update(
+                    _child(
+                        pool,
+                        {
+                            "recipe": str(recipe_path),
+                            "overrides": list(overrides),
+                            "budget": budget,
+                            "method": method,
+                            "kind": kind,
+                            "run_dir": str(Path(tmp) / kind / method),
+                        },
+                    )
+                )
                 _add_flops(row)
                 row["status"] = "ok"
             except PeftkitError as exc:
@@ -98,8 +130,13 @@ def run_bench(recipe_path: str, *, methods: list[str], budget: int | None = None
             rows.append(row)
             # Rewritten after every row, so an interrupted bench still leaves the rows it finished.
             _ratios(rows, recipe.method.name)
-            result = {**base, "matmul_peak_flops": max(peaks), "matmul_peaks_flops": list(peaks),
-                      "flop_formula": FORMULA, "rows": rows}
+            result = {
+                **base,
+                "matmul_peak_flops": max(peaks),
+                "matmul_peaks_flops": list(peaks),
+                "flop_formula": FORMULA,
+                "rows": rows,
+            }
             atomic_write_json(out / "bench.json", result)
             atomic_write_text(out / "bench.md", render_markdown(result))
     return out
@@ -111,8 +148,12 @@ def _environment() -> dict:
 
     from peftkit.adapters.bundle import versions
 
-    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu_count": os.cpu_count(),
-            "machine": platform.machine(), "versions": versions()}
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "versions": versions(),
+    }
 
 
 def _recipe_for(recipe, method: str):
@@ -131,8 +172,8 @@ def _recipe_for(recipe, method: str):
 
 def _count(recipe, method: str) -> dict:
     """Parameter and matmul-weight counts of the base model with `method` applied (no training)."""
-    from peftkit.data.cards import load_card
     from peftkit.bench.flops import matmul_params
+    from peftkit.data.cards import load_card
     from peftkit.methods.apply import apply_method
     from peftkit.methods.registry import check_method_settings
     from peftkit.models.load import load_base_model, load_tokenizer
@@ -143,21 +184,44 @@ def _count(recipe, method: str) -> dict:
     source = resolve_source(r.model.source, r.model.revision)
     tok = load_tokenizer(source, r.model.cache_dir)
     labels = load_card(r.data.card).labels if r.model.task == "classification" else None
-    model = load_base_model(source, task=r.model.task, labels=labels, pad_token_id=tok.pad_token_id,
-                            dtype=r.model.dtype, device="cpu", quantization=None, cache_dir=r.model.cache_dir,
-                            pooling=r.model.pooling)
+    model = load_base_model(
+        source,
+        task=r.model.task,
+        labels=labels,
+        pad_token_id=tok.pad_token_id,
+        dtype=r.model.dtype,
+        device="cpu",
+        quantization=None,
+        cache_dir=r.model.cache_dir,
+        pooling=r.model.pooling,
+    )
     model = apply_method(model, name=method, settings=r.method.settings(), task=r.model.task)
     n_all = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     mm, mm_train = matmul_params(model)
-    return {"trainable_params": n_train, "total_params": n_all, "trainable_pct": 100 * n_train / n_all,
-            "matmul_params": mm, "matmul_trainable_params": mm_train, "learning_rate": r.train.learning_rate}
+    return {
+        "trainable_params": n_train,
+        "total_params": n_all,
+        "trainable_pct": 100 * n_train / n_all,
+        "matmul_params": mm,
+        "matmul_trainable_params": mm_train,
+        "learning_rate": r.train.learning_rate,
+    }
 
 
 # Imported once by the fork server, so each row's process starts with them loaded (no 10 s import per row) and
 # every row's peak RSS counts the same library footprint.
-_PRELOAD = ["torch", "transformers", "peft", "accelerate", "datasets", "sklearn.metrics", "peftkit.training.recipe",
-            "peftkit.bench.peer", "transformers.trainer"]
+_PRELOAD = [
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "datasets",
+    "sklearn.metrics",
+    "peftkit.training.recipe",
+    "peftkit.bench.peer",
+    "transformers.trainer",
+]
 
 
 def _row_pool():
@@ -215,11 +279,18 @@ def _run_peftkit(recipe, run_dir: str) -> dict:
     out = train(recipe, overwrite=True, progress=False)
     m = json.loads((out / "metrics.json").read_text())
     tr, val = m["train"], m.get("validation", {})
-    return {"examples": tr["examples"], "seconds": tr["seconds"], "examples_per_second": tr["examples_per_second"],
-            "real_tokens": tr["tokens"], "tokens_per_second": tr["tokens"] / tr["seconds"],
-            "final_loss": tr["final_loss"], "eval_loss": val.get("loss"), "accuracy": val.get("accuracy"),
-            "macro_f1": val.get("macro_f1"),
-            "adapter_bytes": sum(p.stat().st_size for p in (out / "adapter").rglob("*.safetensors"))}
+    return {
+        "examples": tr["examples"],
+        "seconds": tr["seconds"],
+        "examples_per_second": tr["examples_per_second"],
+        "real_tokens": tr["tokens"],
+        "tokens_per_second": tr["tokens"] / tr["seconds"],
+        "final_loss": tr["final_loss"],
+        "eval_loss": val.get("loss"),
+        "accuracy": val.get("accuracy"),
+        "macro_f1": val.get("macro_f1"),
+        "adapter_bytes": sum(p.stat().st_size for p in (out / "adapter").rglob("*.safetensors")),
+    }
 
 
 def _add_flops(row: dict) -> None:
@@ -230,7 +301,9 @@ def _add_flops(row: dict) -> None:
 
 def _ratios(rows: list[dict], method: str) -> None:
     """peftkit's train examples/s for the peer's method over each peer row's (the `peftkit ×` column)."""
-    ours = next((r for r in rows if r["kind"] == "peftkit" and r["method"] == method and r["status"] == "ok"), None)
+    ours = next(
+        (r for r in rows if r["kind"] == "peftkit" and r["method"] == method and r["status"] == "ok"), None
+    )
     for r in rows:
         if r["kind"].startswith("peer_") and r["status"] == "ok" and ours:
             r["peftkit_speedup"] = ours["examples_per_second"] / r["examples_per_second"]
@@ -239,21 +312,30 @@ def _ratios(rows: list[dict], method: str) -> None:
 def _short(row: dict) -> str:
     if row["status"] != "ok":
         return row["status"]
-    return (f"{row['examples_per_second']:.1f} ex/s, {row['tokens_per_second']:.0f} tok/s, acc {row['accuracy']:.4f}, "
-            f"MFU {row['mfu_pct']:.1f}%, RSS {row['peak_rss_mb']:.0f} MB")
+    return (
+        f"{row['examples_per_second']:.1f} ex/s, {row['tokens_per_second']:.0f} tok/s, acc {row['accuracy']:.4f}, "
+        f"MFU {row['mfu_pct']:.1f}%, RSS {row['peak_rss_mb']:.0f} MB"
+    )
 
 
 def render_markdown(result: dict) -> str:
     """bench.md: the command, the machine, the table, the peer ratios and the FLOP formula."""
     over = " ".join(result["overrides"])
     budget = f" --budget {result['budget']}" if result["budget"] else ""
-    flags = f" --methods {','.join(result.get('methods', []))}{budget}{' --peer' if result.get('peer') else ''}"
+    flags = (
+        f" --methods {','.join(result.get('methods', []))}{budget}{' --peer' if result.get('peer') else ''}"
+    )
     lines = [
-        "# peftkit bench", "",
-        f"`peftkit bench {result['recipe']}{flags} {over}`".replace("  ", " ").replace(" `", "`"), "",
+        "# peftkit bench",
+        "",
+        f"`peftkit bench {result['recipe']}{flags} {over}`".replace("  ", " ").replace(" `", "`"),
+        "",
         f"{result['date']}; {result['cpu_count']} CPUs ({result['machine']}), torch threads {result['threads']}; "
-        + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".", "",
-        _peak_line(result), "",
+        + ", ".join(f"{k} {v}" for k, v in result["versions"].items())
+        + ".",
+        "",
+        _peak_line(result),
+        "",
         "| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
         "|" + "|".join("---" if k == "name" else "---:" for k, _, _ in COLUMNS) + "|",
     ]
@@ -266,13 +348,21 @@ def render_markdown(result: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     peers = [r for r in result["rows"] if r.get("peftkit_speedup")]
     if peers:
-        lines += ["", "peftkit's train examples/s relative to the peer pipeline (transformers Trainer + peft "
-                  "get_peft_model, same model, data, epochs, batch size, schedule and PEFT config):", ""]
+        lines += [
+            "",
+            "peftkit's train examples/s relative to the peer pipeline (transformers Trainer + peft "
+            "get_peft_model, same model, data, epochs, batch size, schedule and PEFT config):",
+            "",
+        ]
         lines += [f"- {r['name']}: **{r['peftkit_speedup']:.2f}×**" for r in peers]
     if skipped:
         lines += ["", "Rows not run:", "", *skipped]
-    lines += ["", f"MFU = train FLOPs / train seconds / matmul peak, where {result['flop_formula']} The peak is "
-              "the larger of the two measured just before and just after the row.", ""]
+    lines += [
+        "",
+        f"MFU = train FLOPs / train seconds / matmul peak, where {result['flop_formula']} The peak is "
+        "the larger of the two measured just before and just after the row.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -280,5 +370,7 @@ def _peak_line(result: dict) -> str:
     peaks = [p / 1e9 for p in result.get("matmul_peaks_flops") or [result["matmul_peak_flops"]]]
     if len(peaks) == 1:
         return f"Measured fp32 matmul peak (same run): **{peaks[0]:.1f} GFLOP/s**."
-    return (f"Measured fp32 matmul peak (same run, before the first row and after every row): "
-            f"**{min(peaks):.1f}–{max(peaks):.1f} GFLOP/s** ({', '.join(f'{p:.1f}' for p in peaks)}).")
+    return (
+        f"Measured fp32 matmul peak (same run, before the first row and after every row): "
+        f"**{min(peaks):.1f}–{max(peaks):.1f} GFLOP/s** ({', '.join(f'{p:.1f}' for p in peaks)})."
+    )

@@ -57,9 +57,14 @@ def run_peer(recipe, padding: str, train_limit: int | None) -> dict:
 
     torch.manual_seed(tc.seed)
     model = AutoModelForSequenceClassification.from_pretrained(
-        folder, num_labels=len(card.labels), id2label=dict(enumerate(card.labels)),
-        label2id={name: i for i, name in enumerate(card.labels)})
-    if rc.pooling != "model":  # by hand this is a pooler swap of a few lines; the same one, so both compute the same
+        folder,
+        num_labels=len(card.labels),
+        id2label=dict(enumerate(card.labels)),
+        label2id={name: i for i, name in enumerate(card.labels)},
+    )
+    if (
+        rc.pooling != "model"
+    ):  # by hand this is a pooler swap of a few lines; the same one, so both compute the same
         from peftkit.models.pooling import apply_pooling
 
         apply_pooling(model, rc.pooling)
@@ -68,13 +73,30 @@ def run_peer(recipe, padding: str, train_limit: int | None) -> dict:
     steps = math.ceil(len(train_tok) / tc.batch_size) * tc.epochs
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=tc.batch_size, per_device_eval_batch_size=recipe.eval.batch_size,
-            num_train_epochs=tc.epochs, learning_rate=tc.learning_rate, weight_decay=tc.weight_decay,
-            warmup_steps=int(tc.warmup_ratio * steps), lr_scheduler_type=tc.lr_scheduler,
-            max_grad_norm=tc.max_grad_norm or 0.0, seed=tc.seed, report_to="none", save_strategy="no",
-            logging_steps=tc.log_every, use_cpu=True, dataloader_num_workers=0, disable_tqdm=True)
-        trainer = Trainer(model=model, args=args, train_dataset=train_tok, eval_dataset=val_tok,
-                          data_collator=DataCollatorWithPadding(tokenizer))
+            output_dir=tmp,
+            per_device_train_batch_size=tc.batch_size,
+            per_device_eval_batch_size=recipe.eval.batch_size,
+            num_train_epochs=tc.epochs,
+            learning_rate=tc.learning_rate,
+            weight_decay=tc.weight_decay,
+            warmup_steps=int(tc.warmup_ratio * steps),
+            lr_scheduler_type=tc.lr_scheduler,
+            max_grad_norm=tc.max_grad_norm or 0.0,
+            seed=tc.seed,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=tc.log_every,
+            use_cpu=True,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=train_tok,
+            eval_dataset=val_tok,
+            data_collator=DataCollatorWithPadding(tokenizer),
+        )
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
@@ -83,10 +105,20 @@ def run_peer(recipe, padding: str, train_limit: int | None) -> dict:
         trainer.model.save_pretrained(adapter, safe_serialization=True)
         adapter_bytes = sum(p.stat().st_size for p in adapter.rglob("*.safetensors"))
         losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-    metrics = classification_metrics(pred.label_ids, pred.predictions.argmax(-1), card.labels, ["accuracy", "macro_f1"])
+    metrics = classification_metrics(
+        pred.label_ids, pred.predictions.argmax(-1), card.labels, ["accuracy", "macro_f1"]
+    )
     examples = len(train_tok) * tc.epochs
-    return {"examples": examples, "seconds": seconds, "examples_per_second": examples / seconds,
-            "real_tokens": real_tokens * tc.epochs, "tokens_per_second": real_tokens * tc.epochs / seconds,
-            "pad_share": 1 - real_tokens / max(padded_tokens, 1) if padding == "pad128" else None,
-            "final_loss": losses[-1] if losses else None, "eval_loss": float(pred.metrics["test_loss"]),
-            "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "adapter_bytes": adapter_bytes}
+    return {
+        "examples": examples,
+        "seconds": seconds,
+        "examples_per_second": examples / seconds,
+        "real_tokens": real_tokens * tc.epochs,
+        "tokens_per_second": real_tokens * tc.epochs / seconds,
+        "pad_share": 1 - real_tokens / max(padded_tokens, 1) if padding == "pad128" else None,
+        "final_loss": losses[-1] if losses else None,
+        "eval_loss": float(pred.metrics["test_loss"]),
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "adapter_bytes": adapter_bytes,
+    }

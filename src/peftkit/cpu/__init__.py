@@ -17,5 +17,8 @@ def enable(model) -> dict[str, int]:
     from peftkit.cpu.dropout import use_cpu_dropout
     from peftkit.cpu.lora import use_fast_lora
 
-    return {"dropout": use_cpu_dropout(model), "attention": int(use_cpu_attention(model)),
-            "lora": use_fast_lora(model)}
+    return {
+        "dropout": use_cpu_dropout(model),
+        "attention": int(use_cpu_attention(model)),
+        "lora": use_fast_lora(model),
+    }

@@ -45,18 +45,43 @@ def use_cpu_attention(model) -> bool:
     return True
 
 
-def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
-               is_causal: bool | None = None, **kwargs):
+def _attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+):
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
-    if (not dropout or not module.training or not torch.is_grad_enabled() or causal
-            or query.device.type != "cpu" or query.dtype != torch.float32 or query.shape[1] != key.shape[1]
-            or any(kwargs.get(k) is not None for k in ("position_bias", "softcap", "sliding_window", "cache"))
-            or (attention_mask is not None and attention_mask.dim() != 4)):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+    if (
+        not dropout
+        or not module.training
+        or not torch.is_grad_enabled()
+        or causal
+        or query.device.type != "cpu"
+        or query.dtype != torch.float32
+        or query.shape[1] != key.shape[1]
+        or any(kwargs.get(k) is not None for k in ("position_bias", "softcap", "sliding_window", "cache"))
+        or (attention_mask is not None and attention_mask.dim() != 4)
+    ):
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            **kwargs,
+        )
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     return _function().apply(query, key, value, attention_mask, scale, dropout), None
 
@@ -101,7 +126,14 @@ def _function():
             g_v = torch.matmul(mask.mul_(probs).transpose(-2, -1), g)  # the dropped probabilities, in place
             del mask
             g_scores = torch._softmax_backward_data(g_probs, probs, -1, probs.dtype).mul_(ctx.scale)
-            return torch.matmul(g_scores, k), torch.matmul(g_scores.transpose(-2, -1), q), g_v, None, None, None
+            return (
+                torch.matmul(g_scores, k),
+                torch.matmul(g_scores.transpose(-2, -1), q),
+                g_v,
+                None,
+                None,
+                None,
+            )
 
     return CpuAttention
 
@@ -124,12 +156,31 @@ def _kernel_forward(ctx, q, k, v, mask, scale, p):
     if mask is not None:
         if mask.dtype == torch.bool:  # SDPA's convention: True takes part
             mask = torch.zeros(mask.shape).masked_fill_(mask.logical_not(), torch.finfo(torch.float32).min)
-        mask = mask.to(torch.float32).expand(b, 1, sq, sk)  # the kernel reads float32; broadcast dims: stride 0
+        mask = mask.to(torch.float32).expand(
+            b, 1, sq, sk
+        )  # the kernel reads float32; broadcast dims: stride 0
     probs, out = q.new_empty(b, h, sq, sk), q.new_empty(b, sq, h, d)
     ms = (0, 0, 0) if mask is None else (mask.stride(0), mask.stride(2), mask.stride(3))
-    kernels().attn_forward(q.data_ptr(), k.data_ptr(), v.data_ptr(), b, h, sq, sk, d, _strides(q), _strides(k),
-                           _strides(v), None if mask is None else mask.data_ptr(), strides(*ms), scale,
-                           probs.data_ptr(), out.data_ptr(), 1, *mask_args(ctx.key, p))
+    kernels().attn_forward(
+        q.data_ptr(),
+        k.data_ptr(),
+        v.data_ptr(),
+        b,
+        h,
+        sq,
+        sk,
+        d,
+        _strides(q),
+        _strides(k),
+        _strides(v),
+        None if mask is None else mask.data_ptr(),
+        strides(*ms),
+        scale,
+        probs.data_ptr(),
+        out.data_ptr(),
+        1,
+        *mask_args(ctx.key, p),
+    )
     ctx.save_for_backward(q, k, v, probs)
     return out
 
@@ -142,8 +193,25 @@ def _kernel_backward(ctx, grad):
     g = grad.contiguous()
     (b, h, sq, d), sk = q.shape, k.shape[2]
     dq, dk, dv = g.new_empty(b, sq, h, d), g.new_empty(b, sk, h, d), g.new_empty(b, sk, h, d)
-    kernels().attn_backward(q.data_ptr(), k.data_ptr(), v.data_ptr(), b, h, sq, sk, d, _strides(q), _strides(k),
-                            _strides(v), probs.data_ptr(), g.data_ptr(), ctx.scale, dq.data_ptr(), dk.data_ptr(),
-                            dv.data_ptr(), 1, *mask_args(ctx.key, ctx.p))
+    kernels().attn_backward(
+        q.data_ptr(),
+        k.data_ptr(),
+        v.data_ptr(),
+        b,
+        h,
+        sq,
+        sk,
+        d,
+        _strides(q),
+        _strides(k),
+        _strides(v),
+        probs.data_ptr(),
+        g.data_ptr(),
+        ctx.scale,
+        dq.data_ptr(),
+        dk.data_ptr(),
+        dv.data_ptr(),
+        1,
+        *mask_args(ctx.key, ctx.p),
+    )
     return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
-

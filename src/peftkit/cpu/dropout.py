@@ -63,8 +63,13 @@ def _draws_here(module, x) -> bool:
     """Whether a training `nn.Dropout` draws its mask with `keep_mask` on `x` (fp32 CPU, 0 < p < 1, not in place)."""
     import torch
 
-    return (module.training and 0.0 < module.p < 1.0 and x.device.type == "cpu" and x.dtype == torch.float32
-            and not module.inplace)
+    return (
+        module.training
+        and 0.0 < module.p < 1.0
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not module.inplace
+    )
 
 
 def _forward(self, x):
@@ -120,11 +125,15 @@ def cpu_mask_p(module, x) -> float | None:
     drops nothing (an `nn.Identity`, p = 0, eval mode), None when it is not a patched dropout of this module."""
     import torch
 
-    if isinstance(module, torch.nn.Identity) or (isinstance(module, torch.nn.Dropout) and
-                                                 (not module.training or module.p == 0.0)):
+    if isinstance(module, torch.nn.Identity) or (
+        isinstance(module, torch.nn.Dropout) and (not module.training or module.p == 0.0)
+    ):
         return 0.0
-    if (type(module) is torch.nn.Dropout and getattr(module.forward, "__func__", None) is _forward
-            and _draws_here(module, x)):
+    if (
+        type(module) is torch.nn.Dropout
+        and getattr(module.forward, "__func__", None) is _forward
+        and _draws_here(module, x)
+    ):
         return module.p
     return None
 

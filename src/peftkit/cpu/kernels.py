@@ -50,15 +50,94 @@ def _load():
         return None
     i64, u32, f32, ptr = ctypes.c_int64, ctypes.c_uint32, ctypes.c_float, ctypes.c_void_p
     lib.mask_apply.argtypes = [ptr, ptr, i64, u32, u32, u32, f32]
-    lib.lora_forward.argtypes = [ptr, i64, i64, ptr, i64, ptr, ctypes.c_int, u32, u32, u32, f32, ptr, i64, ptr, ptr, f32,
-                                ptr]
-    lib.lora_backward.argtypes = [ptr, ptr, i64, i64, i64, ptr, ptr, ptr, i64, f32, ptr, ptr, ptr, ctypes.c_int,
-                                  u32, u32, u32, f32, ptr]
+    lib.lora_forward.argtypes = [
+        ptr,
+        i64,
+        i64,
+        ptr,
+        i64,
+        ptr,
+        ctypes.c_int,
+        u32,
+        u32,
+        u32,
+        f32,
+        ptr,
+        i64,
+        ptr,
+        ptr,
+        f32,
+        ptr,
+    ]
+    lib.lora_backward.argtypes = [
+        ptr,
+        ptr,
+        i64,
+        i64,
+        i64,
+        ptr,
+        ptr,
+        ptr,
+        i64,
+        f32,
+        ptr,
+        ptr,
+        ptr,
+        ctypes.c_int,
+        u32,
+        u32,
+        u32,
+        f32,
+        ptr,
+    ]
     strides = ctypes.POINTER(ctypes.c_int64)
-    lib.attn_forward.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64, strides, strides, strides, ptr, strides, f32,
-                                 ptr, ptr, ctypes.c_int, u32, u32, u32, f32]
-    lib.attn_backward.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64, strides, strides, strides, ptr, ptr, f32,
-                                  ptr, ptr, ptr, ctypes.c_int, u32, u32, u32, f32]
+    lib.attn_forward.argtypes = [
+        ptr,
+        ptr,
+        ptr,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        strides,
+        strides,
+        strides,
+        ptr,
+        strides,
+        f32,
+        ptr,
+        ptr,
+        ctypes.c_int,
+        u32,
+        u32,
+        u32,
+        f32,
+    ]
+    lib.attn_backward.argtypes = [
+        ptr,
+        ptr,
+        ptr,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        strides,
+        strides,
+        strides,
+        ptr,
+        ptr,
+        f32,
+        ptr,
+        ptr,
+        ptr,
+        ctypes.c_int,
+        u32,
+        u32,
+        u32,
+        f32,
+    ]
     for fn in (lib.mask_apply, lib.lora_forward, lib.lora_backward, lib.attn_forward, lib.attn_backward):
         fn.restype = None
     return lib
@@ -69,9 +148,17 @@ def _build() -> Path:
     compiler = os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:
         raise OSError(f"no C compiler '{compiler}'")
-    tag = hashlib.sha256(b"\0".join([*(f.name.encode() + f.read_bytes() for f in files), compiler.encode(),
-                                     " ".join(_FLAGS).encode(), platform.machine().encode(),
-                                     platform.node().encode()])).hexdigest()[:16]
+    tag = hashlib.sha256(
+        b"\0".join(
+            [
+                *(f.name.encode() + f.read_bytes() for f in files),
+                compiler.encode(),
+                " ".join(_FLAGS).encode(),
+                platform.machine().encode(),
+                platform.node().encode(),
+            ]
+        )
+    ).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "peftkit"
     target = cache / f"cpu_kernels-{tag}.so"
     if target.exists():
@@ -81,8 +168,12 @@ def _build() -> Path:
     os.close(fd)
     try:
         sources = [str(f) for f in files if f.suffix == ".c"]
-        subprocess.run([compiler, *_FLAGS, *sources, "-o", tmp, "-lm"], check=True, capture_output=True, timeout=120)
-        os.replace(tmp, target)  # atomic: a concurrent build or an interrupted one never leaves a partial library
+        subprocess.run(
+            [compiler, *_FLAGS, *sources, "-o", tmp, "-lm"], check=True, capture_output=True, timeout=120
+        )
+        os.replace(
+            tmp, target
+        )  # atomic: a concurrent build or an interrupted one never leaves a partial library
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

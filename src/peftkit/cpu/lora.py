@@ -37,8 +37,14 @@ def _fast_forward(self, x, *args, **kwargs):
     from peft.tuners.lora.layer import Linear
 
     active = [a for a in self.active_adapters if a in self.lora_A]
-    if (args or kwargs or self.disable_adapters or self.merged or any(a in self.lora_variant for a in active)
-            or any(x.dtype != self.lora_A[a].weight.dtype for a in active)):
+    if (
+        args
+        or kwargs
+        or self.disable_adapters
+        or self.merged
+        or any(a in self.lora_variant for a in active)
+        or any(x.dtype != self.lora_A[a].weight.dtype for a in active)
+    ):
         return Linear.forward(self, x, *args, **kwargs)
     if len(active) == 1 and torch.is_grad_enabled():
         fused = _fused_args(self, active[0], x)
@@ -62,10 +68,15 @@ def _fused_args(layer, name: str, x) -> tuple | None:
     from peftkit.cpu.dropout import cpu_mask_p
 
     base, a, b = layer.base_layer, layer.lora_A[name], layer.lora_B[name]
-    if (type(base) is not torch.nn.Linear or base.weight.requires_grad
-            or (base.bias is not None and base.bias.requires_grad) or b.bias is not None
-            or x.device.type != "cpu" or not x.dtype == base.weight.dtype == a.weight.dtype == torch.float32
-            or not all(t is None or t.is_contiguous() for t in (a.weight, b.weight, base.bias))):  # read in place
+    if (
+        type(base) is not torch.nn.Linear
+        or base.weight.requires_grad
+        or (base.bias is not None and base.bias.requires_grad)
+        or b.bias is not None
+        or x.device.type != "cpu"
+        or not x.dtype == base.weight.dtype == a.weight.dtype == torch.float32
+        or not all(t is None or t.is_contiguous() for t in (a.weight, b.weight, base.bias))
+    ):  # read in place
         return None
     p = cpu_mask_p(layer.lora_dropout[name], x)
     return None if p is None else (a.weight, b.weight, base.weight, base.bias, layer.scaling[name], p)
@@ -94,11 +105,22 @@ def _function():
                 low = x2.new_empty(x2.shape[0], a.shape[0])
                 # d/8 bytes a row, so backward need not hash the mask again
                 bits = torch.empty(x2.shape[0], (x2.shape[1] + 7) // 8, dtype=torch.uint8) if p else None
-                kernels().lora_forward(x2.data_ptr(), x2.shape[0], x2.shape[1], a.data_ptr(), a.shape[0],
-                                       low.data_ptr(), int(bool(p)), *mask_args(ctx.key or 0, p or 0.0),
-                                       y.data_ptr(), y.shape[1], b.data_ptr(),
-                                       None if bias is None else bias.data_ptr(), scaling,
-                                       None if bits is None else bits.data_ptr())
+                kernels().lora_forward(
+                    x2.data_ptr(),
+                    x2.shape[0],
+                    x2.shape[1],
+                    a.data_ptr(),
+                    a.shape[0],
+                    low.data_ptr(),
+                    int(bool(p)),
+                    *mask_args(ctx.key or 0, p or 0.0),
+                    y.data_ptr(),
+                    y.shape[1],
+                    b.data_ptr(),
+                    None if bias is None else bias.data_ptr(),
+                    scaling,
+                    None if bits is None else bits.data_ptr(),
+                )
                 ctx.save_for_backward(x2, low, a, b, weight, bits)
                 return y.view(*x.shape[:-1], y.shape[-1])
             y = torch.mm(x2, weight.t()) if bias is None else torch.addmm(bias, x2, weight.t())
@@ -122,11 +144,24 @@ def _function():
                 g2 = g2.contiguous()
                 g_x = torch.mm(g2, weight) if need_x else None
                 g_a, g_b = torch.empty_like(a), torch.empty_like(b)
-                kernels().lora_backward(x2.data_ptr(), g2.data_ptr(), g2.shape[0], x2.shape[1], g2.shape[1],
-                                        a.data_ptr(), b.data_ptr(), low.data_ptr(), a.shape[0], ctx.scaling,
-                                        None if g_x is None else g_x.data_ptr(), g_a.data_ptr(), g_b.data_ptr(),
-                                        int(ctx.key is not None), *mask_args(ctx.key or 0, ctx.p or 0.0),
-                                        None if bits is None else bits.data_ptr())
+                kernels().lora_backward(
+                    x2.data_ptr(),
+                    g2.data_ptr(),
+                    g2.shape[0],
+                    x2.shape[1],
+                    g2.shape[1],
+                    a.data_ptr(),
+                    b.data_ptr(),
+                    low.data_ptr(),
+                    a.shape[0],
+                    ctx.scaling,
+                    None if g_x is None else g_x.data_ptr(),
+                    g_a.data_ptr(),
+                    g_b.data_ptr(),
+                    int(ctx.key is not None),
+                    *mask_args(ctx.key or 0, ctx.p or 0.0),
+                    None if bits is None else bits.data_ptr(),
+                )
             else:
                 dropped, low, a, b, weight, keep = ctx.saved_tensors
                 # Rank-r products with the r-sized side on the left, transposed back as views: timed alone at

@@ -23,8 +23,16 @@ FORMATS = ("csv", "jsonl", "json", "parquet")
 SPLITS = ("train", "validation", "test")
 
 _PEFTKIT_KEYS = (
-    "task", "source", "format", "text_column", "label_column", "labels", "exclude_labels",
-    "split", "counts", "checksum",
+    "task",
+    "source",
+    "format",
+    "text_column",
+    "label_column",
+    "labels",
+    "exclude_labels",
+    "split",
+    "counts",
+    "checksum",
 )
 _SOURCE_KINDS = ("package", "files", "file", "hub")
 _SOURCE_KEYS = (*_SOURCE_KINDS, "path")
@@ -98,7 +106,11 @@ class DataCard:
 
 def _search_dirs(search_dirs) -> list[Path]:
     # cards.py sits at <root>/src/peftkit/data/, so parents[3] is the project root of a source checkout.
-    candidates = [*map(Path, search_dirs), Path.cwd() / "data_cards", Path(__file__).resolve().parents[3] / "data_cards"]
+    candidates = [
+        *map(Path, search_dirs),
+        Path.cwd() / "data_cards",
+        Path(__file__).resolve().parents[3] / "data_cards",
+    ]
     return list(dict.fromkeys(d.resolve() for d in candidates if d.is_dir()))
 
 
@@ -160,7 +172,7 @@ def load_card(name_or_path, search_dirs=()) -> DataCard:
             "`task`, `source`, `text_column` (and `label_column` + `labels` for classification)."
         )
     block = meta.pop("peftkit")
-    prose = text[match.end():].lstrip("\r\n")
+    prose = text[match.end() :].lstrip("\r\n")
     return _parse_block(path, block, meta, prose)
 
 
@@ -188,7 +200,9 @@ def _string(path: Path, key: str, value, required: bool = True) -> str | None:
     if value is None and not required:
         return None
     if value is None:
-        raise _fail(path, key, "is missing", f"Add `{key.split('.')[-1]}: ...` to the card's `peftkit:` block.")
+        raise _fail(
+            path, key, "is missing", f"Add `{key.split('.')[-1]}: ...` to the card's `peftkit:` block."
+        )
     if not isinstance(value, str) or not value.strip():
         raise _fail(path, key, f"must be a non-empty string, got {value!r}", "Write the name as text.")
     return value
@@ -198,8 +212,12 @@ def _names(path: Path, key: str, value) -> list[str]:
     # Label names are matched against the data as text, so YAML `[0, 1]` and `["0", "1"]` mean the same.
     if value is None:
         return []
-    if not isinstance(value, list) or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
-        raise _fail(path, key, f"must be a list of label names, got {value!r}", "Write it as `[name1, name2]`.")
+    if not isinstance(value, list) or not all(
+        isinstance(v, (str, int)) and not isinstance(v, bool) for v in value
+    ):
+        raise _fail(
+            path, key, f"must be a list of label names, got {value!r}", "Write it as `[name1, name2]`."
+        )
     names = [str(v) for v in value]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -213,13 +231,18 @@ def _parse_source(path: Path, value) -> CardSource:
     kinds = [k for k in _SOURCE_KINDS if k in src]
     if len(kinds) != 1:
         raise _fail(
-            path, "source", f"must name exactly one of {', '.join(_SOURCE_KINDS)} (found {kinds or 'none'})",
+            path,
+            "source",
+            f"must name exactly one of {', '.join(_SOURCE_KINDS)} (found {kinds or 'none'})",
             "Use `package` + `path`, `files: {train: ..., test: ...}`, `file: all.csv`, or `hub: org/dataset`.",
         )
     kind = kinds[0]
     if kind == "package":
-        return CardSource(kind, package=_string(path, "source.package", src["package"]),
-                          path=_string(path, "source.path", src.get("path")))
+        return CardSource(
+            kind,
+            package=_string(path, "source.package", src["package"]),
+            path=_string(path, "source.path", src.get("path")),
+        )
     if "path" in src:
         raise _fail(path, "source.path", "only goes with `source.package`", "Remove it, or use `package`.")
     if kind == "files":
@@ -238,15 +261,25 @@ def _parse_split(path: Path, value) -> SplitSettings:
     _check_keys(path, "peftkit.split.", spec, _SPLIT_KEYS)
     settings = SplitSettings(**spec)
     if not isinstance(settings.seed, int) or isinstance(settings.seed, bool):
-        raise _fail(path, "split.seed", f"must be an integer, got {settings.seed!r}", "For example `seed: 42`.")
+        raise _fail(
+            path, "split.seed", f"must be an integer, got {settings.seed!r}", "For example `seed: 42`."
+        )
     if not isinstance(settings.stratify, bool):
-        raise _fail(path, "split.stratify", f"must be true or false, got {settings.stratify!r}",
-                    "Write `stratify: true` or `stratify: false`.")
+        raise _fail(
+            path,
+            "split.stratify",
+            f"must be true or false, got {settings.stratify!r}",
+            "Write `stratify: true` or `stratify: false`.",
+        )
     for key in ("test", "validation"):
         frac = getattr(settings, key)
         if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac < 1:
-            raise _fail(path, f"split.{key}", f"must be a fraction between 0 and 1, got {frac!r}",
-                        "It is the share of all examples, for example 0.1.")
+            raise _fail(
+                path,
+                f"split.{key}",
+                f"must be a fraction between 0 and 1, got {frac!r}",
+                "It is the share of all examples, for example 0.1.",
+            )
     if settings.test + settings.validation >= 1:
         raise _fail(path, "split", "leaves no training data (test + validation >= 1)", "Lower the fractions.")
     return settings
@@ -260,35 +293,55 @@ def _parse_block(path: Path, block, metadata: dict, prose: str) -> DataCard:
     _check_keys(path, "peftkit.", block, _PEFTKIT_KEYS)
     task = block.get("task", "classification")
     if task not in TASKS:
-        raise _fail(path, "task", f"is '{task}'", f"Use one of: {', '.join(TASKS)}.{did_you_mean(task, TASKS)}")
+        raise _fail(
+            path, "task", f"is '{task}'", f"Use one of: {', '.join(TASKS)}.{did_you_mean(task, TASKS)}"
+        )
     if "source" not in block:
-        raise _fail(path, "source", "is missing", "Say where the data lives: `package`+`path`, `files`, `file` or `hub`.")
+        raise _fail(
+            path,
+            "source",
+            "is missing",
+            "Say where the data lives: `package`+`path`, `files`, `file` or `hub`.",
+        )
     fmt = block.get("format")
     if fmt is not None and fmt not in FORMATS:
-        raise _fail(path, "format", f"is '{fmt}'", f"Use one of: {', '.join(FORMATS)}, or leave it out to infer it.")
+        raise _fail(
+            path, "format", f"is '{fmt}'", f"Use one of: {', '.join(FORMATS)}, or leave it out to infer it."
+        )
     card = DataCard(
-        name=path.stem, path=path, metadata=metadata, task=task,
+        name=path.stem,
+        path=path,
+        metadata=metadata,
+        task=task,
         source=_parse_source(path, block["source"]),
         text_column=_string(path, "text_column", block.get("text_column")),
         label_column=_string(path, "label_column", block.get("label_column"), required=False),
         labels=_names(path, "labels", block.get("labels")),
         exclude_labels=_names(path, "exclude_labels", block.get("exclude_labels")),
-        format=fmt, split=_parse_split(path, block.get("split")),
+        format=fmt,
+        split=_parse_split(path, block.get("split")),
         counts=_parse_counts(path, block.get("counts")),
-        checksum=_parse_checksum(path, block.get("checksum")), prose=prose,
+        checksum=_parse_checksum(path, block.get("checksum")),
+        prose=prose,
     )
     if task == "classification":
         if card.label_column is None:
-            raise _fail(path, "label_column", "is missing", "Classification cards name the column with the labels.")
+            raise _fail(
+                path, "label_column", "is missing", "Classification cards name the column with the labels."
+            )
         if len(card.labels) < 2:
-            raise _fail(path, "labels", "needs at least two label names", "List them in id order: `[neg, pos]`.")
+            raise _fail(
+                path, "labels", "needs at least two label names", "List them in id order: `[neg, pos]`."
+            )
     elif card.labels:
         raise _fail(path, "labels", "is set but the task is causal_lm (text only)", "Remove `labels`.")
     if card.exclude_labels and card.label_column is None:
         raise _fail(path, "exclude_labels", "needs `label_column`", "Name the column the labels are in.")
     both = sorted(set(card.labels) & set(card.exclude_labels))
     if both:
-        raise _fail(path, "exclude_labels", f"repeats {', '.join(both)} from `labels`", "Keep each in one list.")
+        raise _fail(
+            path, "exclude_labels", f"repeats {', '.join(both)} from `labels`", "Keep each in one list."
+        )
     return card
 
 
@@ -299,12 +352,18 @@ def _parse_counts(path: Path, value) -> dict[str, int] | None:
     _check_keys(path, "peftkit.counts.", counts, SPLITS)
     for key, n in counts.items():
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise _fail(path, f"counts.{key}", f"must be a whole number, got {n!r}", "Run `peftkit data check`.")
+            raise _fail(
+                path, f"counts.{key}", f"must be a whole number, got {n!r}", "Run `peftkit data check`."
+            )
     return dict(counts)
 
 
 def _parse_checksum(path: Path, value) -> str | None:
     if value is not None and (not isinstance(value, str) or not _CHECKSUM.match(value)):
-        raise _fail(path, "checksum", f"must look like 'sha256:<64 hex digits>', got {value!r}",
-                    "Copy the value `peftkit data check` prints.")
+        raise _fail(
+            path,
+            "checksum",
+            f"must look like 'sha256:<64 hex digits>', got {value!r}",
+            "Copy the value `peftkit data check` prints.",
+        )
     return value

@@ -24,22 +24,26 @@ def tokenize_texts(tokenizer, texts: list[str], max_length: int, *, add_eos: boo
     return [x + [eos] for x in ids] if eos is not None else ids
 
 
-def batch_order(lengths, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True,
-                group_by_length: bool = False) -> list[list[int]]:
+def batch_order(
+    lengths, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True, group_by_length: bool = False
+) -> list[list[int]]:
     """Index batches for one epoch. Deterministic in (seed, epoch)."""
     n = len(lengths)
     if not shuffle:
         order = np.argsort(-np.asarray(lengths), kind="stable") if group_by_length else np.arange(n)
-        return [order[i:i + batch_size].tolist() for i in range(0, n, batch_size)]
+        return [order[i : i + batch_size].tolist() for i in range(0, n, batch_size)]
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(n)
     if group_by_length:
         lengths = np.asarray(lengths)
         chunk = batch_size * GROUP_CHUNK_BATCHES
-        order = np.concatenate([
-            part[np.argsort(-lengths[part], kind="stable")] for part in np.split(order, range(chunk, n, chunk))
-        ])
-    batches = [order[i:i + batch_size].tolist() for i in range(0, n, batch_size)]
+        order = np.concatenate(
+            [
+                part[np.argsort(-lengths[part], kind="stable")]
+                for part in np.split(order, range(chunk, n, chunk))
+            ]
+        )
+    batches = [order[i : i + batch_size].tolist() for i in range(0, n, batch_size)]
     if group_by_length:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches

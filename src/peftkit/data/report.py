@@ -13,8 +13,15 @@ from peftkit.data.cards import SPLITS, DataCard, load_card
 HF_KEYS = ("license", "language", "task_categories", "pretty_name", "size_categories")
 PERCENTILES = (0, 50, 90, 95, 99, 100)
 # The Hub's size_categories buckets (upper bounds, exclusive).
-_SIZE_BUCKETS = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-                 (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
+_SIZE_BUCKETS = (
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+    (1_000_000_000, "100M<n<1B"),
+)
 
 
 def size_category(n: int) -> str:
@@ -30,10 +37,15 @@ def _hub_problems(card: DataCard) -> list[str]:
         data = DatasetCard(card.path.read_text(encoding="utf-8")).data.to_dict()
     except Exception as exc:  # huggingface_hub raises ValueError or yaml errors for bad front matter
         return [f"huggingface_hub.DatasetCard cannot parse the file ({exc})."]
-    problems = [f"`{key}` is missing from the front matter (a Hugging Face dataset-card key); add it."
-                for key in HF_KEYS if data.get(key) in (None, "", [])]
+    problems = [
+        f"`{key}` is missing from the front matter (a Hugging Face dataset-card key); add it."
+        for key in HF_KEYS
+        if data.get(key) in (None, "", [])
+    ]
     if card.prose.strip() == "":
-        problems.append("the card has no prose: say where the data comes from, its license and its known limits.")
+        problems.append(
+            "the card has no prose: say where the data comes from, its license and its known limits."
+        )
     return problems
 
 
@@ -49,8 +61,10 @@ def verify_card(name_or_path) -> tuple[DataCard, list[str]]:
         total = sum(card.counts.values())
         got = declared if isinstance(declared, list) else [declared]
         if got != [size_category(total)]:
-            problems.append(f"size_categories: the card says {got}, but the data has {total:,} examples, so it "
-                            f"should be [{size_category(total)}].")
+            problems.append(
+                f"size_categories: the card says {got}, but the data has {total:,} examples, so it "
+                f"should be [{size_category(total)}]."
+            )
     return card, problems
 
 
@@ -60,7 +74,9 @@ def _percentiles(values) -> dict[str, float]:
     arr = np.asarray(values, dtype=float)
     if arr.size == 0:
         return {}
-    return {f"p{q}": round(float(np.percentile(arr, q)), 1) for q in PERCENTILES} | {"mean": round(float(arr.mean()), 1)}
+    return {f"p{q}": round(float(np.percentile(arr, q)), 1) for q in PERCENTILES} | {
+        "mean": round(float(arr.mean()), 1)
+    }
 
 
 def describe_card(name_or_path, model: str | None = None) -> dict:
@@ -70,15 +86,21 @@ def describe_card(name_or_path, model: str | None = None) -> dict:
     card = load_card(name_or_path)
     splits = load_splits(card)
     texts = [t for s in SPLITS for t in splits[s]["text"]]
-    out: dict = {"card": card.name, "task": card.task, "sizes": {s: len(splits[s]) for s in SPLITS},
-                 "total": len(texts)}
+    out: dict = {
+        "card": card.name,
+        "task": card.task,
+        "sizes": {s: len(splits[s]) for s in SPLITS},
+        "total": len(texts),
+    }
     if card.task == "classification":
         out["labels"] = {}
         for split in SPLITS:
             ids = splits[split]["label"]
             out["labels"][split] = {name: ids.count(i) for i, name in enumerate(card.labels)}
-    lengths = {"characters": _percentiles([len(t) for t in texts]),
-               "words": _percentiles([len(t.split()) for t in texts])}
+    lengths = {
+        "characters": _percentiles([len(t) for t in texts]),
+        "words": _percentiles([len(t.split()) for t in texts]),
+    }
     if model:
         from peftkit.models.load import load_tokenizer
         from peftkit.models.sources import resolve_source

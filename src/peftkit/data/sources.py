@@ -35,10 +35,12 @@ def load_splits(card: DataCard, *, verify_checksum: bool = True):
     if card.task == "classification":
         features["label"] = ClassLabel(names=card.labels)
     splits = _split_frames(card, frames)
-    return DatasetDict({
-        name: Dataset.from_dict({col: df[col].tolist() for col in features}, features=Features(features))
-        for name, df in splits.items()
-    })
+    return DatasetDict(
+        {
+            name: Dataset.from_dict({col: df[col].tolist() for col in features}, features=Features(features))
+            for name, df in splits.items()
+        }
+    )
 
 
 def source_checksum(card: DataCard) -> str:
@@ -67,7 +69,9 @@ def check_card(card: DataCard) -> list[str]:
     else:
         for name in SPLITS:
             if card.counts.get(name) != counts[name]:
-                problems.append(f"counts.{name}: the card says {card.counts.get(name)}, the data has {counts[name]}.")
+                problems.append(
+                    f"counts.{name}: the card says {card.counts.get(name)}, the data has {counts[name]}."
+                )
     if card.task == "classification":
         seen = set().union(*(set(df["label"]) for df in frames.values()))
         for i, name in enumerate(card.labels):
@@ -144,7 +148,9 @@ def _parse(card: DataCard, path: Path, data: bytes):
 
     suffixes = [s.lower() for s in path.suffixes]
     compression = _COMPRESSION.get(suffixes[-1]) if suffixes else None
-    ext = (suffixes[-2] if compression and len(suffixes) > 1 else suffixes[-1] if suffixes else "").lstrip(".")
+    ext = (suffixes[-2] if compression and len(suffixes) > 1 else suffixes[-1] if suffixes else "").lstrip(
+        "."
+    )
     fmt = card.format or ext
     if fmt not in FORMATS:
         raise PeftkitError(
@@ -160,8 +166,9 @@ def _parse(card: DataCard, path: Path, data: bytes):
         elif fmt == "parquet":
             df = pd.read_parquet(buffer)
         else:
-            df = pd.read_json(buffer, lines=fmt == "jsonl", compression=compression, dtype=False,
-                              convert_dates=False)
+            df = pd.read_json(
+                buffer, lines=fmt == "jsonl", compression=compression, dtype=False, convert_dates=False
+            )
     except Exception as exc:  # pandas raises many types (ParserError, ValueError, OSError, ...)
         raise PeftkitError(f"Data card {card.path}: could not read {path} as {fmt}: {exc}") from exc
     return path, df
@@ -169,11 +176,15 @@ def _parse(card: DataCard, path: Path, data: bytes):
 
 def _read_hub(card: DataCard) -> dict:
     hub = card.source.hub
-    offline = any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
-                  for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    fix = ("Download the dataset on a connected machine, save its splits as files (for example "
-           "`ds['train'].to_csv('train.csv')`) and point the card at them with "
-           "`source: {files: {train: train.csv, test: test.csv}}`.")
+    offline = any(
+        os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+    fix = (
+        "Download the dataset on a connected machine, save its splits as files (for example "
+        "`ds['train'].to_csv('train.csv')`) and point the card at them with "
+        "`source: {files: {train: train.csv, test: test.csv}}`."
+    )
     if offline:
         raise PeftkitError(
             f"Data card {card.path}: `peftkit.source.hub` is '{hub}', a Hugging Face Hub dataset, but this "
@@ -184,9 +195,13 @@ def _read_hub(card: DataCard) -> dict:
     try:
         dd = datasets.load_dataset(hub)
     except Exception as exc:  # network, auth and not-found errors all mean the same to the user
-        raise PeftkitError(f"Data card {card.path}: could not load '{hub}' from the Hub ({exc}). {fix}") from exc
+        raise PeftkitError(
+            f"Data card {card.path}: could not load '{hub}' from the Hub ({exc}). {fix}"
+        ) from exc
     if "train" not in dd:
-        raise PeftkitError(f"Data card {card.path}: hub dataset '{hub}' has no train split (it has {list(dd)}).")
+        raise PeftkitError(
+            f"Data card {card.path}: hub dataset '{hub}' has no train split (it has {list(dd)})."
+        )
     return {split: (f"{hub} [{split}]", dd[split].to_pandas()) for split in SPLITS if split in dd}
 
 
@@ -250,8 +265,9 @@ def _cut(card: DataCard, df, fraction: float, name: str):
 
     stratify = df["label"] if card.task == "classification" and card.split.stratify else None
     try:
-        keep, held = train_test_split(df.index.to_numpy(), test_size=fraction,
-                                      random_state=card.split.seed, stratify=stratify)
+        keep, held = train_test_split(
+            df.index.to_numpy(), test_size=fraction, random_state=card.split.seed, stratify=stratify
+        )
     except ValueError as exc:
         raise PeftkitError(
             f"Data card {card.path}: cannot split {len(df)} examples to make the {name} split ({exc}). "

@@ -47,14 +47,21 @@ def _resize_head(model, n_labels: int, labels: list[str]) -> None:
 
     name = next((n for n in HEAD_NAMES if hasattr(model, n)), None)
     if name is None:
-        raise PeftkitError(f"swap: the base model ({type(model).__name__}) has no classifier/score head to give "
-                           f"each adapter its own labels.")
+        raise PeftkitError(
+            f"swap: the base model ({type(model).__name__}) has no classifier/score head to give "
+            f"each adapter its own labels."
+        )
     old = getattr(model, name)
     fresh = copy.deepcopy(old)  # a private head: its weights come from the adapter file
     for child_name, child in [("", fresh), *fresh.named_modules()]:
         if isinstance(child, torch.nn.Linear) and child.out_features == model.config.num_labels:
-            new = torch.nn.Linear(child.in_features, n_labels, bias=child.bias is not None,
-                                  dtype=child.weight.dtype, device=child.weight.device)
+            new = torch.nn.Linear(
+                child.in_features,
+                n_labels,
+                bias=child.bias is not None,
+                dtype=child.weight.dtype,
+                device=child.weight.device,
+            )
             if child_name:
                 parent, _, leaf = child_name.rpartition(".")
                 setattr(fresh.get_submodule(parent) if parent else fresh, leaf, new)
@@ -84,9 +91,20 @@ class AdapterSet:
     adapter must match its fingerprint (base model, tokenizer, task) or is refused with expected vs found.
     """
 
-    def __init__(self, base_source: str | None = None, *, device: str | None = None, dtype: str = "auto",
-                 quantization: dict | None = None):
-        self.base_source, self.device, self.dtype, self.quantization = base_source, device, dtype, quantization
+    def __init__(
+        self,
+        base_source: str | None = None,
+        *,
+        device: str | None = None,
+        dtype: str = "auto",
+        quantization: dict | None = None,
+    ):
+        self.base_source, self.device, self.dtype, self.quantization = (
+            base_source,
+            device,
+            dtype,
+            quantization,
+        )
         self.base = self.tokenizer = self.task = self.base_hash = self.tok_hash = None
         self.entries: dict[str, SwapEntry] = {}
         self.active: str | None = None
@@ -103,7 +121,9 @@ class AdapterSet:
         from peftkit.adapters.bundle import check_bundle, resolve_adapter_dir
 
         if name in self.entries:
-            raise PeftkitError(f"swap: adapter name '{name}' is used twice. Give each --adapter a distinct name.")
+            raise PeftkitError(
+                f"swap: adapter name '{name}' is used twice. Give each --adapter a distinct name."
+            )
         adapter_dir = resolve_adapter_dir(path)
         meta, shapes = check_bundle(adapter_dir)
         if meta is None:
@@ -130,8 +150,10 @@ class AdapterSet:
         """Make `name` the active adapter (the swap) and return its model."""
         entry = self.entries.get(name)
         if entry is None:
-            raise PeftkitError(f"swap: no adapter named '{name}' (loaded: {', '.join(self.entries) or 'none'}). "
-                               f"Name one of them, or add it with --adapter {name}=PATH.")
+            raise PeftkitError(
+                f"swap: no adapter named '{name}' (loaded: {', '.join(self.entries) or 'none'}). "
+                f"Name one of them, or add it with --adapter {name}=PATH."
+            )
         self.active = name
         return entry.model
 
@@ -142,8 +164,14 @@ class AdapterSet:
 
         model = self.activate(name)
         ids = tokenize_texts(self.tokenizer, texts, self.entries[name].meta.get("max_length", 512))
-        logits, _ = forward_split(model, ids, None, pad_token_id=self.tokenizer.pad_token_id,
-                                  padding_side=self.tokenizer.padding_side, batch_size=batch_size)
+        logits, _ = forward_split(
+            model,
+            ids,
+            None,
+            pad_token_id=self.tokenizer.pad_token_id,
+            padding_side=self.tokenizer.padding_side,
+            batch_size=batch_size,
+        )
         return logits
 
     def predict(self, name: str, texts: list[str], *, batch_size: int = 64) -> list[dict]:
@@ -151,20 +179,30 @@ class AdapterSet:
         import numpy as np
 
         if self.task != "classification":
-            raise PeftkitError(f"predict: the loaded adapters are {self.task} adapters; predict needs classification.")
+            raise PeftkitError(
+                f"predict: the loaded adapters are {self.task} adapters; predict needs classification."
+            )
         logits = self.logits(name, texts, batch_size=batch_size)
         probs = np.exp(logits - logits.max(-1, keepdims=True))
         probs /= probs.sum(-1, keepdims=True)
         labels = self.entries[name].labels
-        return [{"adapter": name, "label": labels[int(p.argmax())],
-                 "probabilities": {lab: round(float(v), 6) for lab, v in zip(labels, p, strict=True)}} for p in probs]
+        return [
+            {
+                "adapter": name,
+                "label": labels[int(p.argmax())],
+                "probabilities": {lab: round(float(v), 6) for lab, v in zip(labels, p, strict=True)},
+            }
+            for p in probs
+        ]
 
     def route(self, rows: list[tuple[str, str]], *, batch_size: int = 64) -> list[dict]:
         """Predict (adapter name, text) rows: grouped per adapter for batching, answered in input order."""
         out: list[dict | None] = [None] * len(rows)
         for name in dict.fromkeys(n for n, _ in rows):
             idx = [i for i, (n, _) in enumerate(rows) if n == name]
-            for i, res in zip(idx, self.predict(name, [rows[i][1] for i in idx], batch_size=batch_size), strict=True):
+            for i, res in zip(
+                idx, self.predict(name, [rows[i][1] for i in idx], batch_size=batch_size), strict=True
+            ):
                 out[i] = res
         return out
 
@@ -186,37 +224,57 @@ class AdapterSet:
 
             cfg = load_config(source, cache_dir)
             labels = meta["labels"] = [cfg.id2label[i] for i in sorted(cfg.id2label)]
-        self.base = load_base_model(source, task=self.task, labels=labels,
-                                    pad_token_id=self.tokenizer.pad_token_id, dtype=self.dtype, device=self.device,
-                                    quantization=self.quantization, cache_dir=cache_dir,
-                                    pooling=meta.get("pooling", "model"))
+        self.base = load_base_model(
+            source,
+            task=self.task,
+            labels=labels,
+            pad_token_id=self.tokenizer.pad_token_id,
+            dtype=self.dtype,
+            device=self.device,
+            quantization=self.quantization,
+            cache_dir=cache_dir,
+            pooling=meta.get("pooling", "model"),
+        )
         self.pooling = meta.get("pooling", "model")
         self.base.eval()
 
     def _check_fingerprint(self, adapter_dir: Path, meta: dict) -> None:
         from peftkit.adapters.bundle import fingerprint_differences
 
-        diffs = [] if meta.get("plain") else fingerprint_differences(meta, base_hash=self.base_hash,
-                                                                      tok_hash=self.tok_hash)
+        diffs = (
+            []
+            if meta.get("plain")
+            else fingerprint_differences(meta, base_hash=self.base_hash, tok_hash=self.tok_hash)
+        )
         if meta["task"] != self.task:
             diffs.append(f"task: expected {self.task}, found {meta['task']}")
         if meta.get("pooling", "model") != self.pooling:
             diffs.append(f"model.pooling: expected {self.pooling}, found {meta.get('pooling', 'model')}")
         if diffs:
-            raise PeftkitError(f"adapter '{adapter_dir}' does not fit the loaded base '{self.base_spec}': "
-                               + "; ".join(diffs) + ". Serve it with the base it was trained on, in a separate set.")
+            raise PeftkitError(
+                f"adapter '{adapter_dir}' does not fit the loaded base '{self.base_spec}': "
+                + "; ".join(diffs)
+                + ". Serve it with the base it was trained on, in a separate set."
+            )
 
     def _plain_meta(self, adapter_dir: Path, shapes: dict) -> dict:
         from peftkit.adapters.bundle import META_FILE, _is_head_weight
 
         config = json.loads((adapter_dir / "adapter_config.json").read_text())
-        warnings.warn(f"adapter '{adapter_dir}' has no {META_FILE}: a plain PEFT adapter, so nothing could be "
-                      f"checked (base model, tokenizer, labels).", stacklevel=3)
+        warnings.warn(
+            f"adapter '{adapter_dir}' has no {META_FILE}: a plain PEFT adapter, so nothing could be "
+            f"checked (base model, tokenizer, labels).",
+            stacklevel=3,
+        )
         task = "classification" if config.get("task_type") == "SEQ_CLS" else "causal_lm"
         rows = [s[0] for k, s in shapes.items() if _is_head_weight(k)]
         labels = [f"LABEL_{i}" for i in range(rows[0])] if rows else None
-        return {"task": task, "labels": labels, "plain": True,
-                "base_model": {"source": config.get("base_model_name_or_path")}}
+        return {
+            "task": task,
+            "labels": labels,
+            "plain": True,
+            "base_model": {"source": config.get("base_model_name_or_path")},
+        }
 
 
 def parse_adapter_specs(specs: list[str]) -> list[tuple[str, str]]:
@@ -225,7 +283,9 @@ def parse_adapter_specs(specs: list[str]) -> list[tuple[str, str]]:
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
-            raise PeftkitError(f"--adapter: expected NAME=PATH (e.g. sentiment=runs/a/adapter), found '{spec}'.")
+            raise PeftkitError(
+                f"--adapter: expected NAME=PATH (e.g. sentiment=runs/a/adapter), found '{spec}'."
+            )
         pairs.append((name, path))
     return pairs
 
@@ -234,7 +294,9 @@ def read_routed(path: str, names: list[str]) -> list[tuple[str, str]]:
     """(adapter, text) rows from a JSONL file whose lines have 'adapter' and 'text' fields."""
     p = Path(path)
     if not p.is_file():
-        raise PeftkitError(f"--file: '{path}' does not exist. Give a JSONL file with 'adapter' and 'text' fields.")
+        raise PeftkitError(
+            f"--file: '{path}' does not exist. Give a JSONL file with 'adapter' and 'text' fields."
+        )
     rows = []
     for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -243,10 +305,14 @@ def read_routed(path: str, names: list[str]) -> list[tuple[str, str]]:
             obj = json.loads(line)
             row = (obj["adapter"], obj["text"])
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise PeftkitError(f"--file {path}:{n}: expected a JSON object with 'adapter' and 'text' fields, found "
-                               f"{line[:60]!r}.") from None
+            raise PeftkitError(
+                f"--file {path}:{n}: expected a JSON object with 'adapter' and 'text' fields, found "
+                f"{line[:60]!r}."
+            ) from None
         if row[0] not in names:
-            raise PeftkitError(f"--file {path}:{n}: adapter '{row[0]}' was not given (loaded: {', '.join(names)}). "
-                               f"Add --adapter {row[0]}=PATH.")
+            raise PeftkitError(
+                f"--file {path}:{n}: adapter '{row[0]}' was not given (loaded: {', '.join(names)}). "
+                f"Add --adapter {row[0]}=PATH."
+            )
         rows.append(row)
     return rows

@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 
-def forward_split(model, ids: list[list[int]], labels: list[int] | None, *, pad_token_id: int, padding_side: str,
-                  batch_size: int, task: str = "classification"):
+def forward_split(
+    model,
+    ids: list[list[int]],
+    labels: list[int] | None,
+    *,
+    pad_token_id: int,
+    padding_side: str,
+    batch_size: int,
+    task: str = "classification",
+):
     """Run `model` over `ids` in length-sorted batches (less padding); return (logits in input order, mean loss).
 
     For causal LM the logits are not kept (only the token-weighted loss), since they are vocabulary-sized.
@@ -20,9 +28,12 @@ def forward_split(model, ids: list[list[int]], labels: list[int] | None, *, pad_
     out = None
     loss_sum, weight = 0.0, 0
     with torch.no_grad():
-        for idx in batch_order([len(x) for x in ids], batch_size, seed=0, epoch=0, shuffle=False,
-                               group_by_length=True):
-            with_labels = [labels[i] for i in idx] if labels is not None and task == "classification" else None
+        for idx in batch_order(
+            [len(x) for x in ids], batch_size, seed=0, epoch=0, shuffle=False, group_by_length=True
+        ):
+            with_labels = (
+                [labels[i] for i in idx] if labels is not None and task == "classification" else None
+            )
             batch = collate([ids[i] for i in idx], pad_token_id, padding_side, labels=with_labels)
             if task == "causal_lm":
                 batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)

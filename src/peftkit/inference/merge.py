@@ -21,9 +21,22 @@ from pathlib import Path
 from peftkit.errors import PeftkitError
 
 REPORT_FILE = "parity_report.json"
-PROMPT_LEARNING = {"PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT", "CPT"}
-FALLBACK_TEXTS = ["a good film", "a bad film", "the plot was dull and the actors were tired",
-                  "witty, sharp and moving", "it is what it is", "I would not watch it again"]
+PROMPT_LEARNING = {
+    "PREFIX_TUNING",
+    "PROMPT_TUNING",
+    "P_TUNING",
+    "MULTITASK_PROMPT_TUNING",
+    "ADAPTION_PROMPT",
+    "CPT",
+}
+FALLBACK_TEXTS = [
+    "a good film",
+    "a bad film",
+    "the plot was dull and the actors were tired",
+    "witty, sharp and moving",
+    "it is what it is",
+    "I would not watch it again",
+]
 
 
 def check_mergeable(adapter_dir: Path, meta: dict | None) -> None:
@@ -35,23 +48,36 @@ def check_mergeable(adapter_dir: Path, meta: dict | None) -> None:
     method = (meta or {}).get("method") or peft_type.lower()
     why = None
     if peft_type in PROMPT_LEARNING:
-        why = (f"{method} adds learned virtual tokens / key-value prefixes to the input, which are not weights of "
-               f"the base, so there is nothing to fold into it")
+        why = (
+            f"{method} adds learned virtual tokens / key-value prefixes to the input, which are not weights of "
+            f"the base, so there is nothing to fold into it"
+        )
     else:
         try:
             mergeable = get_method(method).mergeable
         except PeftkitError:
             mergeable = False
         if not mergeable:
-            why = (f"{method} inserts new modules (with their own non-linearity) between the base's layers, so the "
-                   f"result cannot be expressed as changed base weights")
+            why = (
+                f"{method} inserts new modules (with their own non-linearity) between the base's layers, so the "
+                f"result cannot be expressed as changed base weights"
+            )
     if why:
-        raise PeftkitError(f"merge: adapter '{adapter_dir}' uses {method}, which cannot be merged: {why}. Serve it "
-                           f"as an adapter instead (`peftkit predict ADAPTER` or several with --adapter NAME=PATH).")
+        raise PeftkitError(
+            f"merge: adapter '{adapter_dir}' uses {method}, which cannot be merged: {why}. Serve it "
+            f"as an adapter instead (`peftkit predict ADAPTER` or several with --adapter NAME=PATH)."
+        )
 
 
-def merge_adapter(adapter: str | Path, out: str | Path, *, texts: list[str] | None = None, n_samples: int = 64,
-                  progress=None, overwrite: bool = False) -> dict:
+def merge_adapter(
+    adapter: str | Path,
+    out: str | Path,
+    *,
+    texts: list[str] | None = None,
+    n_samples: int = 64,
+    progress=None,
+    overwrite: bool = False,
+) -> dict:
     """Merge `adapter` into a float32 reload of its base, write the model to `out`, return the parity report."""
     from peftkit.adapters.bundle import check_bundle, load_adapter, resolve_adapter_dir
     from peftkit.fileio import atomic_dir, atomic_write_json
@@ -59,7 +85,9 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, texts: list[str] | No
     say = progress or (lambda msg: print(f"merge: {msg}", file=sys.stderr))
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise PeftkitError(f"--out: '{out}' already exists and is not empty. Choose another folder or pass --overwrite.")
+        raise PeftkitError(
+            f"--out: '{out}' already exists and is not empty. Choose another folder or pass --overwrite."
+        )
     adapter_dir = resolve_adapter_dir(adapter)
     meta, _ = check_bundle(adapter_dir)
     check_mergeable(adapter_dir, meta)
@@ -69,19 +97,27 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, texts: list[str] | No
     task = loaded.meta["task"]
     texts = texts or _sample_texts(loaded.meta, n_samples)
     reference = _logits(loaded.model, loaded.tokenizer, texts, task)
-    report: dict = {"adapter": str(adapter_dir), "method": loaded.meta.get("method"), "task": task,
-                    "n_samples": len(texts), "merged_dtype": "float32"}
+    report: dict = {
+        "adapter": str(adapter_dir),
+        "method": loaded.meta.get("method"),
+        "task": task,
+        "n_samples": len(texts),
+        "merged_dtype": "float32",
+    }
     pooling = loaded.meta.get("pooling", "model")
     if pooling != "model":
-        report["pooling"] = (f"{pooling}: recorded in config.json as peftkit_pooling; load the merged model with "
-                             f"peftkit, or call peftkit.models.pooling.apply_pooling(model, 'model') after "
-                             f"from_pretrained (plain transformers reads the [CLS] token)")
+        report["pooling"] = (
+            f"{pooling}: recorded in config.json as peftkit_pooling; load the merged model with "
+            f"peftkit, or call peftkit.models.pooling.apply_pooling(model, 'model') after "
+            f"from_pretrained (plain transformers reads the [CLS] token)"
+        )
     quant = loaded.meta.get("quantization")
     if quant:
         say("[2/5] reference: the adapter on the quantized base it was trained on")
         qloaded = load_adapter(adapter_dir, quantization=quant)
-        report["vs_quantized_training_base"] = _compare(_logits(qloaded.model, qloaded.tokenizer, texts, task),
-                                                        reference)
+        report["vs_quantized_training_base"] = _compare(
+            _logits(qloaded.model, qloaded.tokenizer, texts, task), reference
+        )
         del qloaded
     else:
         say("[2/5] adapter was trained on a full-precision base (no quantized reference)")
@@ -94,12 +130,15 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, texts: list[str] | No
         loaded.tokenizer.save_pretrained(tmp)
         say("[5/5] reloading it with plain transformers and comparing logits")
         reloaded = _plain_load(tmp, task).to(next(loaded.model.parameters()).device)
-        report["vs_adapter_on_full_precision_base"] = _compare(reference, _logits(reloaded, loaded.tokenizer, texts,
-                                                                                  task))
+        report["vs_adapter_on_full_precision_base"] = _compare(
+            reference, _logits(reloaded, loaded.tokenizer, texts, task)
+        )
         atomic_write_json(tmp / REPORT_FILE, report)
     diff = report["vs_adapter_on_full_precision_base"]
-    say(f"done: max |logit diff| {diff['max_abs_logit_diff']:.2e}, label agreement {diff['label_agreement']:.3f} "
-        f"on {len(texts)} inputs; report in {out / REPORT_FILE}")
+    say(
+        f"done: max |logit diff| {diff['max_abs_logit_diff']:.2e}, label agreement {diff['label_agreement']:.3f} "
+        f"on {len(texts)} inputs; report in {out / REPORT_FILE}"
+    )
     if "pooling" in report:
         say(f"note: pooling {report['pooling']}")
     return report
@@ -129,7 +168,9 @@ def _plain_load(folder: Path, task: str):
     if task == "classification":
         from peftkit.models.pooling import apply_pooling
 
-        apply_pooling(model, "model")  # the pooling recorded in config.json, if any (see the module docstring)
+        apply_pooling(
+            model, "model"
+        )  # the pooling recorded in config.json, if any (see the module docstring)
     return model
 
 
@@ -151,5 +192,7 @@ def _compare(a: list, b: list) -> dict:
     import numpy as np
 
     diff = max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
-    agree = [int(np.atleast_2d(x)[-1].argmax() == np.atleast_2d(y)[-1].argmax()) for x, y in zip(a, b, strict=True)]
+    agree = [
+        int(np.atleast_2d(x)[-1].argmax() == np.atleast_2d(y)[-1].argmax()) for x, y in zip(a, b, strict=True)
+    ]
     return {"max_abs_logit_diff": diff, "label_agreement": sum(agree) / len(agree)}

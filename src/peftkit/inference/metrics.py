@@ -73,7 +73,12 @@ def classification_metrics(y_true, y_pred, labels: list[str], metrics: list[str]
             out.update(_evaluate_module(name, y_true, y_pred))
     prec, rec, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
     out["per_class"] = {
-        label: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(support[i])}
+        label: {
+            "precision": float(prec[i]),
+            "recall": float(rec[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
         for i, label in enumerate(labels)
     }
     out["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=ids).tolist()

@@ -79,7 +79,9 @@ def plot_eval_metrics(rows: list[dict], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path, title: str = "Confusion matrix") -> Path:
+def plot_confusion(
+    matrix: list[list[int]], labels: list[str], path: Path, title: str = "Confusion matrix"
+) -> Path:
     """Rows: true label, columns: predicted label; each cell shows its count."""
     import numpy as np
 
@@ -110,6 +112,12 @@ def write_run_plots(run_dir: str | Path) -> list[Path]:
         final = metrics.get("test") or metrics.get("validation") or {}
         if "confusion_matrix" in final:
             split = "test" if "test" in metrics else "validation"
-            written.append(plot_confusion(final["confusion_matrix"], final["labels"], out / CONFUSION_PNG,
-                                          title=f"Confusion matrix ({split}, n={final['n']})"))
+            written.append(
+                plot_confusion(
+                    final["confusion_matrix"],
+                    final["labels"],
+                    out / CONFUSION_PNG,
+                    title=f"Confusion matrix ({split}, n={final['n']})",
+                )
+            )
     return [p for p in written if p is not None]

@@ -22,8 +22,9 @@ def read_texts(path: str) -> list[str]:
             try:
                 texts.append(json.loads(line)["text"])
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise PeftkitError(f"--file {path}:{n}: expected a JSON object with a 'text' field, found "
-                                   f"{line[:60]!r}.") from None
+                raise PeftkitError(
+                    f"--file {path}:{n}: expected a JSON object with a 'text' field, found {line[:60]!r}."
+                ) from None
         return texts
     return lines
 
@@ -38,29 +39,48 @@ def predict_texts(adapter: str, texts: list[str], *, batch_size: int = 64, loade
 
     loaded = loaded or load_adapter(adapter)
     if loaded.meta["task"] != "classification":
-        raise PeftkitError(f"predict: adapter '{adapter}' is a {loaded.meta['task']} adapter; predict needs a "
-                           f"classification adapter (use `peftkit generate` for causal LM).")
+        raise PeftkitError(
+            f"predict: adapter '{adapter}' is a {loaded.meta['task']} adapter; predict needs a "
+            f"classification adapter (use `peftkit generate` for causal LM)."
+        )
     tok = loaded.tokenizer
     ids = tokenize_texts(tok, texts, loaded.meta.get("max_length", 512))
-    logits, _ = forward_split(loaded.model, ids, None, pad_token_id=tok.pad_token_id, padding_side=tok.padding_side,
-                              batch_size=batch_size)
+    logits, _ = forward_split(
+        loaded.model,
+        ids,
+        None,
+        pad_token_id=tok.pad_token_id,
+        padding_side=tok.padding_side,
+        batch_size=batch_size,
+    )
     probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
     labels = loaded.labels
-    return [{"label": labels[int(p.argmax())], "probabilities": {lab: round(float(v), 6) for lab, v in zip(labels, p, strict=True)}}
-            for p in probs]
+    return [
+        {
+            "label": labels[int(p.argmax())],
+            "probabilities": {lab: round(float(v), 6) for lab, v in zip(labels, p, strict=True)},
+        }
+        for p in probs
+    ]
 
 
 def _labelled_file(path: Path, labels: list[str]):
     """(texts, label ids) from a CSV/JSONL/Parquet file with `text` and `label` columns (label names or ids)."""
     import pandas as pd
 
-    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet,
-               ".jsonl": lambda p: pd.read_json(p, lines=True), ".json": pd.read_json}
+    readers = {
+        ".csv": pd.read_csv,
+        ".parquet": pd.read_parquet,
+        ".jsonl": lambda p: pd.read_json(p, lines=True),
+        ".json": pd.read_json,
+    }
     df = readers[path.suffix](path)
     for col in ("text", "label"):
         if col not in df.columns:
-            raise PeftkitError(f"--data {path}: no '{col}' column (found: {', '.join(map(str, df.columns))}). "
-                               f"A labelled file needs 'text' and 'label' columns.")
+            raise PeftkitError(
+                f"--data {path}: no '{col}' column (found: {', '.join(map(str, df.columns))}). "
+                f"A labelled file needs 'text' and 'label' columns."
+            )
     ids = []
     for value in df["label"]:
         if value in labels:
@@ -68,8 +88,9 @@ def _labelled_file(path: Path, labels: list[str]):
         elif isinstance(value, int | float) and 0 <= int(value) < len(labels):
             ids.append(int(value))
         else:
-            raise PeftkitError(f"--data {path}: label {value!r} is not one of the adapter's labels "
-                               f"({', '.join(labels)}).")
+            raise PeftkitError(
+                f"--data {path}: label {value!r} is not one of the adapter's labels ({', '.join(labels)})."
+            )
     return df["text"].astype(str).tolist(), ids
 
 
@@ -78,14 +99,16 @@ def evaluate_adapter(adapter: str, *, data: str | None = None, split: str = "tes
     from peftkit.adapters.bundle import load_adapter
     from peftkit.data.cards import load_card
     from peftkit.data.prepare import tokenize_texts
-    from peftkit.inference.metrics import classification_metrics
     from peftkit.inference.forward import forward_split
+    from peftkit.inference.metrics import classification_metrics
 
     loaded = load_adapter(adapter)
     meta, labels = loaded.meta, loaded.labels
     data = data or meta.get("data_card")
     if data is None:
-        raise PeftkitError(f"eval: adapter '{adapter}' does not record its data card; pass --data CARD_OR_FILE.")
+        raise PeftkitError(
+            f"eval: adapter '{adapter}' does not record its data card; pass --data CARD_OR_FILE."
+        )
     if Path(data).suffix in TEXT_SUFFIXES:
         texts, y = _labelled_file(Path(data), labels or [])
     else:
@@ -93,16 +116,30 @@ def evaluate_adapter(adapter: str, *, data: str | None = None, split: str = "tes
 
         card = load_card(data)
         if meta["task"] == "classification" and card.labels != labels:
-            raise PeftkitError(f"eval: data card '{card.name}' has labels {card.labels}, the adapter was trained on "
-                               f"{labels}. Evaluate on data with the adapter's label set.")
+            raise PeftkitError(
+                f"eval: data card '{card.name}' has labels {card.labels}, the adapter was trained on "
+                f"{labels}. Evaluate on data with the adapter's label set."
+            )
         splits = load_splits(card)
         if split not in splits:
-            raise PeftkitError(f"--split: card '{card.name}' has no split '{split}' (has: {', '.join(splits)}).")
-        texts, y = splits[split]["text"], (splits[split]["label"] if meta["task"] == "classification" else None)
+            raise PeftkitError(
+                f"--split: card '{card.name}' has no split '{split}' (has: {', '.join(splits)})."
+            )
+        texts, y = (
+            splits[split]["text"],
+            (splits[split]["label"] if meta["task"] == "classification" else None),
+        )
     tok = loaded.tokenizer
     ids = tokenize_texts(tok, texts, meta.get("max_length", 512), add_eos=meta["task"] == "causal_lm")
-    logits, loss = forward_split(loaded.model, ids, y, pad_token_id=tok.pad_token_id, padding_side=tok.padding_side,
-                                 batch_size=64, task=meta["task"])
+    logits, loss = forward_split(
+        loaded.model,
+        ids,
+        y,
+        pad_token_id=tok.pad_token_id,
+        padding_side=tok.padding_side,
+        batch_size=64,
+        task=meta["task"],
+    )
     if meta["task"] != "classification":
         import math
 

@@ -24,7 +24,9 @@ TASK_TYPES = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
 _VALIDATION_STEPS = 10_000
 
 
-def build_peft_config(name: str, settings: dict, *, task: str, model_type: str, total_steps: int | None = None):
+def build_peft_config(
+    name: str, settings: dict, *, task: str, model_type: str, total_steps: int | None = None
+):
     """PEFT config for `name` with the recipe's settings, peftkit's defaults filling what the recipe leaves out."""
     kwargs = check_method_settings(name, settings)
     if name == FULL:
@@ -43,7 +45,9 @@ def build_peft_config(name: str, settings: dict, *, task: str, model_type: str, 
     try:
         return entry.config_cls()(task_type=TASK_TYPES[task], **kwargs)
     except (ValueError, TypeError) as exc:
-        raise PeftkitError(f"method: PEFT refuses these {name} settings: {exc} Fix the settings under `method`.") from None
+        raise PeftkitError(
+            f"method: PEFT refuses these {name} settings: {exc} Fix the settings under `method`."
+        ) from None
 
 
 def apply_method(model, *, name: str, settings: dict, task: str, total_steps: int | None = None):
@@ -53,10 +57,14 @@ def apply_method(model, *, name: str, settings: dict, task: str, total_steps: in
     if name == FULL:  # full fine-tuning: the plain model, every parameter trainable
         check_method_settings(name, settings)
         return model.requires_grad_(True)
-    config = build_peft_config(name, settings, task=task, model_type=model.config.model_type, total_steps=total_steps)
+    config = build_peft_config(
+        name, settings, task=task, model_type=model.config.model_type, total_steps=total_steps
+    )
     try:
         wrapped = get_peft_model(model, config)
     except ValueError as exc:
-        raise PeftkitError(f"method: PEFT could not apply {name} to this {model.config.model_type} model: {exc} "
-                           f"Set method.target_modules, or choose another method.") from None
+        raise PeftkitError(
+            f"method: PEFT could not apply {name} to this {model.config.model_type} model: {exc} "
+            f"Set method.target_modules, or choose another method."
+        ) from None
     return wrapped

@@ -14,11 +14,40 @@ from peftkit.errors import PeftkitError, did_you_mean
 
 # PEFT methods whose layers accept transformers' Conv1D (GPT-2's c_attn / c_proj / c_fc), probed on peft 0.21.2
 # (tests/methods/test_checks.py re-probes a few against PEFT itself). Anything else is refused on Conv1D targets.
-CONV1D_OK = {"lora", "dora", "rslora", "adalora", "ia3", "vera", "frod", "pvera", "fourierft", "unilora", "randlora",
-             "hira", "osf", "gralora", "tinylora", "deft", "bottleneck", "houlsby", "pfeiffer", "parallel"}
+CONV1D_OK = {
+    "lora",
+    "dora",
+    "rslora",
+    "adalora",
+    "ia3",
+    "vera",
+    "frod",
+    "pvera",
+    "fourierft",
+    "unilora",
+    "randlora",
+    "hira",
+    "osf",
+    "gralora",
+    "tinylora",
+    "deft",
+    "bottleneck",
+    "houlsby",
+    "pfeiffer",
+    "parallel",
+}
 # Settings that are a size and must be ≥ 1.
-_POSITIVE = ("r", "init_r", "target_r", "num_virtual_tokens", "bottleneck_size", "reduction_factor", "boft_block_size",
-             "oft_block_size", "encoder_hidden_size")
+_POSITIVE = (
+    "r",
+    "init_r",
+    "target_r",
+    "num_virtual_tokens",
+    "bottleneck_size",
+    "reduction_factor",
+    "boft_block_size",
+    "oft_block_size",
+    "encoder_hidden_size",
+)
 
 
 def model_skeleton(config, task: str):
@@ -31,7 +60,9 @@ def model_skeleton(config, task: str):
         return cls.from_config(config)
 
 
-def check_method_for_model(name: str, settings: dict, config, task: str, gradient_checkpointing: bool = False):
+def check_method_for_model(
+    name: str, settings: dict, config, task: str, gradient_checkpointing: bool = False
+):
     """Refuse `method` settings that cannot work on the model `config` describes; return the PEFT config.
 
     `config` is the base model's transformers config (no weights needed). Raises PeftkitError with a fix.
@@ -56,22 +87,29 @@ def _check_ranges(name: str, settings: dict, config) -> None:
     for key in _POSITIVE:
         value = settings.get(key)
         if isinstance(value, int | float) and value <= 0:
-            raise PeftkitError(f"method.{key}: {value} is not a valid size for {name}; it must be 1 or more "
-                               f"(e.g. {key}: 8).")
+            raise PeftkitError(
+                f"method.{key}: {value} is not a valid size for {name}; it must be 1 or more (e.g. {key}: 8)."
+            )
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
     selected = settings.get("layers_to_transform")
     selected = [selected] if isinstance(selected, int) else selected or []
     bad = [i for i in selected if not isinstance(i, int) or i < 0 or (layers and i >= layers)]
     if bad:
-        raise PeftkitError(f"method.layers_to_transform: {bad} {'is' if len(bad) == 1 else 'are'} not layers of this "
-                           f"model, which has layers 0–{layers - 1}. Pick indices in that range.")
+        raise PeftkitError(
+            f"method.layers_to_transform: {bad} {'is' if len(bad) == 1 else 'are'} not layers of this "
+            f"model, which has layers 0–{layers - 1}. Pick indices in that range."
+        )
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
     if hidden is None:
         return
     for key in ("reduction_factor", "bottleneck_size", "r"):
         value = settings.get(key)
         if isinstance(value, int) and value > hidden:
-            what = "bottleneck of less than one unit" if key == "reduction_factor" else "rank wider than the layers"
+            what = (
+                "bottleneck of less than one unit"
+                if key == "reduction_factor"
+                else "rank wider than the layers"
+            )
             raise PeftkitError(
                 f"method.{key}: {value} is larger than the model's hidden size ({hidden}), which gives a {what}. "
                 f"Use a value of at most {hidden} (typical: reduction_factor 16, bottleneck_size or r 8–64)."
@@ -104,7 +142,9 @@ def _check_targets(name: str, targets, model, model_type: str) -> None:
                 )
     if name in CONV1D_OK:
         return
-    conv = sorted({n.rsplit(".", 1)[-1] for n, m in modules.items() if _matches(targets, n) and isinstance(m, Conv1D)})
+    conv = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in modules.items() if _matches(targets, n) and isinstance(m, Conv1D)}
+    )
     if conv:
         raise PeftkitError(
             f"method.name: {name} does not support transformers' Conv1D layers, and on this {model_type} model the "

@@ -15,8 +15,15 @@ from dataclasses import dataclass, field
 from peftkit.errors import PeftkitError, did_you_mean
 
 # Keys peftkit fills in itself; a recipe must not set them.
-_MANAGED = {"task_type", "peft_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping",
-            "peft_version"}
+_MANAGED = {
+    "task_type",
+    "peft_type",
+    "base_model_name_or_path",
+    "revision",
+    "inference_mode",
+    "auto_mapping",
+    "peft_version",
+}
 
 
 @dataclass
@@ -55,13 +62,32 @@ def _peft_names() -> list[str]:
 
 
 FULL = "full"  # full fine-tuning, the quality reference of `peftkit bench`: every parameter trains
-_PROMPT_LEARNING = {"prompt_tuning", "p_tuning", "prefix_tuning", "multitask_prompt_tuning", "adaption_prompt", "cpt"}
+_PROMPT_LEARNING = {
+    "prompt_tuning",
+    "p_tuning",
+    "prefix_tuning",
+    "multitask_prompt_tuning",
+    "adaption_prompt",
+    "cpt",
+}
 
 register(MethodEntry("lora", _peft_config("LORA"), doc="Low-rank adaptation (Hu et al. 2021)."))
-register(MethodEntry("dora", _peft_config("LORA"), presets={"use_dora": True},
-                     doc="Weight-decomposed LoRA (Liu et al. 2024)."))
-register(MethodEntry("rslora", _peft_config("LORA"), presets={"use_rslora": True},
-                     doc="Rank-stabilised LoRA: scaling alpha/sqrt(r) (Kalajievski 2023)."))
+register(
+    MethodEntry(
+        "dora",
+        _peft_config("LORA"),
+        presets={"use_dora": True},
+        doc="Weight-decomposed LoRA (Liu et al. 2024).",
+    )
+)
+register(
+    MethodEntry(
+        "rslora",
+        _peft_config("LORA"),
+        presets={"use_rslora": True},
+        doc="Rank-stabilised LoRA: scaling alpha/sqrt(r) (Kalajievski 2023).",
+    )
+)
 
 
 def _bottleneck_config():
@@ -71,18 +97,47 @@ def _bottleneck_config():
 
 
 BOTTLENECK = {"bottleneck", "houlsby", "pfeiffer", "parallel"}
-register(MethodEntry("bottleneck", _bottleneck_config, mergeable=False,
-                     doc="Bottleneck adapters; choose `variant` (houlsby, pfeiffer, parallel)."))
-register(MethodEntry("houlsby", _bottleneck_config, presets={"variant": "houlsby"}, mergeable=False,
-                     doc="Bottleneck adapters after attention and feed-forward (Houlsby et al. 2019)."))
-register(MethodEntry("pfeiffer", _bottleneck_config, presets={"variant": "pfeiffer"}, mergeable=False,
-                     doc="One bottleneck adapter per layer after the feed-forward block (Pfeiffer et al. 2020)."))
-register(MethodEntry("parallel", _bottleneck_config, presets={"variant": "parallel"}, mergeable=False,
-                     doc="Bottleneck adapter beside the feed-forward block (He et al. 2022)."))
+register(
+    MethodEntry(
+        "bottleneck",
+        _bottleneck_config,
+        mergeable=False,
+        doc="Bottleneck adapters; choose `variant` (houlsby, pfeiffer, parallel).",
+    )
+)
+register(
+    MethodEntry(
+        "houlsby",
+        _bottleneck_config,
+        presets={"variant": "houlsby"},
+        mergeable=False,
+        doc="Bottleneck adapters after attention and feed-forward (Houlsby et al. 2019).",
+    )
+)
+register(
+    MethodEntry(
+        "pfeiffer",
+        _bottleneck_config,
+        presets={"variant": "pfeiffer"},
+        mergeable=False,
+        doc="One bottleneck adapter per layer after the feed-forward block (Pfeiffer et al. 2020).",
+    )
+)
+register(
+    MethodEntry(
+        "parallel",
+        _bottleneck_config,
+        presets={"variant": "parallel"},
+        mergeable=False,
+        doc="Bottleneck adapter beside the feed-forward block (He et al. 2022).",
+    )
+)
 
-_PROMPT_REFUSAL = ("{name} cannot be merged: it adds learned virtual tokens (or key/value prefixes) to every input "
-                   "instead of changing weights, so there is nothing to fold into the base model. Keep the adapter "
-                   "separate, or train a LoRA-family method if you need a merged model.")
+_PROMPT_REFUSAL = (
+    "{name} cannot be merged: it adds learned virtual tokens (or key/value prefixes) to every input "
+    "instead of changing weights, so there is nothing to fold into the base model. Keep the adapter "
+    "separate, or train a LoRA-family method if you need a merged model."
+)
 
 
 def merge_refusal_reason(name: str) -> str | None:
@@ -134,8 +189,10 @@ def check_method_settings(name: str, settings: dict) -> dict:
 
     if name == FULL:  # full fine-tuning: no PEFT config, no settings
         if settings:
-            raise PeftkitError(f"method.{next(iter(settings))}: 'full' (full fine-tuning) takes no settings. "
-                               f"Remove them, or pick a PEFT method.")
+            raise PeftkitError(
+                f"method.{next(iter(settings))}: 'full' (full fine-tuning) takes no settings. "
+                f"Remove them, or pick a PEFT method."
+            )
         return {}
     entry = get_method(name)
     fields = config_fields(entry)

@@ -45,10 +45,19 @@ def method_rows(recipe_paths: list[Path], model_source: str | None = None) -> li
         tok = load_tokenizer(source, recipe.model.cache_dir)
         torch.manual_seed(0)
         labels = load_card(recipe.data.card).labels if recipe.model.task == "classification" else None
-        base = load_base_model(source, task=recipe.model.task, labels=labels, pad_token_id=tok.pad_token_id,
-                               device="cpu", cache_dir=recipe.model.cache_dir, pooling=recipe.model.pooling)
+        base = load_base_model(
+            source,
+            task=recipe.model.task,
+            labels=labels,
+            pad_token_id=tok.pad_token_id,
+            device="cpu",
+            cache_dir=recipe.model.cache_dir,
+            pooling=recipe.model.pooling,
+        )
         total = sum(p.numel() for p in base.parameters())
-        model = apply_method(base, name=recipe.method.name, settings=recipe.method.settings(), task=recipe.model.task)
+        model = apply_method(
+            base, name=recipe.method.name, settings=recipe.method.settings(), task=recipe.model.task
+        )
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         with tempfile.TemporaryDirectory() as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
@@ -60,9 +69,13 @@ def method_rows(recipe_paths: list[Path], model_source: str | None = None) -> li
 
 def format_rows(rows: list[MethodRow]) -> str:
     """A Markdown table."""
-    lines = ["| method | recipe | trainable params | % of base | adapter file | mergeable |",
-             "|---|---|---:|---:|---:|:---:|"]
+    lines = [
+        "| method | recipe | trainable params | % of base | adapter file | mergeable |",
+        "|---|---|---:|---:|---:|:---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r.method} | {r.recipe} | {r.trainable:,} | {r.percent:.2f}% | "
-                     f"{r.adapter_bytes / 1024:,.0f} KiB | {r.merge} |")
+        lines.append(
+            f"| {r.method} | {r.recipe} | {r.trainable:,} | {r.percent:.2f}% | "
+            f"{r.adapter_bytes / 1024:,.0f} KiB | {r.merge} |"
+        )
     return "\n".join(lines)

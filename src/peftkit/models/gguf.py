@@ -39,20 +39,26 @@ def check_gguf(path: str | Path) -> Path:
     """The GGUF file, or a PeftkitError saying it is missing, not a GGUF file, or truncated/corrupt."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise PeftkitError(f"GGUF file '{path}' does not exist. Check model.source (a path to a .gguf file, or "
-                           f"package:NAME/FILE.gguf for a file shipped in an installed package).")
+        raise PeftkitError(
+            f"GGUF file '{path}' does not exist. Check model.source (a path to a .gguf file, or "
+            f"package:NAME/FILE.gguf for a file shipped in an installed package)."
+        )
     with open(path, "rb") as fh:
         head = fh.read(4)
     if head != MAGIC:
-        raise PeftkitError(f"GGUF file '{path}' is not a GGUF file (it starts with {head!r}, not b'GGUF'). Point "
-                           f"model.source at a real .gguf file, or at a transformers folder.")
+        raise PeftkitError(
+            f"GGUF file '{path}' is not a GGUF file (it starts with {head!r}, not b'GGUF'). Point "
+            f"model.source at a real .gguf file, or at a transformers folder."
+        )
     try:
         from gguf import GGUFReader
 
         GGUFReader(str(path))  # parses every header and tensor extent: catches truncated files
     except Exception as exc:  # the reader raises ValueError, IndexError, ... on damaged files
-        raise PeftkitError(f"GGUF file '{path}' is corrupt or truncated ({type(exc).__name__}: {exc}). Download "
-                           f"it again or reinstall the package that ships it.") from None
+        raise PeftkitError(
+            f"GGUF file '{path}' is corrupt or truncated ({type(exc).__name__}: {exc}). Download "
+            f"it again or reinstall the package that ships it."
+        ) from None
     return path
 
 
@@ -71,8 +77,10 @@ def converted_folder(gguf_path: str | Path, cache_dir: str | Path | None = None)
     check_gguf(path)
     with _lock(root):
         if target.exists() and not _is_complete(target, digest):
-            warnings.warn(f"GGUF cache folder {target} is incomplete or corrupt; converting {path.name} again.",
-                          stacklevel=2)
+            warnings.warn(
+                f"GGUF cache folder {target} is incomplete or corrupt; converting {path.name} again.",
+                stacklevel=2,
+            )
         if not _is_complete(target, digest):  # another process may have finished while we waited
             _build(path, digest, target)
     return target
@@ -89,9 +97,16 @@ def _is_complete(folder: Path, digest: str) -> bool:
     if _verified.get(str(folder)) == stamp:
         return True
     files = record.get("files") or {}
-    ok = record.get("gguf_sha256") == digest and "config.json" in files and all(
-        (folder / name).is_file() and (folder / name).stat().st_size == meta["size"]
-        and file_sha256(folder / name) == meta["sha256"] for name, meta in files.items())
+    ok = (
+        record.get("gguf_sha256") == digest
+        and "config.json" in files
+        and all(
+            (folder / name).is_file()
+            and (folder / name).stat().st_size == meta["size"]
+            and file_sha256(folder / name) == meta["sha256"]
+            for name, meta in files.items()
+        )
+    )
     if ok:
         _verified[str(folder)] = stamp
     return ok

@@ -8,7 +8,19 @@ import json
 from peftkit.errors import PeftkitError
 from peftkit.models.sources import ModelSource
 
-DECODER_TYPES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "gemma2", "phi", "phi3", "gpt_neox", "opt", "smollm3")
+DECODER_TYPES = (
+    "gpt2",
+    "llama",
+    "mistral",
+    "qwen2",
+    "gemma",
+    "gemma2",
+    "phi",
+    "phi3",
+    "gpt_neox",
+    "opt",
+    "smollm3",
+)
 
 
 def pick_device() -> str:
@@ -65,7 +77,7 @@ def load_tokenizer(source: ModelSource, cache_dir: str | None = None):
         if tok.eos_token is None:
             raise PeftkitError(
                 f"model source '{source.spec}': the tokenizer has neither a pad token nor an eos token, so batches "
-                f"cannot be padded. Add a pad token to the tokenizer files (tokenizer_config.json: \"pad_token\")."
+                f'cannot be padded. Add a pad token to the tokenizer files (tokenizer_config.json: "pad_token").'
             )
         tok.pad_token = tok.eos_token
     return tok
@@ -74,9 +86,13 @@ def load_tokenizer(source: ModelSource, cache_dir: str | None = None):
 def tokenizer_hash(tokenizer) -> str:
     """sha256 of the vocabulary and special tokens: two tokenizers with equal hashes encode text the same way."""
     blob = json.dumps(
-        {"vocab": sorted(tokenizer.get_vocab().items()), "special": tokenizer.special_tokens_map,
-         "lower": getattr(tokenizer, "do_lower_case", None)},
-        sort_keys=True, default=str,
+        {
+            "vocab": sorted(tokenizer.get_vocab().items()),
+            "special": tokenizer.special_tokens_map,
+            "lower": getattr(tokenizer, "do_lower_case", None),
+        },
+        sort_keys=True,
+        default=str,
     )
     return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
 
@@ -111,8 +127,11 @@ def load_base_model(
     kwargs: dict = {"revision": source.revision, "dtype": torch_dtype}
     if task == "classification":
         cls = AutoModelForSequenceClassification
-        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                      label2id={name: i for i, name in enumerate(labels)})
+        kwargs.update(
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
+        )
     else:
         cls = AutoModelForCausalLM
     if pad_token_id is not None:

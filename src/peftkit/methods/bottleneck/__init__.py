@@ -6,4 +6,11 @@ from peftkit.methods.bottleneck.register import PEFT_TYPE, register_with_peft
 
 register_with_peft(BottleneckConfig, BottleneckModel)
 
-__all__ = ["PEFT_TYPE", "BottleneckConfig", "BottleneckModel", "adapters_per_layer", "default_targets", "hidden_size"]
+__all__ = [
+    "PEFT_TYPE",
+    "BottleneckConfig",
+    "BottleneckModel",
+    "adapters_per_layer",
+    "default_targets",
+    "hidden_size",
+]

@@ -26,21 +26,34 @@ class BottleneckConfig(PeftConfig):
     """
 
     variant: Literal["houlsby", "pfeiffer", "parallel"] = field(
-        default="pfeiffer", metadata={"help": "Where the adapters sit: houlsby, pfeiffer or parallel."})
+        default="pfeiffer", metadata={"help": "Where the adapters sit: houlsby, pfeiffer or parallel."}
+    )
     reduction_factor: int = field(
-        default=16, metadata={"help": "Bottleneck size = hidden size // reduction_factor (Pfeiffer et al.: 16)."})
+        default=16,
+        metadata={"help": "Bottleneck size = hidden size // reduction_factor (Pfeiffer et al.: 16)."},
+    )
     bottleneck_size: int | None = field(
-        default=None, metadata={"help": "Bottleneck size; overrides reduction_factor when set."})
+        default=None, metadata={"help": "Bottleneck size; overrides reduction_factor when set."}
+    )
     non_linearity: Literal["relu", "gelu", "swish", "tanh"] = field(
-        default="relu", metadata={"help": "Activation between the down and up projections."})
-    scaling: float = field(default=1.0, metadata={"help": "Multiplier on the adapter output (He et al. use 4 for parallel)."})
+        default="relu", metadata={"help": "Activation between the down and up projections."}
+    )
+    scaling: float = field(
+        default=1.0, metadata={"help": "Multiplier on the adapter output (He et al. use 4 for parallel)."}
+    )
     layers_to_transform: list[int] | None = field(
-        default=None, metadata={"help": "Transformer layer indices that get adapters. None: all layers."})
+        default=None, metadata={"help": "Transformer layer indices that get adapters. None: all layers."}
+    )
     target_modules: list[str] | str | None = field(
-        default=None, metadata={"help": "Regex of the modules to wrap. None: peftkit's default for the variant and "
-                                        "architecture (see peftkit.methods.bottleneck.model.default_targets)."})
+        default=None,
+        metadata={
+            "help": "Regex of the modules to wrap. None: peftkit's default for the variant and "
+            "architecture (see peftkit.methods.bottleneck.model.default_targets)."
+        },
+    )
     modules_to_save: list[str] | None = field(
-        default=None, metadata={"help": "Modules trained and saved in full (the classification head)."})
+        default=None, metadata={"help": "Modules trained and saved in full (the classification head)."}
+    )
 
     def __post_init__(self):
         super().__post_init__()

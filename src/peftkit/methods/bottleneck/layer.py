@@ -15,9 +15,11 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU, "tanh": nn.Tanh}
-MERGE_REFUSAL = ("bottleneck adapters cannot be merged into the base weights: the adapter branch has a "
-                 "non-linearity (down → activation → up), so no weight matrix equals it. Keep the adapter separate "
-                 "(load it with `peftkit eval`/`predict`), or train a LoRA-family method if you need a merged model.")
+MERGE_REFUSAL = (
+    "bottleneck adapters cannot be merged into the base weights: the adapter branch has a "
+    "non-linearity (down → activation → up), so no weight matrix equals it. Keep the adapter separate "
+    "(load it with `peftkit eval`/`predict`), or train a LoRA-family method if you need a merged model."
+)
 
 
 class BottleneckLayer(nn.Module, BaseTunerLayer):
@@ -26,8 +28,18 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
     adapter_layer_names = ("bottleneck_down", "bottleneck_up")
     other_param_names = ("bottleneck_scaling", "bottleneck_act", "bottleneck_parallel")
 
-    def __init__(self, base_layer: nn.Module, adapter_name: str, *, hidden: int, bottleneck: int, non_linearity: str,
-                 scaling: float, parallel: bool, inference_mode: bool = False):
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        *,
+        hidden: int,
+        bottleneck: int,
+        non_linearity: str,
+        scaling: float,
+        parallel: bool,
+        inference_mode: bool = False,
+    ):
         super().__init__()
         self.base_layer = base_layer
         self.bottleneck_down = nn.ModuleDict({})
@@ -37,11 +49,27 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         self.bottleneck_parallel: dict[str, bool] = {}
         self._active_adapter = adapter_name
         self.merged_adapters = []
-        self.update_layer(adapter_name, hidden=hidden, bottleneck=bottleneck, non_linearity=non_linearity,
-                          scaling=scaling, parallel=parallel, inference_mode=inference_mode)
+        self.update_layer(
+            adapter_name,
+            hidden=hidden,
+            bottleneck=bottleneck,
+            non_linearity=non_linearity,
+            scaling=scaling,
+            parallel=parallel,
+            inference_mode=inference_mode,
+        )
 
-    def update_layer(self, adapter_name: str, *, hidden: int, bottleneck: int, non_linearity: str, scaling: float,
-                     parallel: bool, inference_mode: bool = False) -> None:
+    def update_layer(
+        self,
+        adapter_name: str,
+        *,
+        hidden: int,
+        bottleneck: int,
+        non_linearity: str,
+        scaling: float,
+        parallel: bool,
+        inference_mode: bool = False,
+    ) -> None:
         """Add (or replace) adapter `adapter_name`: down Linear(hidden→b), up Linear(b→hidden) initialised to zero."""
         weight = self.get_base_layer()
         ref = next(weight.parameters())
@@ -71,7 +99,9 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
         base = self.base_layer
-        active = [] if self.disable_adapters else [a for a in self.active_adapters if a in self.bottleneck_down]
+        active = (
+            [] if self.disable_adapters else [a for a in self.active_adapters if a in self.bottleneck_down]
+        )
         if not active:
             return base(x, *args, **kwargs)
         parallel = self.bottleneck_parallel[active[0]]

@@ -9,15 +9,34 @@ from peftkit.methods.bottleneck.layer import MERGE_REFUSAL, BottleneckLayer
 # Regexes (full match on module names) per architecture family: where each variant's adapters sit. `{layers}`
 # becomes `\d+` or the selected layer indices.
 _TARGETS = {
-    "bert": {"attn": r".*\.layer\.{layers}\.attention\.output\.dense", "ffn": r".*\.layer\.{layers}\.output\.dense",
-             "ffn_block": r".*\.layer\.{layers}\.output"},
-    "gpt2": {"attn": r".*\.h\.{layers}\.attn\.c_proj", "ffn": r".*\.h\.{layers}\.mlp\.c_proj",
-             "ffn_block": r".*\.h\.{layers}\.mlp"},
-    "llama": {"attn": r".*\.layers\.{layers}\.self_attn\.o_proj", "ffn": r".*\.layers\.{layers}\.mlp\.down_proj",
-              "ffn_block": r".*\.layers\.{layers}\.mlp"},
+    "bert": {
+        "attn": r".*\.layer\.{layers}\.attention\.output\.dense",
+        "ffn": r".*\.layer\.{layers}\.output\.dense",
+        "ffn_block": r".*\.layer\.{layers}\.output",
+    },
+    "gpt2": {
+        "attn": r".*\.h\.{layers}\.attn\.c_proj",
+        "ffn": r".*\.h\.{layers}\.mlp\.c_proj",
+        "ffn_block": r".*\.h\.{layers}\.mlp",
+    },
+    "llama": {
+        "attn": r".*\.layers\.{layers}\.self_attn\.o_proj",
+        "ffn": r".*\.layers\.{layers}\.mlp\.down_proj",
+        "ffn_block": r".*\.layers\.{layers}\.mlp",
+    },
 }
-_FAMILY = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "gpt2": "gpt2", "llama": "llama",
-           "mistral": "llama", "qwen2": "llama", "qwen3": "llama", "smollm3": "llama", "gemma": "llama"}
+_FAMILY = {
+    "bert": "bert",
+    "roberta": "bert",
+    "xlm-roberta": "bert",
+    "gpt2": "gpt2",
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "llama",
+    "qwen3": "llama",
+    "smollm3": "llama",
+    "gemma": "llama",
+}
 _PLACES = {"houlsby": ("attn", "ffn"), "pfeiffer": ("ffn",), "parallel": ("ffn_block",)}
 
 
@@ -54,18 +73,28 @@ class BottleneckModel(BaseTuner):
 
     def _prepare_adapter_config(self, peft_config, model_config: dict):
         if peft_config.target_modules is None:
-            targets = default_targets(peft_config.variant, model_config.get("model_type"), peft_config.layers_to_transform)
+            targets = default_targets(
+                peft_config.variant, model_config.get("model_type"), peft_config.layers_to_transform
+            )
             if targets is None:
-                raise ValueError(f"bottleneck adapters: no default placement for model type "
-                                 f"{model_config.get('model_type')!r}; set target_modules")
+                raise ValueError(
+                    f"bottleneck adapters: no default placement for model type "
+                    f"{model_config.get('model_type')!r}; set target_modules"
+                )
             peft_config.target_modules = targets
         return peft_config
 
-    def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
+    def _create_and_replace(
+        self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs
+    ):
         hidden = hidden_size(self.model.config)
-        opts = dict(hidden=hidden, bottleneck=peft_config.bottleneck_dim(hidden),
-                    non_linearity=peft_config.non_linearity, scaling=peft_config.scaling,
-                    parallel=peft_config.variant == "parallel")
+        opts = dict(
+            hidden=hidden,
+            bottleneck=peft_config.bottleneck_dim(hidden),
+            non_linearity=peft_config.non_linearity,
+            scaling=peft_config.scaling,
+            parallel=peft_config.variant == "parallel",
+        )
         if isinstance(target, BottleneckLayer):
             target.update_layer(adapter_name, **opts, inference_mode=peft_config.inference_mode)
             return
