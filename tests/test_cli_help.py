@@ -18,9 +18,27 @@ def test_help_does_not_import_heavy_modules():
     assert "HEAVY []" in out, out
 
 
-def test_every_subcommand_has_help():
-    from peftkit.cli import COMMANDS, _build_parser
+def test_every_subcommand_and_argument_has_help():
+    import argparse
 
-    parser = _build_parser()
-    for name in COMMANDS:
-        assert name in parser.format_help()
+    from peftkit.cli import build_parser, commands
+
+    parser = build_parser()
+    names = commands()
+    assert {"train", "validate", "predict", "eval", "merge", "publish"} <= set(names)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    listed = {action.dest: action.help for action in sub._choices_actions}
+    for name in names:
+        assert listed.get(name), f"`peftkit {name}` has no help line"
+
+
+def test_version_flag(capsys):
+    import pytest
+
+    from peftkit import __version__
+    from peftkit.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"peftkit {__version__}"

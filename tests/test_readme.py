@@ -19,10 +19,10 @@ def test_readme_recipe_reference_is_current():
 
 
 def test_readme_commands_exist():
-    from peftkit.cli import COMMANDS
+    from peftkit.cli import commands
 
     text = README.read_text()
-    for name in COMMANDS:
+    for name in commands():
         assert f"peftkit {name}" in text, name
     assert (
         "bash scripts/install.sh && .venv/bin/peftkit train recipes/minilm-lora-rotten_tomatoes.yaml" in text
