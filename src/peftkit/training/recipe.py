@@ -23,7 +23,7 @@ from peftkit.data.prepare import tokenize_split
 from peftkit.fileio import atomic_write_json, atomic_write_text
 from peftkit.inference.plots import write_run_plots
 from peftkit.methods.apply import apply_method
-from peftkit.models.load import load_base_model, load_tokenizer, tokenizer_hash
+from peftkit.models.load import load_model_and_tokenizer, load_tokenizer, tokenizer_hash
 from peftkit.models.quant import bnb_optimizer, prepare_quantized_for_training
 from peftkit.models.sources import content_hash
 from peftkit.recipe import Recipe, recipe_to_yaml
@@ -196,16 +196,16 @@ def _setup_model(recipe: Recipe, source, tokenizer, labels, dtype: str, device, 
     top; on CPU, with the CPU fast path (`peftkit.cpu`)."""
     rc, tc = recipe.model, recipe.train
     quantization = recipe.quantization.model_dump() if recipe.quantization else None
-    model = load_base_model(
+    model, _ = load_model_and_tokenizer(
         source,
         task=rc.task,
         labels=labels,
-        pad_token_id=tokenizer.pad_token_id,
+        pooling=rc.pooling,
         dtype=dtype,
         device=str(device),
         quantization=quantization,
         cache_dir=rc.cache_dir,
-        pooling=rc.pooling,
+        tokenizer=tokenizer,
     )
     if quantization:
         model = prepare_quantized_for_training(model, gradient_checkpointing=tc.gradient_checkpointing)
