@@ -258,6 +258,7 @@ def render_card(
         "Reproduce with `peftkit train recipe.resolved.yaml` (the resolved recipe, every default written out; point "
         "`model.source` and `data.card` at your copies):",
         f"```yaml\n{recipe_text}```",
+        *_class_weights_line(metrics),
         "## Data",
         _data_section(card, dataset_name),
         "## Results",
@@ -278,6 +279,15 @@ def render_card(
     text = f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(parts) + "\n"
     ModelCard(text)  # parses as a model card, or raises here rather than on the Hub
     return text
+
+
+def _class_weights_line(metrics: dict) -> list[str]:
+    """What the loss weighted (`train.class_weights`), when it weighted anything."""
+    weights = (metrics.get("train") or {}).get("class_weights")
+    if not weights:
+        return []
+    listed = ", ".join(f"`{name}` {w:g}" for name, w in weights.items())
+    return [f"Loss: cross-entropy weighted per class (`train.class_weights`): {listed}."]
 
 
 def _data_section(card, dataset_name: str) -> str:

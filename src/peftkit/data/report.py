@@ -2,12 +2,13 @@
 
 `verify_card` adds the Hugging Face side to `sources.check_card`: the file must parse with
 `huggingface_hub.DatasetCard`, carry the dataset-card keys peftkit cards promise, and its `size_categories`
-must be the bucket the example count falls in. `describe_card` gives sizes, label distribution and text
-lengths in characters, words and (for a given model) tokens.
+must be the bucket the example count falls in. `describe_card` gives sizes, label distribution (with a warning
+when it is skewed) and text lengths in characters, words and (for a given model) tokens.
 """
 
 from __future__ import annotations
 
+from peftkit.data.balance import skew_warning
 from peftkit.data.cards import SPLITS, DataCard, load_card
 
 HF_KEYS = ("license", "language", "task_categories", "pretty_name", "size_categories")
@@ -97,6 +98,11 @@ def describe_card(name_or_path, model: str | None = None) -> dict:
         for split in SPLITS:
             ids = splits[split]["label"]
             out["labels"][split] = {name: ids.count(i) for i, name in enumerate(card.labels)}
+        # No recipe here, so no headline metric: the warning says what accuracy would hide on this data.
+        skew = skew_warning(
+            out["labels"]["train"], where=f"data card '{card.name}', train split", headline=None
+        )
+        out["warnings"] = [skew] if skew else []
     lengths = {
         "characters": _percentiles([len(t) for t in texts]),
         "words": _percentiles([len(t.split()) for t in texts]),
@@ -137,4 +143,5 @@ def format_description(info: dict) -> str:
         lines.append("  " + f"{unit:<11}" + "".join(f"{pct[k]:>8g}" for k in keys))
     if "tokenizer" in info:
         lines.append(f"  (tokens: {info['tokenizer']}'s tokenizer, special tokens included, no truncation)")
+    lines += [f"warning: {message}" for message in info.get("warnings", [])]
     return "\n".join(lines)

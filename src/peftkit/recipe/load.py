@@ -229,6 +229,8 @@ def _describe(error: dict) -> str:
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         ((name, bound),) = error["ctx"].items()
         return f"{key} must be {_BOUND_OPS[name]} {bound:g}, found {_show(value)}."
+    if kind == "value_error":  # a field validator's own message, which says what it expects
+        return f"{key} {error['msg'].removeprefix('Value error, ')}"
     hint = ""
     if kind == "literal_error":
         expected = f"one of {error['ctx']['expected']}"

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from peftkit.errors import did_you_mean
 
 
 class _Section(BaseModel):
@@ -139,13 +141,36 @@ class TrainSpec(_Section):
     report_to: Literal["tensorboard", "wandb", "none"] = "tensorboard"
     """Where training curves go besides `metrics.json`: tensorboard logs in the run folder, wandb, or nowhere."""
 
+    class_weights: Literal["none", "balanced"] | dict[str, float] = "none"
+    """Weight the classification loss per label, for skewed labels. `none`: plain cross-entropy. `balanced`:
+    label c weighs n / (labels × n_c) over the training examples used, so every label counts equally. A mapping
+    `{label: weight}` sets named labels' weights (others 1). Recorded in metrics.json and the adapter card; the
+    validation loss stays unweighted."""
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _class_weights(cls, value):
+        """One readable message for every wrong form (the union would report one error per member)."""
+        if value is None or value in ("none", "balanced"):
+            return "none" if value is None else value
+        if isinstance(value, dict) and all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in value.values()
+        ):
+            return {str(k): float(w) for k, w in value.items()}
+        hint = did_you_mean(value, ("none", "balanced")) if isinstance(value, str) else ""
+        raise ValueError(
+            f"expects none, balanced or a mapping of label names to weights > 0 (e.g. {{rare: 10}}), "
+            f"found {value!r}.{hint}"
+        )
+
 
 class EvalSpec(_Section):
     """How to evaluate on the validation and test splits."""
 
     metrics: list[str] = ["accuracy", "macro_f1"]
-    """Headline metrics. Built in (scikit-learn): accuracy, macro_f1, micro_f1, weighted_f1, precision,
-    recall, mcc. Or an `evaluate` module by local path (a folder or .py file), or hub id when online.
+    """Metrics to report. The first is the headline metric: what `peftkit tune` optimises (on validation) and
+    what the skewed-labels warning reads. Built in (scikit-learn): accuracy, macro_f1, micro_f1, weighted_f1,
+    precision, recall, mcc. Or an `evaluate` module by local path (a folder or .py file), or hub id when online.
     Per-class precision/recall/F1 and the confusion matrix are always reported for classification."""
 
     batch_size: int = Field(64, gt=0)

@@ -80,9 +80,11 @@ def fit(
     checkpoint: Callable[[int], None] | None,
     callbacks: Sequence[TrainCallback] = (),
     progress: bool = True,
+    class_weights: Sequence[float] | None = None,
 ) -> FitResult:
     """Train from `start_step` to `total_steps`; `evaluate()` gives validation metrics (None: no validation),
-    `checkpoint(step)` writes a resumable checkpoint (None: no checkpoints)."""
+    `checkpoint(step)` writes a resumable checkpoint (None: no checkpoints). `class_weights` (one per label id):
+    the loss is the weighted cross-entropy of the logits instead of the model's own loss."""
     # Clipping reads only parameters with gradients: listing the trainable ones skips ~1 ms a step of walking the
     # frozen base (accelerate's FSDP path needs the model's own parameter list).
     fsdp = str(accelerator.distributed_type).endswith("FSDP")
@@ -95,6 +97,7 @@ def fit(
         unit="step",
     )
     step, examples, tokens, eval_seconds = start_step, 0, 0, 0.0
+    weights = None if class_weights is None else torch.tensor(class_weights, device=accelerator.device)
     t0 = time.perf_counter()
 
     def validate() -> None:
@@ -110,9 +113,10 @@ def fit(
     try:
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
-            for micro_batches in _epoch_steps(data, settings, group_by_length, epoch, accelerator)[offset:]:
+            steps = _epoch_steps(data, settings, group_by_length, epoch, accelerator, class_weights)
+            for micro_batches in steps[offset:]:
                 loss, n_examples, n_tokens = _step(
-                    model, optimizer, accelerator, data, micro_batches, pad_token_id, padding_side
+                    model, optimizer, accelerator, data, micro_batches, pad_token_id, padding_side, weights
                 )
                 if settings.max_grad_norm:
                     accelerator.clip_grad_norm_(clip_params, settings.max_grad_norm)
@@ -151,7 +155,9 @@ def fit(
     return FitResult(step, examples, tokens, seconds)
 
 
-def _epoch_steps(data: TokenizedSplit, settings: TrainSpec, group_by_length: bool, epoch: int, accelerator):
+def _epoch_steps(
+    data: TokenizedSplit, settings: TrainSpec, group_by_length: bool, epoch: int, accelerator, class_weights
+):
     """Optimizer steps of this epoch: each a list of (index list, loss weight) micro-batches for this process."""
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batches = batch_order(
@@ -161,25 +167,36 @@ def _epoch_steps(data: TokenizedSplit, settings: TrainSpec, group_by_length: boo
         epoch=epoch,
         group_by_length=group_by_length,
     )
-    lengths = data.lengths
-    # What the model's mean loss averages over: examples, or (causal LM) target tokens after the shift.
-    size = (lambda i: 1) if data.labels is not None else (lambda i: max(lengths[i] - 1, 0))
-    return shard_steps(global_batches, settings.grad_accum_steps, rank, world, size)
+    # What each example counts in the model's mean loss: 1 (classification), its class weight (a class-weighted
+    # mean divides by the batch's summed weights), or (causal LM) its target tokens after the shift.
+    if class_weights is not None:
+        sizes = [class_weights[label] for label in data.labels]
+    elif data.labels is not None:
+        sizes = [1] * len(data)
+    else:
+        sizes = [max(n - 1, 0) for n in data.lengths]
+    return shard_steps(global_batches, settings.grad_accum_steps, rank, world, sizes.__getitem__)
 
 
 def _step(
-    model, optimizer, accelerator, data, micro_batches, pad_token_id, padding_side
+    model, optimizer, accelerator, data, micro_batches, pad_token_id, padding_side, class_weights=None
 ) -> tuple[float, int, int]:
     """Forward and backward over one optimizer step's micro-batches; returns (mean loss, examples, real tokens)."""
     loss_sum, examples, tokens = 0.0, 0, 0
     for i, (idx, weight) in enumerate(micro_batches):
         batch = collate_split(data, idx, pad_token_id, padding_side, accelerator.device)
+        labels = batch.pop("labels") if class_weights is not None else None
         # Gradients are all-reduced once per optimizer step, on its last micro-batch.
         sync = accelerator.no_sync(model) if i < len(micro_batches) - 1 else nullcontext()
         with sync, accelerator.autocast():
             output = model(**batch)
+            mean = (
+                output.loss
+                if labels is None
+                else torch.nn.functional.cross_entropy(output.logits.float(), labels, weight=class_weights)
+            )
             # weight 0: a placeholder batch (this process's slice is empty) that only keeps collectives aligned
-            loss = (output.loss if weight else output.logits.sum()) * weight
+            loss = (mean if weight else output.logits.sum()) * weight
         accelerator.backward(loss)
         loss_sum += loss.item()
         examples += len(idx) if weight else 0

@@ -1,9 +1,10 @@
 """Every check that can run before a weight loads or a file is written, shared by `peftkit validate` and `train`.
 
 `preflight` refuses a recipe for any reason `train` would, in the order a user fixes them: the run folder, the
-logger, the data card against its data (checksum and counts), the model source and tokenizer, lengths, the
-method against the model's layers (on a weightless skeleton), pooling, metric names. What it loaded on the way
-(card, splits, source, config, tokenizer) is returned so that `train` reads nothing twice.
+logger, the data card against its data (checksum and counts), class weights against its labels, the model source
+and tokenizer, lengths, the method against the model's layers (on a weightless skeleton), pooling, metric names.
+What it loaded on the way (card, splits, source, config, tokenizer) is returned so that `train` reads nothing
+twice.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from peftkit.data.balance import check_class_weights
 from peftkit.data.cards import DataCard, load_card
 from peftkit.data.sources import load_splits
 from peftkit.errors import PeftkitError
@@ -47,6 +49,7 @@ def preflight(
     check_report_to(tc.report_to)
     card = load_card(recipe.data.card)
     check_card_task(card, rc.task)
+    check_class_weights(tc.class_weights, card.labels, rc.task)
     splits = load_splits(card)
     check_counts(card, {name: len(splits[name]) for name in SPLITS})
     if not len(splits["train"]):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from accelerate.utils import set_seed
 from peftkit import cpu
 from peftkit.adapters.bundle import save_adapter
 from peftkit.adapters.card import write_adapter_card
+from peftkit.data import balance
 from peftkit.data.prepare import tokenize_split
 from peftkit.fileio import atomic_write_json, atomic_write_text
 from peftkit.inference.plots import write_run_plots
@@ -47,11 +49,13 @@ def train(
     resume: bool = False,
     progress: bool = True,
     callbacks: Sequence[TrainCallback] = (),
+    evaluate_test: bool = True,
 ) -> Path:
     """Train `recipe` into its run folder (`train.output_dir`) and return the folder.
 
     `overwrite` replaces an existing run, `resume` continues one from its latest checkpoint; `callbacks` see
-    every step and in-loop evaluation (see `training.loop.TrainCallback`).
+    every step and in-loop evaluation (see `training.loop.TrainCallback`). `evaluate_test=False` leaves the test
+    split alone (hyperparameter search must not look at it).
     """
     rc, tc = recipe.model, recipe.train
     out = Path(tc.output_dir)
@@ -72,6 +76,7 @@ def train(
         for name, limit in limits.items()
     }
     labels = checked.card.labels if rc.task == "classification" else None
+    class_weights = _class_weights(recipe, labels, data["train"].labels)
 
     # 2. Processes, model and method.
     dtype, mixed_precision = sharded_dtype(recipe.distributed.strategy, rc.dtype)
@@ -163,12 +168,17 @@ def train(
         checkpoint=checkpoint if can_checkpoint else None,
         callbacks=callbacks,
         progress=progress,
+        class_weights=class_weights,
     )
 
     # 5. Final evaluation, adapter, metrics, plots and card.
     results = {"train": result.summary(log.last_loss)}
+    if class_weights is not None:
+        results["train"]["class_weights"] = dict(
+            zip(labels, (round(w, 4) for w in class_weights), strict=True)
+        )
     for name in ("validation", "test"):
-        if not len(data[name]):
+        if not len(data[name]) or (name == "test" and not evaluate_test):
             continue
         results[name] = evaluate_split(
             model, data[name], labels=labels, metrics=recipe.eval.metrics, full=True, **eval_kwargs
@@ -189,6 +199,21 @@ def train(
         write_adapter_card(out)
     accelerator.wait_for_everyone()
     return out
+
+
+def _class_weights(recipe: Recipe, labels, label_ids) -> list[float] | None:
+    """The loss weight per label id (None: the model's own loss), after warning about skewed training labels
+    that the headline metric (accuracy) would hide."""
+    if labels is None:
+        return None
+    message = balance.skew_warning(
+        balance.label_counts(label_ids, labels),
+        where=f"training split of data card '{recipe.data.card}'",
+        headline=recipe.eval.metrics[0] if recipe.eval.metrics else None,
+    )
+    if message:
+        warnings.warn(message, stacklevel=3)
+    return balance.class_weights(recipe.train.class_weights, labels, label_ids)
 
 
 def _setup_model(recipe: Recipe, source, tokenizer, labels, dtype: str, device, total_steps: int):
