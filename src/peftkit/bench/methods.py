@@ -16,6 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from peftkit.bench.tuned import apply_tuned, read_tuned, tuned_note
 from peftkit.errors import PeftkitError
 
 DEFAULT_METHODS = ("lora", "dora", "ia3", "prefix_tuning", "houlsby", "full")
@@ -60,8 +61,11 @@ def run_bench(
     overrides: list[str] = (),
     progress: bool = True,
     matmul_size: int = 2048,
+    tuned: str | Path | None = None,
 ) -> Path:
-    """Bench `methods` on `recipe_path` (+ `overrides`) with `budget` training examples; return the output folder."""
+    """Bench `methods` on `recipe_path` (+ `overrides`) with `budget` training examples; return the output folder.
+
+    `tuned`: a folder of `peftkit tune` studies; methods tuned there run at their tuned settings (see `tuned`)."""
     import torch
     from transformers.utils import logging
 
@@ -72,6 +76,7 @@ def run_bench(
     logging.set_verbosity_error()  # the per-row model loads would otherwise print load reports and bars
     logging.disable_progress_bar()
     recipe = load_recipe(recipe_path, overrides)  # refuse a bad recipe before anything runs
+    settings = read_tuned(tuned) if tuned else {}
     if not methods:
         raise PeftkitError("--methods: no method given. Name one or more, e.g. --methods lora,ia3,full.")
     out = Path(output or Path("bench") / Path(recipe_path).stem)
@@ -81,6 +86,7 @@ def run_bench(
         "peer": peer,
         "overrides": list(overrides),
         "budget": budget,
+        "tuned": {m: tuned_note(m, t, budget) for m, t in settings.items() if m in methods},
         "threads": torch.get_num_threads(),
         **_environment(),
     }
@@ -99,10 +105,11 @@ def run_bench(
             jobs[at:at] = [(f"peer_{p}", recipe.method.name) for p in ("pad128", "dynamic")]
         for kind, method in jobs:
             name = method if kind == "peftkit" else f"{kind} ({method})"
+            name += " (tuned)" if method in settings else ""
             say(f"bench: {name} …", flush=True)
             row = {"name": name, "kind": kind, "method": method}
             try:
-                row.update(_count(recipe, method))
+                row.update(_count(recipe, method, settings.get(method)))
                 row.update(
                     _child(
                         pool,
@@ -111,6 +118,7 @@ def run_bench(
                             "overrides": list(overrides),
                             "budget": budget,
                             "method": method,
+                            "tuned": settings.get(method),
                             "kind": kind,
                             "run_dir": str(Path(tmp) / kind / method),
                         },
@@ -156,10 +164,13 @@ def _environment() -> dict:
     }
 
 
-def _recipe_for(recipe, method: str):
-    """The recipe with `method`: its own settings when it is the recipe's method, peftkit's defaults otherwise."""
+def _recipe_for(recipe, method: str, tuned: dict | None = None):
+    """The recipe with `method`: its tuned settings when given (`bench.tuned`), else its own settings when it is
+    the recipe's method, peftkit's defaults otherwise."""
     from peftkit.recipe.schema import MethodSpec
 
+    if tuned:
+        return apply_tuned(recipe, tuned)
     r = recipe.model_copy(deep=True)
     if method != recipe.method.name:
         settings, rates = BENCH_SETTINGS, BENCH_LEARNING_RATES
@@ -170,7 +181,7 @@ def _recipe_for(recipe, method: str):
     return r
 
 
-def _count(recipe, method: str) -> dict:
+def _count(recipe, method: str, tuned: dict | None = None) -> dict:
     """Parameter and matmul-weight counts of the base model with `method` applied (no training)."""
     from peftkit.bench.flops import matmul_params
     from peftkit.data.cards import load_card
@@ -179,7 +190,7 @@ def _count(recipe, method: str) -> dict:
     from peftkit.models.load import load_model_and_tokenizer
     from peftkit.models.sources import resolve_source
 
-    r = _recipe_for(recipe, method)
+    r = _recipe_for(recipe, method, tuned)
     check_method_settings(method, r.method.settings())  # an unknown method stops here, as a skipped row
     source = resolve_source(r.model.source, r.model.revision)
     labels = load_card(r.data.card).labels if r.model.task == "classification" else None
@@ -253,7 +264,7 @@ def run_row(spec: dict) -> dict:
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     datasets.disable_progress_bars()
-    recipe = _recipe_for(load_recipe(spec["recipe"], spec["overrides"]), spec["method"])
+    recipe = _recipe_for(load_recipe(spec["recipe"], spec["overrides"]), spec["method"], spec.get("tuned"))
     if spec["budget"]:
         recipe.data.max_train_examples = spec["budget"]
     recipe.data.max_test_examples = 1  # bench compares on the validation subset; test stays for the user
@@ -352,6 +363,9 @@ def render_markdown(result: dict) -> str:
             "",
         ]
         lines += [f"- {r['name']}: **{r['peftkit_speedup']:.2f}×**" for r in peers]
+    if result.get("tuned"):
+        lines += ["", "Rows marked (tuned) use the settings `peftkit tune` found (`--tuned`):", ""]
+        lines += list(result["tuned"].values())
     if skipped:
         lines += ["", "Rows not run:", "", *skipped]
     lines += [

@@ -28,6 +28,12 @@ def register(sub) -> None:
         "--peer", action="store_true", help="add transformers Trainer + peft rows (pad-to-128, dynamic)"
     )
     b.add_argument("--output", help="folder for bench.md and bench.json (default: bench/<recipe name>)")
+    b.add_argument(
+        "--tuned",
+        metavar="DIR",
+        help="run each method at the settings `peftkit tune` found for it (the best.json files under DIR, "
+        "e.g. tune/), so that methods are compared at their best",
+    )
     b.set_defaults(handler=cmd_bench)
 
     m = sub.add_parser("methods", help="trainable parameters and adapter size per shipped recipe's method")
@@ -100,6 +106,7 @@ def cmd_bench(args) -> int:
         peer=args.peer,
         output=args.output,
         overrides=args.overrides,
+        tuned=args.tuned,
     )
     print((out / "bench.md").read_text())
     print(f"wrote {out / 'bench.md'} and {out / 'bench.json'}")
