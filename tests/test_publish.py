@@ -16,7 +16,7 @@ import pytest
 from peftkit.cli import main
 from peftkit.errors import PeftkitError
 from peftkit.inference.plots import PIXELS
-from tests.conftest import write_recipe
+from tests.helpers import write_recipe
 
 PUBLISHED = {
     "README.md",
@@ -68,9 +68,9 @@ def test_plots_are_pngs_of_the_fixed_size(run):
 def test_plot_needs_no_display():
     import matplotlib
 
-    from peftkit.inference.plots import _pyplot
+    from peftkit.inference.plots import pyplot
 
-    _pyplot()
+    pyplot()
     assert matplotlib.get_backend().lower() == "agg"
 
 
@@ -268,7 +268,7 @@ def test_causal_lm_run_gets_a_text_generation_card(tiny_gpt2, tmp_path):
     """A causal LM run: loss curve, no confusion matrix, perplexity in the model-index, a generate snippet that runs."""
     from huggingface_hub import ModelCard
 
-    from tests.conftest import make_texts
+    from tests.helpers import make_texts
 
     (tmp_path / "lm.csv").write_text("text\n" + "".join(f"{t}\n" for t, _ in make_texts(60)))
     card = tmp_path / "lm.md"

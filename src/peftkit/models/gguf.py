@@ -29,6 +29,12 @@ _verified: dict[str, tuple] = {}  # folder → marker (mtime, size), so one proc
 _digests: dict[tuple, str] = {}  # (gguf path, size, mtime) → sha256: train resolves the folder three times
 
 
+def forget_verified() -> None:
+    """Forget which converted folders this process has verified, so the next use checks them again (as a new
+    process would)."""
+    _verified.clear()
+
+
 def check_gguf(path: str | Path) -> Path:
     """The GGUF file, or a PeftkitError saying it is missing, not a GGUF file, or truncated/corrupt."""
     path = Path(path).expanduser()
@@ -111,7 +117,7 @@ def _build(path: Path, digest: str, target: Path) -> None:
 
     with atomic_dir(target) as tmp:
         try:
-            _convert(path, tmp)
+            convert_gguf(path, tmp)
         except Exception as exc:  # transformers' GGUF loader raises many types for files it cannot read
             raise PeftkitError(
                 f"GGUF file '{path}' could not be converted to a transformers model ({type(exc).__name__}: {exc}). "
@@ -124,7 +130,7 @@ def _build(path: Path, digest: str, target: Path) -> None:
     _verified.pop(str(target), None)
 
 
-def _convert(path: Path, out: Path) -> None:
+def convert_gguf(path: Path, out: Path) -> None:
     """Dequantize into float32 and save model + tokenizer as a plain HF folder."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
