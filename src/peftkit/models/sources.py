@@ -1,6 +1,6 @@
 """Model sources: one resolver from a recipe's `model.source` string to a place weights can be read from.
 
-Syntax (documented in the README):
+Syntax (documented in docs/data-and-models.md):
 - `./folder`, `/abs/folder`, `path:folder`  a local transformers folder (config.json + weights);
 - `package:NAME[/SUBPATH]`                   weights shipped inside an installed Python package (the package is
                                              found with importlib, never imported; `get_model_path()`-style

@@ -2,7 +2,7 @@
 
 A recipe is YAML with five sections (model, method, data, train, eval) and an optional quantization
 block. The docstring under each field is its help text: the JSON Schema, `peftkit validate` and the
-README's recipe reference come from here. Unknown keys are errors (`extra="forbid"`), except inside
+recipe reference (docs/recipe-reference.md) come from here. Unknown keys are errors (`extra="forbid"`), except inside
 `method`, whose settings are checked against the chosen method's own config (see `peftkit.methods`).
 """
 
