@@ -205,3 +205,14 @@ def test_validate_reports_a_truncated_gguf(tiny_gguf, checked_card, tmp_path, mo
     assert main(["validate", str(recipe)]) == 2
     err = capsys.readouterr().err
     assert "half.gguf' is corrupt or truncated" in err and "Traceback" not in err
+
+
+def test_missing_gguf_package_says_how_to_install_it(tiny_gguf, monkeypatch):
+    """`gguf` is an optional extra: without it a GGUF source is refused with the install command."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf → ImportError, as when it is not installed
+    with pytest.raises(PeftkitError) as err:
+        peftkit_gguf.check_gguf(tiny_gguf)
+    assert "needs the optional `gguf` package" in str(err.value)
+    assert "pip install 'peftkit[gguf]'" in str(err.value)

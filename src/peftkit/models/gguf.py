@@ -50,9 +50,8 @@ def check_gguf(path: str | Path) -> Path:
             f"GGUF file '{path}' is not a GGUF file (it starts with {head!r}, not b'GGUF'). Point "
             f"model.source at a real .gguf file, or at a transformers folder."
         )
+    GGUFReader = require_gguf(path)  # noqa: N806  (a class)
     try:
-        from gguf import GGUFReader
-
         GGUFReader(str(path))  # parses every header and tensor extent: catches truncated files
     except Exception as exc:  # the reader raises ValueError, IndexError, ... on damaged files
         raise PeftkitError(
@@ -60,6 +59,19 @@ def check_gguf(path: str | Path) -> Path:
             f"it again or reinstall the package that ships it."
         ) from None
     return path
+
+
+def require_gguf(path: Path):
+    """The `gguf` package's reader class, or a PeftkitError saying how to install the optional package."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise PeftkitError(
+            f"model source '{path}' is a GGUF file, and reading GGUF files needs the optional `gguf` package, "
+            f"which is not installed. Install it with `pip install 'peftkit[gguf]'` (or `pip install gguf`), or "
+            f"point model.source at a transformers folder."
+        ) from None
+    return GGUFReader
 
 
 def converted_folder(gguf_path: str | Path, cache_dir: str | Path | None = None) -> Path:
