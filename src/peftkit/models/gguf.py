@@ -151,7 +151,7 @@ def convert_gguf(path: Path, out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     # The weights are dequantized already; drop the GGUF "quantizer" so save_pretrained writes plain tensors
     # and the saved config does not ask for a gguf file.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.name_or_path = path.stem
