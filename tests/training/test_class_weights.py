@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from peftkit.cli import main
 from peftkit.recipe import load_recipe
 from peftkit.training.recipe import train
-from tests.helpers import write_recipe
+from tests.helpers import no_dropout_copy, write_recipe
 
 
 def skewed_card(tiny_card: Path, dest: Path, keep: int = 12) -> Path:
@@ -27,15 +27,6 @@ def skewed_card(tiny_card: Path, dest: Path, keep: int = 12) -> Path:
     card = dest / "skewed.md"
     shutil.copy(tiny_card, card)
     return card
-
-
-def no_dropout(model: Path, dest: Path) -> Path:
-    """The tiny BERT without its own dropout, so runs that batch differently can be compared exactly."""
-    shutil.copytree(model, dest)
-    config = json.loads((dest / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (dest / "config.json").write_text(json.dumps(config))
-    return dest
 
 
 def run(tmp: Path, name: str, model: Path, card: Path, **train_settings) -> Path:
@@ -121,7 +112,7 @@ def test_accumulated_micro_batches_weigh_like_one_batch(tmp_path, tiny_bert, cla
 
     from peftkit.data.prepare import TokenizedSplit
 
-    model = no_dropout(tiny_bert, tmp_path / "model")
+    model = no_dropout_copy(tiny_bert, tmp_path / "model")
     tokenizer = AutoTokenizer.from_pretrained(model)
     texts = [
         "good film",

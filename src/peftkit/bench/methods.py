@@ -19,7 +19,6 @@ from pathlib import Path
 from peftkit.bench.tuned import apply_tuned, read_tuned, tuned_note
 from peftkit.errors import PeftkitError
 
-DEFAULT_METHODS = ("lora", "dora", "ia3", "prefix_tuning", "houlsby", "full")
 # Settings a method needs when it is not the recipe's own (PEFT has no default for num_virtual_tokens). Prefix
 # tuning can only steer attention, so what it needs depends on how the head reads the sequence (`model.pooling`).
 # Measured on MiniLM, 1,281 validation snippets, 2,000-example budget, seeds 42 / 7 (full fine-tuning: [CLS] 0.753 /
@@ -65,7 +64,8 @@ def run_bench(
 ) -> Path:
     """Bench `methods` on `recipe_path` (+ `overrides`) with `budget` training examples; return the output folder.
 
-    `tuned`: a folder of `peftkit tune` studies; methods tuned there run at their tuned settings (see `tuned`)."""
+    `tuned`: a folder of `peftkit tune` studies; methods tuned there run at their tuned settings (`bench.tuned`).
+    """
     import torch
     from transformers.utils import logging
 
@@ -109,7 +109,7 @@ def run_bench(
             say(f"bench: {name} …", flush=True)
             row = {"name": name, "kind": kind, "method": method}
             try:
-                row.update(_count(recipe, method, settings.get(method)))
+                row.update(count_params(recipe, method, settings.get(method)))
                 row.update(
                     _child(
                         pool,
@@ -164,7 +164,7 @@ def _environment() -> dict:
     }
 
 
-def _recipe_for(recipe, method: str, tuned: dict | None = None):
+def recipe_for_method(recipe, method: str, tuned: dict | None = None):
     """The recipe with `method`: its tuned settings when given (`bench.tuned`), else its own settings when it is
     the recipe's method, peftkit's defaults otherwise."""
     from peftkit.recipe.schema import MethodSpec
@@ -181,7 +181,7 @@ def _recipe_for(recipe, method: str, tuned: dict | None = None):
     return r
 
 
-def _count(recipe, method: str, tuned: dict | None = None) -> dict:
+def count_params(recipe, method: str, tuned: dict | None = None) -> dict:
     """Parameter and matmul-weight counts of the base model with `method` applied (no training)."""
     from peftkit.bench.flops import matmul_params
     from peftkit.data.cards import load_card
@@ -190,7 +190,7 @@ def _count(recipe, method: str, tuned: dict | None = None) -> dict:
     from peftkit.models.load import load_model_and_tokenizer
     from peftkit.models.sources import resolve_source
 
-    r = _recipe_for(recipe, method, tuned)
+    r = recipe_for_method(recipe, method, tuned)
     check_method_settings(method, r.method.settings())  # an unknown method stops here, as a skipped row
     source = resolve_source(r.model.source, r.model.revision)
     labels = load_card(r.data.card).labels if r.model.task == "classification" else None
@@ -264,7 +264,7 @@ def run_row(spec: dict) -> dict:
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     datasets.disable_progress_bars()
-    recipe = _recipe_for(load_recipe(spec["recipe"], spec["overrides"]), spec["method"], spec.get("tuned"))
+    recipe = recipe_for_method(load_recipe(spec["recipe"], spec["overrides"]), spec["method"], spec.get("tuned"))
     if spec["budget"]:
         recipe.data.max_train_examples = spec["budget"]
     recipe.data.max_test_examples = 1  # bench compares on the validation subset; test stays for the user
