@@ -264,7 +264,9 @@ def run_row(spec: dict) -> dict:
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     datasets.disable_progress_bars()
-    recipe = recipe_for_method(load_recipe(spec["recipe"], spec["overrides"]), spec["method"], spec.get("tuned"))
+    recipe = recipe_for_method(
+        load_recipe(spec["recipe"], spec["overrides"]), spec["method"], spec.get("tuned")
+    )
     if spec["budget"]:
         recipe.data.max_train_examples = spec["budget"]
     recipe.data.max_test_examples = 1  # bench compares on the validation subset; test stays for the user

@@ -41,7 +41,7 @@ def skew_warning(counts: dict[str, int], *, where: str, headline: str | None) ->
         return None
     total = sum(counts.values())
     shares = ", ".join(f"'{name}' {counts[name] / total:.1%}" for name in rare)
-    majority = max(counts, key=counts.get)
+    majority = max(counts, key=lambda name: counts[name])
     told = "the headline metric (eval.metrics[0]) is accuracy" if headline else "accuracy is misleading here"
     return (
         f"{where}: the label distribution is skewed (rare: {shares} of {total:,} examples; an even share is "
