@@ -15,22 +15,9 @@ import optuna
 import pytest
 
 from peftkit.tune.study import open_storage
-from tests.helpers import write_recipe
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture
-def recipe(tmp_path, tiny_bert, tiny_card):
-    return write_recipe(
-        tmp_path / "tiny-lora.yaml",
-        model=tiny_bert,
-        card=tiny_card,
-        out=tmp_path / "run",
-        train={"epochs": 1, "learning_rate": 0.01},
-        eval={"metrics": ["macro_f1", "accuracy"]},
-    )
 
 
 def tune(recipe, out, storage: str, trials: int) -> list[str]:

@@ -17,19 +17,6 @@ from peftkit.recipe import load_recipe
 from peftkit.tune.objective import TrialSetup, run_trial
 from peftkit.tune.space import build_space
 from peftkit.tune.study import open_storage
-from tests.helpers import write_recipe
-
-
-@pytest.fixture
-def recipe(tmp_path, tiny_bert, tiny_card):
-    return write_recipe(
-        tmp_path / "tiny-lora.yaml",
-        model=tiny_bert,
-        card=tiny_card,
-        out=tmp_path / "run",
-        train={"epochs": 1, "learning_rate": 0.01},
-        eval={"metrics": ["macro_f1", "accuracy"]},
-    )
 
 
 def load(out):

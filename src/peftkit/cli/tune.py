@@ -84,7 +84,14 @@ def cmd_tune(args) -> int:
         study_name=name,
         pruner=args.pruner,
     )
-    summary = write_report(study, output, metric=study.user_attrs["metric"], budget=args.budget)
+    summary = write_report(
+        study,
+        output,
+        recipe_path=args.recipe,
+        overrides=args.overrides,
+        metric=study.user_attrs["metric"],
+        budget=args.budget,
+    )
     print((output / "trials.md").read_text().split("\n| trial")[0].rstrip())
     if "best" in summary:
         print(f"best recipe: {output / 'best.yaml'}  (train it: peftkit train {output / 'best.yaml'})")

@@ -15,13 +15,19 @@ import json
 from pathlib import Path
 
 from peftkit.fileio import atomic_write_json, atomic_write_text
+from peftkit.recipe import load_recipe, recipe_to_yaml
 from peftkit.tune.space import as_override
 
 LR_KEY = "train.learning_rate"
 
 
-def write_report(study, out: Path, *, metric: str, budget: int | None) -> dict:
-    """Write best.yaml / best.json (when a trial completed), trials.md / .csv and plots; return the summary."""
+def write_report(
+    study, out: Path, *, recipe_path: str, overrides: list[str], metric: str, budget: int | None
+) -> dict:
+    """Write best.yaml / best.json (when a trial completed), trials.md / .csv and plots; return the summary.
+
+    `recipe_path` + `overrides`: the recipe as this process reads it (on another machine of a shared study, the
+    path may differ from the one the study was started with)."""
     from optuna.trial import TrialState
 
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
@@ -36,8 +42,9 @@ def write_report(study, out: Path, *, metric: str, budget: int | None) -> dict:
     if complete:
         best = study.best_trial
         summary["best"] = {"trial": best.number, "value": best.value, "params": best.params}
-        atomic_write_text(out / "best.yaml", best_recipe_yaml(study, best, summary))
-        atomic_write_json(out / "best.json", _best_json(study, best, summary))
+        tuned = load_recipe(recipe_path, [*overrides, *(as_override(k, v) for k, v in best.params.items())])
+        atomic_write_text(out / "best.yaml", best_recipe_yaml(tuned, study.study_name, best, summary))
+        atomic_write_json(out / "best.json", _best_json(tuned, recipe_path, best, summary))
         if LR_KEY in best.params:
             plots.append(_plot_learning_rate(trials, metric, out / "plots" / "learning_rate.png"))
     importances = _importances(study, complete)
@@ -50,19 +57,17 @@ def write_report(study, out: Path, *, metric: str, budget: int | None) -> dict:
     return summary
 
 
-def best_recipe_yaml(study, best, summary: dict) -> str:
-    """The recipe with the best trial's settings, as YAML that `peftkit train` runs as it is."""
-    from peftkit.recipe import load_recipe, recipe_to_yaml
-
-    attrs = study.user_attrs
-    recipe = load_recipe(attrs["recipe"], [*attrs.get("overrides", []), *_overrides(best.params)])
-    recipe.train.output_dir = f"runs/{study.study_name}-best"
+def best_recipe_yaml(recipe, study_name: str, best, summary: dict) -> str:
+    """`recipe` (with the best trial's settings) as YAML that `peftkit train` runs as it is, its own run folder and
+    a header saying where it comes from."""
+    recipe = recipe.model_copy(deep=True)
+    recipe.train.output_dir = f"runs/{study_name}-best"
     recipe.description = (recipe.description + " (tuned)").strip()
     baseline = summary["baseline"]
     against = f"; the recipe's own settings: {baseline['value']:.4f}" if baseline else ""
     budget = f"a {summary['budget']:,}-example budget" if summary["budget"] else "the recipe's data"
     head = [
-        f"# peftkit tune: the best of study '{study.study_name}' ({summary['trials']} trials): trial {best.number},",
+        f"# peftkit tune: the best of study '{study_name}' ({summary['trials']} trials): trial {best.number},",
         f"# {summary['metric']} {best.value:.4f} on validation at {budget}{against}.",
         f"# Tuned: {', '.join(f'{k}={_show(v)}' for k, v in best.params.items())}.",
         "# Train it on the recipe's full data: peftkit train PATH/TO/THIS/best.yaml",
@@ -70,11 +75,7 @@ def best_recipe_yaml(study, best, summary: dict) -> str:
     return "\n".join(head) + "\n" + recipe_to_yaml(recipe)
 
 
-def _best_json(study, best, summary: dict) -> dict:
-    from peftkit.recipe import load_recipe
-
-    attrs = study.user_attrs
-    recipe = load_recipe(attrs["recipe"], [*attrs.get("overrides", []), *_overrides(best.params)])
+def _best_json(recipe, recipe_path: str, best, summary: dict) -> dict:
     return {
         **{k: summary[k] for k in ("study", "metric", "direction", "budget", "baseline")},
         "trial": best.number,
@@ -82,12 +83,8 @@ def _best_json(study, best, summary: dict) -> dict:
         "params": best.params,
         "method": recipe.method.model_dump(mode="json"),
         "train": {k.removeprefix("train."): v for k, v in best.params.items() if k.startswith("train.")},
-        "recipe": attrs["recipe"],
+        "recipe": recipe_path,
     }
-
-
-def _overrides(params: dict) -> list[str]:
-    return [as_override(key, value) for key, value in params.items()]
 
 
 def _importances(study, complete) -> dict[str, float]:

@@ -173,17 +173,13 @@ def run_tune(
         "budget": budget,
         "method": recipe.method.name,
         "space": {key: dim.describe() for key, dim in space.items()},
-        "recipe": recipe_path,
         "overrides": list(overrides),
     }
     output.mkdir(parents=True, exist_ok=True)
     with _file_lock(output / ".study.lock"):  # one process at a time creates tables, the study, its queue
         storage = open_storage(storage_url)
-        study, created = open_study(
-            storage, study_name, direction, {k: meta[k] for k in meta if k != "recipe"}
-        )
+        study, created = open_study(storage, study_name, direction, meta)
         if created:
-            study.set_user_attr("recipe", recipe_path)
             queue_first_trials(study, recipe, space, n_random_trials(trials), recipe.train.seed)
         lost = requeue_lost_trials(study)
     if lost:
