@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from peftkit.bench.methods import _count, run_bench
+from peftkit.bench.methods import count_params, run_bench
 from peftkit.bench.tuned import read_tuned
 from peftkit.errors import PeftkitError
 from peftkit.recipe import load_recipe
@@ -51,7 +51,7 @@ def test_bench_runs_tuned_methods_at_their_tuned_settings(tmp_path, tiny_bert, t
     assert list(rows) == ["lora (tuned)", "ia3"]
     assert rows["lora (tuned)"]["status"] == "ok" and rows["lora (tuned)"]["learning_rate"] == 0.02
     # rank 2, not the recipe's default rank 8: fewer trainable parameters
-    default = _count(load_recipe(recipe), "lora")
+    default = count_params(load_recipe(recipe), "lora")
     assert rows["lora (tuned)"]["trainable_params"] < default["trainable_params"]
     note = (
         "- lora: study tiny-lora (trial 3, validation macro_f1 0.8000): train.learning_rate=0.02, method.r=2"
