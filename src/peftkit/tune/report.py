@@ -113,6 +113,7 @@ def _plot_learning_rate(trials, metric: str, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     from optuna.trial import TrialState
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -130,6 +131,7 @@ def _plot_learning_rate(trials, metric: str, path: Path) -> Path:
                 [t.params[LR_KEY]], [t.value], s=160, facecolors="none", edgecolors="k", label="recipe's own"
             )
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a short range
     ax.set_xlabel("learning rate")
     ax.set_ylabel(f"validation {metric}")
     ax.legend()
