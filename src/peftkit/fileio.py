@@ -1,28 +1,99 @@
-"""Atomic file writes: a reader never sees a half-written file, and a failure leaves nothing behind."""
+"""Atomic file writes: a reader never sees a half-written file, and a failure leaves nothing behind.
+
+Files and folders are written under a temporary name beside their target, flushed to disk (fsync), then renamed
+into place. Temporary names carry the writer's pid and host (`.NAME.~PID@HOST~XXXX.tmp`), so one left behind by a
+killed process is recognised and removed by the next writer in the same folder (`clean_stale_temps`).
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import importlib.util
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.~(?P<pid>\d+)@(?P<host>[^~/]+)~[^/]*\.tmp$")
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.~{os.getpid()}@{socket.gethostname()}~"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (a process we may not signal exists too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temps(folder: str | Path) -> list[Path]:
+    """Remove temporary files and folders in `folder` left by killed writers of this machine; return them.
+
+    Only names of the form `.NAME.~PID@HOST~XXXX.tmp` whose HOST is this machine and whose PID is gone are
+    removed: a live writer's temporaries, and another machine's (shared folders), are never touched.
+    """
+    folder, host, removed = Path(folder), socket.gethostname(), []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        m = _TEMP.match(entry.name)
+        if not m or m["host"] != host or pid_alive(int(m["pid"])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make a rename inside `folder` durable (best effort: some file systems cannot open folders)."""
+    with suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(root)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it into place."""
+    """Write `data` to a temporary file beside `path`, flush it to disk, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -37,18 +108,99 @@ def atomic_write_json(path: str | Path, obj) -> None:
 
 @contextmanager
 def atomic_dir(path: str | Path):
-    """Yield a temporary folder beside `path`; on success it replaces `path`, on failure it is removed."""
+    """Yield a temporary folder beside `path`; on success it replaces `path`, on failure it is removed.
+
+    Stale temporaries of killed writers in the same parent folder are cleaned first. An existing `path` is
+    swapped out in one step where the OS can (Linux `renameat2`), so it is never missing in between.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    clean_stale_temps(path.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        _fsync_tree(tmp)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_dir(path: str | Path) -> None:
+    """Delete a folder so that it disappears at once: renamed to a temporary name first, then deleted (a kill
+    during the deletion leaves a stale temporary, never a half-deleted folder under its real name)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    doomed = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+    os.rename(path, doomed / path.name)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def replace_dir(new: str | Path, path: str | Path) -> None:
+    """Move folder `new` to `path`, replacing what is there; the old content is deleted afterwards."""
+    new, path = Path(new), Path(path)
+    if not path.exists():
+        os.rename(new, path)
+    elif _exchange(new, path):
+        shutil.rmtree(new, ignore_errors=True)  # `new` now holds the old content
+    else:  # no atomic exchange here: move the old one aside first, so a failure never loses both
+        aside = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+        os.rename(path, aside / path.name)
+        os.rename(new, path)
+        shutil.rmtree(aside, ignore_errors=True)
+    fsync_dir(path.parent)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where the OS or file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+# Errors that mean "this machine could not write the file", with what the user can do about each.
+_WRITE_ERRORS = {
+    errno.ENOSPC: "the disk is full: free some space",
+    errno.EDQUOT: "the disk quota is used up: free some space or raise the quota",
+    errno.EFBIG: "the file grew past this shell's file size limit: raise it (`ulimit -f unlimited`)",
+    errno.EIO: "the storage reported an I/O error: check the disk",
+    errno.EROFS: "the file system is read-only: write somewhere else",
+    errno.EACCES: "permission denied: write somewhere you may write",
+    errno.EPERM: "permission denied: write somewhere you may write",
+}
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """'<strerror> (<what to do>)' when `exc` says a file could not be written (disk full, size limit, I/O
+    error, permissions), else None. Reads the errno of an OSError, or the `os error N` in safetensors' messages."""
+    code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+    if code is None:
+        found = re.search(r"os error (\d+)\)", str(exc))
+        code = int(found[1]) if found else None
+    if code not in _WRITE_ERRORS:
+        return None
+    return f"{os.strerror(code)}; {_WRITE_ERRORS[code]}"
+
+
+def free_space(folder: str | Path) -> str:
+    """Free space on the file system of `folder` (or its nearest existing parent), e.g. '1.2 GB free'."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "free space unknown"
+    return f"{free / 1e9:.1f} GB free" if free >= 1e8 else f"{free / 1e6:.1f} MB free"
 
 
 def file_sha256(path: str | Path) -> str:

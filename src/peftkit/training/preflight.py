@@ -1,14 +1,16 @@
 """Every check that can run before a weight loads or a file is written, shared by `peftkit validate` and `train`.
 
-`preflight` refuses a recipe for any reason `train` would, in the order a user fixes them: the run folder, the
-logger, the data card against its data (checksum and counts), the model source and tokenizer, lengths, the
-method against the model's layers (on a weightless skeleton), pooling, metric names. What it loaded on the way
-(card, splits, source, config, tokenizer) is returned so that `train` reads nothing twice.
+`preflight` refuses a recipe for any reason `train` would, in the order a user fixes them: the run folder (its
+lock, an unfinished run beside it, the checkpoint --resume would read), the logger, the data card against its data
+(checksum and counts), the model source and tokenizer, lengths, the method against the model's layers (on a
+weightless skeleton), pooling, metric names. What it loaded on the way (card, splits, source, config, tokenizer) is
+returned so that `train` reads nothing twice.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,16 @@ from peftkit.models.load import load_config, load_tokenizer
 from peftkit.models.pooling import check_pooling
 from peftkit.models.sources import ModelSource, resolve_source
 from peftkit.recipe import Recipe
+from peftkit.training.checkpoints import check_checkpoint, latest_checkpoint
+from peftkit.training.run_folder import (
+    RECIPE_FILE,
+    STAGING_SUFFIX,
+    RunLock,
+    is_run_folder,
+    resume_source,
+    staging_dir,
+    unfinished_run_message,
+)
 
 SPLITS = ("train", "validation", "test")
 
@@ -81,26 +93,55 @@ def validate_recipe(recipe: Recipe) -> list[str]:
 
 
 def check_output_dir(out: Path, *, overwrite: bool, resume: bool, training: bool = True) -> None:
-    """The run folder must be a folder (or not exist); training into a non-empty one needs --overwrite/--resume."""
+    """The run folder must be a folder of its own (or not exist yet). When training (`training.run_folder`): no
+    other run may hold its lock; a non-empty one is replaced only with --overwrite, and only if it is a run folder;
+    an unfinished run beside it is continued (--resume) or discarded (--overwrite), never silently; and --resume
+    needs a complete, readable checkpoint written with this process count."""
     if out.exists() and not out.is_dir():
         raise PeftkitError(
             f"train.output_dir: '{out}' is an existing file, not a folder. Choose another run folder with "
             f"train.output_dir=PATH, or move the file away."
         )
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise PeftkitError(
+            f"train.output_dir: '{out}' is the current folder or contains it; a run replaces its folder as a "
+            f"whole, so it needs one of its own. Set train.output_dir to a new folder, e.g. runs/NAME."
+        )
+    if out.name.endswith(STAGING_SUFFIX):
+        raise PeftkitError(
+            f"train.output_dir: '{out}' ends in {STAGING_SUFFIX}, the name of an unfinished run's folder. To continue "
+            f"that run, set train.output_dir={out.with_name(out.name.removesuffix(STAGING_SUFFIX))} and pass "
+            f"--resume; otherwise choose another name."
+        )
     if not training:
         return
-    if resume:
-        if not any((out / "checkpoints").glob("step-*")):
-            raise PeftkitError(
-                f"--resume: run folder '{out}' has no checkpoint to resume from. Start the run without "
-                f"--resume (add --overwrite to replace the folder)."
-            )
-        return
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    RunLock(out).check()
+    staging = staging_dir(out)
+    if staging.exists() and not staging.is_dir():
         raise PeftkitError(
-            f"train.output_dir: run folder '{out}' already exists and is not empty. Pass --overwrite to replace "
-            f"it, --resume to continue it, or choose another folder with train.output_dir=PATH."
+            f"train.output_dir: '{staging}' is a file, and a run of '{out}' writes into that name until it has "
+            f"finished. Move the file away, or choose another train.output_dir."
         )
+    if resume:
+        source = resume_source(out) or (staging if any(staging.glob("checkpoints/step-*")) else out)
+        check_checkpoint(source, processes=int(os.environ.get("WORLD_SIZE", "1")))
+        return
+    if latest_checkpoint(staging) is not None and not overwrite:
+        raise PeftkitError(unfinished_run_message(out))
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise PeftkitError(
+                f"train.output_dir: run folder '{out}' already exists and is not empty. Pass --overwrite to "
+                f"replace it (once the new run has succeeded), --resume to continue it, or choose another folder "
+                f"with train.output_dir=PATH."
+            )
+        if not is_run_folder(out):
+            raise PeftkitError(
+                f"train.output_dir: '{out}' is not a peftkit run folder (it has no {RECIPE_FILE}), and --overwrite "
+                f"replaces only run folders, so its files stay. Choose another folder with train.output_dir=PATH, "
+                f"or move its files away."
+            )
 
 
 def check_report_to(report_to: str) -> None:

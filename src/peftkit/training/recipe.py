@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from peftkit import cpu
 from peftkit.adapters.bundle import save_adapter
 from peftkit.adapters.card import write_adapter_card
 from peftkit.data.prepare import tokenize_split
-from peftkit.fileio import atomic_write_json, atomic_write_text
+from peftkit.fileio import atomic_write_json
 from peftkit.inference.plots import write_run_plots
 from peftkit.methods.apply import apply_method
 from peftkit.models.load import load_model_and_tokenizer, load_tokenizer, tokenizer_hash
@@ -31,12 +30,14 @@ from peftkit.training.checkpoints import restore_checkpoint, save_checkpoint
 from peftkit.training.distributed import (
     checkpoints_supported,
     gather_rng_states,
+    main_process_call,
     make_accelerator,
     sharded_dtype,
 )
 from peftkit.training.evaluate import evaluate_base, evaluate_split
 from peftkit.training.loop import TrainCallback, fit
 from peftkit.training.preflight import preflight
+from peftkit.training.run_folder import run_transaction
 from peftkit.training.run_log import RunLog
 
 
@@ -54,9 +55,10 @@ def train(
     every step and in-loop evaluation (see `training.loop.TrainCallback`).
     """
     rc, tc = recipe.model, recipe.train
-    out = Path(tc.output_dir)
+    target = Path(tc.output_dir)
 
-    # 1. Checks, and the data and tokenizer they loaded.
+    # 1. Checks (the run folder, its lock and any checkpoint to resume included), and the data and tokenizer they
+    # loaded. Nothing is written before they have all passed.
     checked = preflight(recipe, overwrite=overwrite, resume=resume)
     tokenizer = checked.tokenizer or load_tokenizer(checked.source, rc.cache_dir)
     limits = {"train": recipe.data.max_train_examples, "validation": recipe.data.max_eval_examples}
@@ -91,104 +93,103 @@ def train(
     set_seed(tc.seed)  # the same on every process: same initial adapter, same data order
     model = _setup_model(recipe, checked.source, tokenizer, labels, dtype, accelerator.device, total_steps)
 
-    # 3. The run folder: from here on, files appear (each atomically).
-    accelerator.wait_for_everyone()  # every process has checked the folder before the main one fills it
-    if accelerator.is_main_process:
-        if overwrite and out.exists() and not resume:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "recipe.resolved.yaml", recipe_to_yaml(recipe))
-
-    # 4. Optimizer, schedule, resumed state, and the loop.
-    optimizer = build_optimizer(model, tc.optimizer, tc.learning_rate, tc.weight_decay)
-    scheduler = build_scheduler(optimizer, tc.lr_scheduler, tc.warmup_ratio, total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if (
-        accelerator.num_processes > 1
-    ):  # same initial weights above; from here each process draws its own dropout
-        set_seed(tc.seed + accelerator.process_index)
-    start_step = 0
-    if resume:
-        start_step = restore_checkpoint(
-            out,
-            accelerator.unwrap_model(model),
-            optimizer,
-            scheduler,
-            process_index=accelerator.process_index,
-            processes=accelerator.num_processes,
-        )
-    log = RunLog(out, tc.report_to, start_step, accelerator.is_main_process)
-    eval_kwargs = dict(
-        task=rc.task,
-        tokenizer=tokenizer,
-        batch_size=recipe.eval.batch_size,
+    # 3. The run folder, a transaction (training.run_folder): the run writes into NAME.partial beside its target
+    # and replaces NAME only once everything below has succeeded; a failure leaves NAME untouched.
+    with run_transaction(
+        target,
+        overwrite=overwrite,
+        resume=resume,
+        save_every=tc.save_every if can_checkpoint else None,
         accelerator=accelerator,
-    )
+    ) as run:
+        out = run.path
 
-    def evaluate() -> dict:
-        return evaluate_split(
-            model, data["validation"], labels=labels, metrics=recipe.eval.metrics, **eval_kwargs
+        # 4. Optimizer, schedule, resumed state, and the loop.
+        optimizer = build_optimizer(model, tc.optimizer, tc.learning_rate, tc.weight_decay)
+        scheduler = build_scheduler(optimizer, tc.lr_scheduler, tc.warmup_ratio, total_steps)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        if (
+            accelerator.num_processes > 1
+        ):  # same initial weights above; from here each process draws its own dropout
+            set_seed(tc.seed + accelerator.process_index)
+        start_step = 0
+        if resume:
+            start_step = restore_checkpoint(
+                out, accelerator.unwrap_model(model), optimizer, scheduler, accelerator.process_index
+            )
+        if accelerator.is_main_process:
+            run.begin(recipe_to_yaml(recipe))
+        log = RunLog(out, tc.report_to, start_step, accelerator.is_main_process)
+        eval_kwargs = dict(
+            task=rc.task,
+            tokenizer=tokenizer,
+            batch_size=recipe.eval.batch_size,
+            accelerator=accelerator,
         )
 
-    def checkpoint(step: int) -> None:
-        rng_states = gather_rng_states(accelerator)
-        unwrapped = accelerator.unwrap_model(model)
-        save_checkpoint(
-            out,
-            step,
-            unwrapped,
+        def evaluate() -> dict:
+            return evaluate_split(
+                model, data["validation"], labels=labels, metrics=recipe.eval.metrics, **eval_kwargs
+            )
+
+        def checkpoint(step: int) -> None:
+            rng_states = gather_rng_states(accelerator)
+            unwrapped = accelerator.unwrap_model(model)
+            main_process_call(
+                accelerator,
+                lambda: save_checkpoint(
+                    out, step, unwrapped, optimizer, scheduler, tc.keep_checkpoints, rng_states=rng_states
+                ),
+            )
+
+        result = fit(
+            model,
             optimizer,
             scheduler,
-            tc.keep_checkpoints,
-            accelerator.is_main_process,
-            rng_states,
+            accelerator,
+            data=data["train"],
+            settings=tc,
+            group_by_length=recipe.data.group_by_length,
+            pad_token_id=tokenizer.pad_token_id,
+            padding_side=tokenizer.padding_side,
+            start_step=start_step,
+            total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch,
+            log=log,
+            evaluate=evaluate if len(data["validation"]) else None,
+            checkpoint=checkpoint if can_checkpoint else None,
+            callbacks=callbacks,
+            progress=progress,
         )
-        accelerator.wait_for_everyone()
 
-    result = fit(
-        model,
-        optimizer,
-        scheduler,
-        accelerator,
-        data=data["train"],
-        settings=tc,
-        group_by_length=recipe.data.group_by_length,
-        pad_token_id=tokenizer.pad_token_id,
-        padding_side=tokenizer.padding_side,
-        start_step=start_step,
-        total_steps=total_steps,
-        steps_per_epoch=steps_per_epoch,
-        log=log,
-        evaluate=evaluate if len(data["validation"]) else None,
-        checkpoint=checkpoint if can_checkpoint else None,
-        callbacks=callbacks,
-        progress=progress,
-    )
+        # 5. Final evaluation, adapter, metrics, plots and card.
+        results = {"train": result.summary(log.last_loss)}
+        for name in ("validation", "test"):
+            if not len(data[name]):
+                continue
+            results[name] = evaluate_split(
+                model, data[name], labels=labels, metrics=recipe.eval.metrics, full=True, **eval_kwargs
+            )
+            if name == "validation":  # the eval curve's last point
+                values = {f"eval/{k}": v for k, v in results[name].items() if isinstance(v, float)}
+                log.log(result.step, values)
+            if rc.task == "causal_lm":
+                results[name].update(
+                    evaluate_base(accelerator.unwrap_model(model), data[name], **eval_kwargs)
+                )
+        log.close()
+        state_dict = accelerator.get_state_dict(model)  # gathered from every process (FSDP / ZeRO-3 shards)
+        unwrapped = accelerator.unwrap_model(model)
+        meta = _adapter_meta(recipe, checked.source, tokenizer, labels, unwrapped)
 
-    # 5. Final evaluation, adapter, metrics, plots and card.
-    results = {"train": result.summary(log.last_loss)}
-    for name in ("validation", "test"):
-        if not len(data[name]):
-            continue
-        results[name] = evaluate_split(
-            model, data[name], labels=labels, metrics=recipe.eval.metrics, full=True, **eval_kwargs
-        )
-        if name == "validation":  # the eval curve's last point
-            log.log(result.step, {f"eval/{k}": v for k, v in results[name].items() if isinstance(v, float)})
-        if rc.task == "causal_lm":
-            results[name].update(evaluate_base(accelerator.unwrap_model(model), data[name], **eval_kwargs))
-    log.close()
-    state_dict = accelerator.get_state_dict(
-        model
-    )  # gathered from every process (FSDP / ZeRO-3 shard weights)
-    if accelerator.is_main_process:
-        meta = _adapter_meta(recipe, checked.source, tokenizer, labels, accelerator.unwrap_model(model))
-        save_adapter(accelerator.unwrap_model(model), out / "adapter", meta, state_dict=state_dict)
-        atomic_write_json(out / "metrics.json", results)
-        write_run_plots(out)
-        write_adapter_card(out)
-    accelerator.wait_for_everyone()
-    return out
+        def write_outputs() -> None:
+            save_adapter(unwrapped, out / "adapter", meta, state_dict=state_dict)
+            atomic_write_json(out / "metrics.json", results)
+            write_run_plots(out)
+            write_adapter_card(out, final_dir=target)
+
+        main_process_call(accelerator, write_outputs)
+    return target
 
 
 def _setup_model(recipe: Recipe, source, tokenizer, labels, dtype: str, device, total_steps: int):
