@@ -214,6 +214,31 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def safetensors_header(path: str | Path) -> dict:
+    """The JSON header of a safetensors file (tensor name → dtype, shape, offsets), after checking that the file
+    is complete: its size must be where the header says the last tensor ends. No tensor is read. Raises
+    ValueError('expected …, found … bytes') for a truncated or corrupt file."""
+    import struct
+
+    size = Path(path).stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+        try:
+            header = json.loads(fh.read(n)) if n is not None and 8 + n <= size else None
+        except (ValueError, UnicodeDecodeError):
+            header = None
+    try:
+        end = 8 + n + max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (AttributeError, KeyError, TypeError, IndexError):
+        end = None
+    if end is None:
+        raise ValueError(f"expected a valid safetensors header, found {size} bytes")
+    if end != size:
+        raise ValueError(f"expected {end} bytes, found {size} bytes")
+    return header
+
+
 def package_dir(name: str) -> Path | None:
     """The folder of installed top-level package `name`, or None. find_spec locates it without running its code."""
     if "." in name:

@@ -23,7 +23,7 @@ from peftkit.adapters.fingerprint import (
     unverified_refusal,
 )
 from peftkit.errors import PeftkitError
-from peftkit.fileio import atomic_dir
+from peftkit.fileio import atomic_dir, safetensors_header
 from peftkit.fileio import file_sha256 as _hex_sha256
 from peftkit.models.load import HEAD_MODULES
 
@@ -176,25 +176,13 @@ def check_files(adapter_dir: Path, meta: dict) -> None:
 
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:
     """Tensor name → shape from a safetensors header, after checking the file is complete (no weight is read)."""
-    import struct
-
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
-        try:
-            header = json.loads(fh.read(n)) if n is not None and 8 + n <= size else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            header = None
-    ends = [t["data_offsets"][1] for k, t in (header or {}).items() if k != "__metadata__"]
-    if header is None or 8 + n + max(ends, default=0) != size:
-        expected = (
-            f"{8 + n + max(ends, default=0)} bytes" if header is not None else "a valid safetensors header"
-        )
+    try:
+        header = safetensors_header(path)
+    except ValueError as exc:
         raise PeftkitError(
-            f"adapter file '{path}' is truncated or corrupt (expected {expected}, found {size} bytes). "
-            f"Copy it again or re-export the adapter from its run folder."
-        )
+            f"adapter file '{path}' is truncated or corrupt ({exc}). Copy it again or re-export the adapter from "
+            f"its run folder."
+        ) from None
     return {k: t["shape"] for k, t in header.items() if k != "__metadata__"}
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from peftkit.errors import PeftkitError, did_you_mean
+from peftkit.errors import PeftkitError, did_you_mean, shorten
 from peftkit.recipe.schema import Recipe
 
 # PyYAML follows YAML 1.1, where `5e-4` (no dot) is a string. Recipes write learning rates that way, so
@@ -216,7 +216,7 @@ def _where(loc: tuple, shown: str, lines: dict[tuple, int], applied: dict[tuple,
 
 def _describe(error: dict) -> str:
     loc, kind, value = tuple(error["loc"]), error["type"], error.get("input")
-    key = _dotted(loc)
+    key = shorten(_dotted(loc))
     if kind == "extra_forbidden":
         choices = _fields_at(loc[:-1])
         hint = did_you_mean(loc[-1], choices) or f" Valid keys here: {', '.join(choices)}."
