@@ -22,6 +22,16 @@ from pathlib import Path
 _TEMP = re.compile(r"^\.(?P<name>.+)\.~(?P<pid>\d+)@(?P<host>[^~/]+)~[^/]*\.tmp$")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp/mkdtemp create private files (0600/0700); what appears in place gets the usual permissions instead.
+_FILE_MODE, _DIR_MODE = 0o666 & ~_umask(), 0o777 & ~_umask()
+
+
 def _temp_prefix(path: Path) -> str:
     return f".{path.name}.~{os.getpid()}@{socket.gethostname()}~"
 
@@ -89,6 +99,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -118,6 +129,7 @@ def atomic_dir(path: str | Path):
     clean_stale_temps(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
+        os.chmod(tmp, _DIR_MODE)
         yield tmp
         _fsync_tree(tmp)
         replace_dir(tmp, path)

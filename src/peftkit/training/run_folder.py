@@ -283,8 +283,10 @@ class RunFolder:
     # -- internals ----------------------------------------------------------------------------------------------
 
     def _status(self, state: str, **extra) -> None:
+        owner = _owner()
+        owner["updated"] = owner.pop("started")
         atomic_write_json(
-            self.path / STATUS_FILE, {"state": state, "target": self.target.name, **_owner(), **extra}
+            self.path / STATUS_FILE, {"state": state, "target": self.target.name, **owner, **extra}
         )
 
     def _replace(self) -> None:

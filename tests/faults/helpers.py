@@ -1,0 +1,33 @@
+"""Checks shared by the fault tests: a folder snapshot (to prove nothing changed), leftover temporaries, and the
+one-paragraph shape of an error."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Relative path → sha256 of every file under `folder` (and '/' for each folder): equal snapshots, same tree."""
+    if not folder.exists():
+        return {}
+    tree = {}
+    for p in sorted(folder.rglob("*")):
+        rel = str(p.relative_to(folder))
+        tree[rel] = "/" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return tree
+
+
+def temporaries(folder: Path) -> list[str]:
+    """Temporary files and folders (`*.tmp`) anywhere under `folder` or beside it."""
+    found = [*folder.rglob("*.tmp"), *folder.parent.glob(".*.tmp")] if folder.parent.exists() else []
+    return sorted(str(p) for p in found)
+
+
+def one_paragraph(err: str) -> str:
+    """The error line of a CLI run's stderr, after checking it is one paragraph (no traceback, ≤ 2,000 chars)."""
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("peftkit: error: ")]
+    assert len(lines) == 1, err[-3000:]
+    assert len(lines[0]) <= 2000, len(lines[0])
+    return lines[0]
