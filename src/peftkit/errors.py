@@ -17,9 +17,9 @@ class PeftkitError(Exception):
 
 
 def shorten(value, limit: int = 80) -> str:
-    """`value` as text for a message, cut to about `limit` characters with what was left out said: a message never
-    echoes a long input back (a 5 MB line in a data file stays a few words)."""
-    text = str(value)
+    """`value` as text for a message, on one line and cut to about `limit` characters with what was left out said:
+    a message never echoes a long input back (a 5 MB line in a data file stays a few words)."""
+    text = " ".join(str(value).split())
     if len(text) <= limit:
         return text
     return f"{text[: limit - 1]}… ({len(text):,} characters)"

@@ -25,9 +25,10 @@ def temporaries(folder: Path) -> list[str]:
 
 
 def one_paragraph(err: str) -> str:
-    """The error line of a CLI run's stderr, after checking it is one paragraph (no traceback, ≤ 2,000 chars)."""
+    """The error of a CLI run's stderr (notes before it aside), after checking it is one paragraph: no traceback,
+    no blank line, at most 2,000 characters."""
     assert "Traceback" not in err, err[-3000:]
-    lines = [line for line in err.splitlines() if line.startswith("peftkit: error: ")]
-    assert len(lines) == 1, err[-3000:]
-    assert len(lines[0]) <= 2000, len(lines[0])
-    return lines[0]
+    assert err.count("peftkit: error: ") == 1, err[-3000:]
+    message = err[err.index("peftkit: error: ") :].rstrip("\n")
+    assert "\n\n" not in message and len(message) <= 2000, message[:3000]
+    return message

@@ -22,7 +22,7 @@ from peftkit.adapters.fingerprint import (
     unverified_meta,
     unverified_refusal,
 )
-from peftkit.errors import PeftkitError
+from peftkit.errors import PeftkitError, shorten
 from peftkit.fileio import atomic_dir, safetensors_header
 from peftkit.fileio import file_sha256 as _hex_sha256
 from peftkit.models.load import HEAD_MODULES
@@ -134,7 +134,7 @@ def _read_json(adapter_dir: Path, name: str) -> dict:
         value = json.loads((adapter_dir / name).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PeftkitError(
-            f"adapter '{adapter_dir}': {name} is not valid JSON ({str(exc)[:120]}). The adapter folder is damaged: "
+            f"adapter '{adapter_dir}': {name} is not valid JSON ({shorten(exc, 120)}). The adapter folder is damaged: "
             f"copy it again, or re-export it from its run folder."
         ) from None
     if not isinstance(value, dict):
@@ -374,6 +374,6 @@ def attach_adapter(base, adapter_dir: Path, base_spec: str):
     except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
         raise PeftkitError(
             f"adapter '{adapter_dir}': PEFT could not apply it to base '{base_spec}' ({type(exc).__name__}: "
-            f"{str(exc)[:300]}). Its adapter_config.json or weights do not fit this base: load it with the base "
+            f"{shorten(exc, 300)}). Its adapter_config.json or weights do not fit this base: load it with the base "
             f"it was trained on, or copy the adapter again if it was damaged."
         ) from None

@@ -32,7 +32,7 @@ def find_absolute_paths(folder: Path) -> list[str]:
     found = []
     for f in sorted(p for p in folder.rglob("*") if p.is_file()):
         name = str(f.relative_to(folder))
-        found += [f"{name}: {where}: {shorten(hit, 80)}" for where, hit in _hits(f)]
+        found += [f"{name}: {where}: {shorten(hit.rstrip('.,;:'), 80)}" for where, hit in _hits(f)]
     return found
 
 

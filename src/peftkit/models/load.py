@@ -6,7 +6,7 @@ import hashlib
 import json
 from contextlib import contextmanager
 
-from peftkit.errors import PeftkitError
+from peftkit.errors import PeftkitError, shorten
 from peftkit.fileio import safetensors_header
 from peftkit.models.decoder import install_decoder_hooks, is_decoder
 from peftkit.models.sources import ModelSource
@@ -66,7 +66,7 @@ def check_model_folder(source: ModelSource) -> None:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise PeftkitError(
-            f"{where}: {config_file} is not valid JSON ({str(exc)[:120]}). The model folder is damaged: copy it "
+            f"{where}: {config_file} is not valid JSON ({shorten(exc, 120)}). The model folder is damaged: copy it "
             f"again."
         ) from None
     model_type = config.get("model_type") if isinstance(config, dict) else None
@@ -109,7 +109,7 @@ def _transformers_errors(source: ModelSource, what: str):
     ) as exc:  # OSError, ValueError, JSONDecodeError, SafetensorError, ... all mean a bad folder
         raise PeftkitError(
             f"model source '{source.spec}': transformers could not load its {what} ({type(exc).__name__}: "
-            f"{str(exc)[:300]}). Check that the folder is a complete transformers model, or copy it again."
+            f"{shorten(exc, 300)}). Check that the folder is a complete transformers model, or copy it again."
         ) from None
 
 

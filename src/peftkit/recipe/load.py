@@ -182,7 +182,7 @@ def _apply_overrides(data: dict, overrides: Iterable[str]) -> dict[tuple, str]:
                 node[part] = {}
             node = node[part]
             if not isinstance(node, dict):
-                inner = _dotted(parts[: depth + 1])
+                inner = shorten(_dotted(parts[: depth + 1]))
                 raise _bad_override(text, f"'{inner}' is {_found(node)}, not a section that holds keys")
         node[parts[-1]] = value
         applied[parts] = text
@@ -190,7 +190,7 @@ def _apply_overrides(data: dict, overrides: Iterable[str]) -> dict[tuple, str]:
 
 
 def _bad_override(text: str, why: str) -> PeftkitError:
-    return PeftkitError(f"command-line override '{text}' is malformed: {why}.")
+    return PeftkitError(f"command-line override '{shorten(text)}' is malformed: {why}.")
 
 
 def _explain(err: ValidationError, shown: str, lines: dict[tuple, int], applied: dict[tuple, str]) -> str:
@@ -207,7 +207,7 @@ def _where(loc: tuple, shown: str, lines: dict[tuple, int], applied: dict[tuple,
     """
     matches = [path for path in applied if loc[: len(path)] == path]
     if matches:
-        return float("inf"), f"command-line override '{applied[max(matches, key=len)]}'"
+        return float("inf"), f"command-line override '{shorten(applied[max(matches, key=len)])}'"
     for n in range(len(loc), 0, -1):
         if loc[:n] in lines:
             return lines[loc[:n]], f"{shown}:{lines[loc[:n]]}"

@@ -14,7 +14,7 @@ import io
 import json
 from pathlib import Path
 
-from peftkit.errors import PeftkitError
+from peftkit.errors import PeftkitError, shorten
 from peftkit.fileio import atomic_dir, free_space, remove_dir, write_failure
 
 
@@ -140,7 +140,7 @@ def check_checkpoint(out: Path, processes: int = 1) -> Path:
             else:  # mmap: the archive and its tensor records are checked without reading the tensors in
                 torch.load(path, weights_only=True, mmap=True)
         except Exception as exc:  # torch and safetensors raise many types for a truncated or altered file
-            raise damaged(f"{name} cannot be read ({type(exc).__name__}: {str(exc)[:160]})") from None
+            raise damaged(f"{name} cannot be read ({type(exc).__name__}: {shorten(exc, 160)})") from None
     if step <= 0:
         raise damaged(f"state.json says step {step}")
     return ckpt

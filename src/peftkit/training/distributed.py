@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from peftkit.errors import PeftkitError
+from peftkit.errors import PeftkitError, shorten
 
 STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3")
 # accelerate's distributed_type names (config file `distributed_type:`) → our strategy family.
@@ -457,7 +457,7 @@ def main_process_call(accelerator, fn):
             error = exc
         except BaseException as exc:
             if accelerator.num_processes > 1:
-                _share(accelerator, f"the main process failed: {type(exc).__name__}: {str(exc)[:300]}")
+                _share(accelerator, f"the main process failed: {type(exc).__name__}: {shorten(exc, 300)}")
             raise
     if accelerator.num_processes > 1:
         message = _share(accelerator, str(error) if error else None)

@@ -27,7 +27,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from peftkit.errors import PeftkitError
+from peftkit.errors import PeftkitError, shorten
 from peftkit.fileio import (
     atomic_dir,
     atomic_write_json,
@@ -248,7 +248,7 @@ class RunFolder:
         try:
             checkpoint = latest_checkpoint(self.path) if self.path.exists() else None
             if checkpoint is not None and self.begun:
-                self._status("failed", reason=f"{type(exc).__name__}: {str(exc)[:300]}")
+                self._status("failed", reason=f"{type(exc).__name__}: {shorten(exc, 300)}")
             elif self.created:  # nothing to resume, or only a copy of `target`'s checkpoints
                 remove_dir(self.path)
                 checkpoint = None
