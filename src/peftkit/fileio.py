@@ -53,7 +53,8 @@ def clean_stale_temps(folder: str | Path) -> list[Path]:
     Only names of the form `.NAME.~PID@HOST~XXXX.tmp` whose HOST is this machine and whose PID is gone are
     removed: a live writer's temporaries, and another machine's (shared folders), are never touched.
     """
-    folder, host, removed = Path(folder), socket.gethostname(), []
+    folder, host = Path(folder), socket.gethostname()
+    removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for entry in folder.iterdir():
@@ -233,18 +234,21 @@ def safetensors_header(path: str | Path) -> dict:
     import struct
 
     size = Path(path).stat().st_size
+    header = None
     with open(path, "rb") as fh:
         head = fh.read(8)
-        n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
-        try:
-            header = json.loads(fh.read(n)) if n is not None and 8 + n <= size else None
-        except (ValueError, UnicodeDecodeError):
-            header = None
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else size
+        if 8 + n <= size:
+            try:
+                header = json.loads(fh.read(n))
+            except (ValueError, UnicodeDecodeError):
+                header = None
     try:
-        end = 8 + n + max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    except (AttributeError, KeyError, TypeError, IndexError):
+        tensors = [t for k, t in header.items() if k != "__metadata__"] if isinstance(header, dict) else None
+        end = 8 + n + max((t["data_offsets"][1] for t in tensors), default=0) if tensors is not None else None
+    except (KeyError, TypeError, IndexError):
         end = None
-    if end is None:
+    if header is None or end is None:
         raise ValueError(f"expected a valid safetensors header, found {size} bytes")
     if end != size:
         raise ValueError(f"expected {end} bytes, found {size} bytes")

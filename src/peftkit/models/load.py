@@ -58,12 +58,13 @@ def hf_folder(source: ModelSource, cache_dir: str | None = None) -> str:
 def check_model_folder(source: ModelSource) -> None:
     """A local model folder must hold a config.json that is a JSON object naming an architecture transformers knows
     (peftkit never runs a model's own code), and complete weight files. Reads no weights."""
-    if source.kind not in ("path", "package"):
+    folder = source.path
+    if source.kind not in ("path", "package") or folder is None:
         return
     from transformers import CONFIG_MAPPING, __version__
 
     where = f"model source '{source.spec}'"
-    config_file = source.path / "config.json"
+    config_file = folder / "config.json"
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -82,10 +83,10 @@ def check_model_folder(source: ModelSource) -> None:
             f"{where}: {config_file} names model_type {str(model_type)[:60]!r}, an architecture transformers "
             f"{__version__} does not know{custom}. Use a model of an architecture transformers supports."
         )
-    weights = sorted(p for p in source.path.iterdir() if p.suffix in (".safetensors", ".bin"))
+    weights = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
     if not weights:
         raise PeftkitError(
-            f"{where}: folder {source.path} has a config.json but no weights (model.safetensors, or sharded "
+            f"{where}: folder {folder} has a config.json but no weights (model.safetensors, or sharded "
             f"model-0000K-of-0000N.safetensors). Copy the weight files into it, or point model.source at the "
             f"folder that has them."
         )
