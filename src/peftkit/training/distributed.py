@@ -448,6 +448,8 @@ def main_process_call(accelerator, fn):
     """Run `fn()` on the main process only and return its result there (None elsewhere). The outcome is shared: if
     it fails, every process raises a PeftkitError with its message, so none waits at a barrier for a process that
     stopped (a collective call: all processes must make it)."""
+    if accelerator is None:  # not a multi-process run (a RunFolder used on its own)
+        return fn()
     error, result = None, None
     if accelerator.is_main_process:
         try:

@@ -1,8 +1,9 @@
 """The training workflow, top to bottom: recipe → checks → data + model → method → loop → run folder.
 
 Every check that can fail on bad input runs first (`preflight`, the same checks as `peftkit validate`), before
-any weight loads or any file is written, so a refused recipe leaves nothing on disk. The loop itself is
-`training.loop.fit`; this module sets it up and writes what it produced.
+any weight loads or any file is written, so a refused recipe leaves nothing on disk. The run folder is a
+transaction (`training.run_folder`): the run writes beside it and replaces it only when it has succeeded. The loop
+itself is `training.loop.fit`; this module sets it up and writes what it produced.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from peftkit.training.distributed import (
 from peftkit.training.evaluate import evaluate_base, evaluate_split
 from peftkit.training.loop import TrainCallback, fit
 from peftkit.training.preflight import preflight
-from peftkit.training.run_folder import run_transaction
+from peftkit.training.run_folder import RunFolder
 from peftkit.training.run_log import RunLog
 
 
@@ -51,11 +52,35 @@ def train(
 ) -> Path:
     """Train `recipe` into its run folder (`train.output_dir`) and return the folder.
 
-    `overwrite` replaces an existing run, `resume` continues one from its latest checkpoint; `callbacks` see
-    every step and in-loop evaluation (see `training.loop.TrainCallback`).
+    `overwrite` replaces an existing run (once this one has succeeded), `resume` continues one from its latest
+    checkpoint; `callbacks` see every step and in-loop evaluation (see `training.loop.TrainCallback`). A run that
+    fails leaves the run folder as it was, and keeps what it wrote only when that can be resumed
+    (`training.run_folder.RunFolder.abort`).
     """
+    run = RunFolder(
+        Path(recipe.train.output_dir), overwrite=overwrite, resume=resume, save_every=recipe.train.save_every
+    )
+    try:
+        _train(recipe, run, overwrite=overwrite, resume=resume, progress=progress, callbacks=callbacks)
+    except BaseException as exc:
+        error = run.abort(exc)
+        if error is None:
+            raise
+        raise error from None
+    return run.target
+
+
+def _train(
+    recipe: Recipe,
+    run: RunFolder,
+    *,
+    overwrite: bool,
+    resume: bool,
+    progress: bool,
+    callbacks: Sequence[TrainCallback],
+) -> None:
+    """`train`, writing into `run`."""
     rc, tc = recipe.model, recipe.train
-    target = Path(tc.output_dir)
 
     # 1. Checks (the run folder, its lock and any checkpoint to resume included), and the data and tokenizer they
     # loaded. Nothing is written before they have all passed.
@@ -93,103 +118,98 @@ def train(
     set_seed(tc.seed)  # the same on every process: same initial adapter, same data order
     model = _setup_model(recipe, checked.source, tokenizer, labels, dtype, accelerator.device, total_steps)
 
-    # 3. The run folder, a transaction (training.run_folder): the run writes into NAME.partial beside its target
-    # and replaces NAME only once everything below has succeeded; a failure leaves NAME untouched.
-    with run_transaction(
-        target,
-        overwrite=overwrite,
-        resume=resume,
-        save_every=tc.save_every if can_checkpoint else None,
-        accelerator=accelerator,
-    ) as run:
-        out = run.path
+    # 3. The run folder: locked, and written in NAME.partial beside it until the run has succeeded.
+    run.open(accelerator)
+    out = run.path
 
-        # 4. Optimizer, schedule, resumed state, and the loop.
-        optimizer = build_optimizer(model, tc.optimizer, tc.learning_rate, tc.weight_decay)
-        scheduler = build_scheduler(optimizer, tc.lr_scheduler, tc.warmup_ratio, total_steps)
-        model, optimizer = accelerator.prepare(model, optimizer)
-        if (
-            accelerator.num_processes > 1
-        ):  # same initial weights above; from here each process draws its own dropout
-            set_seed(tc.seed + accelerator.process_index)
-        start_step = 0
-        if resume:
-            start_step = restore_checkpoint(
-                out, accelerator.unwrap_model(model), optimizer, scheduler, accelerator.process_index
-            )
-        if accelerator.is_main_process:
-            run.begin(recipe_to_yaml(recipe))
-        log = RunLog(out, tc.report_to, start_step, accelerator.is_main_process)
-        eval_kwargs = dict(
-            task=rc.task,
-            tokenizer=tokenizer,
-            batch_size=recipe.eval.batch_size,
-            accelerator=accelerator,
-        )
-
-        def evaluate() -> dict:
-            return evaluate_split(
-                model, data["validation"], labels=labels, metrics=recipe.eval.metrics, **eval_kwargs
-            )
-
-        def checkpoint(step: int) -> None:
-            rng_states = gather_rng_states(accelerator)
-            unwrapped = accelerator.unwrap_model(model)
-            main_process_call(
-                accelerator,
-                lambda: save_checkpoint(
-                    out, step, unwrapped, optimizer, scheduler, tc.keep_checkpoints, rng_states=rng_states
-                ),
-            )
-
-        result = fit(
-            model,
+    # 4. Optimizer, schedule, resumed state, and the loop.
+    optimizer = build_optimizer(model, tc.optimizer, tc.learning_rate, tc.weight_decay)
+    scheduler = build_scheduler(optimizer, tc.lr_scheduler, tc.warmup_ratio, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if (
+        accelerator.num_processes > 1
+    ):  # same initial weights above; from here each process draws its own dropout
+        set_seed(tc.seed + accelerator.process_index)
+    start_step = 0
+    if resume:
+        start_step = restore_checkpoint(
+            out,
+            accelerator.unwrap_model(model),
             optimizer,
             scheduler,
-            accelerator,
-            data=data["train"],
-            settings=tc,
-            group_by_length=recipe.data.group_by_length,
-            pad_token_id=tokenizer.pad_token_id,
-            padding_side=tokenizer.padding_side,
-            start_step=start_step,
-            total_steps=total_steps,
-            steps_per_epoch=steps_per_epoch,
-            log=log,
-            evaluate=evaluate if len(data["validation"]) else None,
-            checkpoint=checkpoint if can_checkpoint else None,
-            callbacks=callbacks,
-            progress=progress,
+            process_index=accelerator.process_index,
+        )
+    run.begin(recipe_to_yaml(recipe))
+    log = RunLog(out, tc.report_to, start_step, accelerator.is_main_process)
+    eval_kwargs = dict(
+        task=rc.task,
+        tokenizer=tokenizer,
+        batch_size=recipe.eval.batch_size,
+        accelerator=accelerator,
+    )
+
+    def evaluate() -> dict:
+        return evaluate_split(
+            model, data["validation"], labels=labels, metrics=recipe.eval.metrics, **eval_kwargs
         )
 
-        # 5. Final evaluation, adapter, metrics, plots and card.
-        results = {"train": result.summary(log.last_loss)}
-        for name in ("validation", "test"):
-            if not len(data[name]):
-                continue
-            results[name] = evaluate_split(
-                model, data[name], labels=labels, metrics=recipe.eval.metrics, full=True, **eval_kwargs
-            )
-            if name == "validation":  # the eval curve's last point
-                values = {f"eval/{k}": v for k, v in results[name].items() if isinstance(v, float)}
-                log.log(result.step, values)
-            if rc.task == "causal_lm":
-                results[name].update(
-                    evaluate_base(accelerator.unwrap_model(model), data[name], **eval_kwargs)
-                )
-        log.close()
-        state_dict = accelerator.get_state_dict(model)  # gathered from every process (FSDP / ZeRO-3 shards)
+    def checkpoint(step: int) -> None:
+        rng_states = gather_rng_states(accelerator)
         unwrapped = accelerator.unwrap_model(model)
-        meta = _adapter_meta(recipe, checked.source, tokenizer, labels, unwrapped)
+        # a save that fails on the main process fails on every process (none waits for it at a barrier)
+        main_process_call(
+            accelerator,
+            lambda: save_checkpoint(
+                out, step, unwrapped, optimizer, scheduler, tc.keep_checkpoints, rng_states=rng_states
+            ),
+        )
 
-        def write_outputs() -> None:
-            save_adapter(unwrapped, out / "adapter", meta, state_dict=state_dict)
-            atomic_write_json(out / "metrics.json", results)
-            write_run_plots(out)
-            write_adapter_card(out, final_dir=target)
+    result = fit(
+        model,
+        optimizer,
+        scheduler,
+        accelerator,
+        data=data["train"],
+        settings=tc,
+        group_by_length=recipe.data.group_by_length,
+        pad_token_id=tokenizer.pad_token_id,
+        padding_side=tokenizer.padding_side,
+        start_step=start_step,
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        log=log,
+        evaluate=evaluate if len(data["validation"]) else None,
+        checkpoint=checkpoint if can_checkpoint else None,
+        callbacks=callbacks,
+        progress=progress,
+    )
 
-        main_process_call(accelerator, write_outputs)
-    return target
+    # 5. Final evaluation, adapter, metrics, plots and card.
+    results = {"train": result.summary(log.last_loss)}
+    for name in ("validation", "test"):
+        if not len(data[name]):
+            continue
+        results[name] = evaluate_split(
+            model, data[name], labels=labels, metrics=recipe.eval.metrics, full=True, **eval_kwargs
+        )
+        if name == "validation":  # the eval curve's last point
+            log.log(result.step, {f"eval/{k}": v for k, v in results[name].items() if isinstance(v, float)})
+        if rc.task == "causal_lm":
+            results[name].update(evaluate_base(accelerator.unwrap_model(model), data[name], **eval_kwargs))
+    log.close()
+    state_dict = accelerator.get_state_dict(
+        model
+    )  # gathered from every process (FSDP / ZeRO-3 shard weights)
+
+    def write_outputs() -> None:
+        meta = _adapter_meta(recipe, checked.source, tokenizer, labels, accelerator.unwrap_model(model))
+        save_adapter(accelerator.unwrap_model(model), out / "adapter", meta, state_dict=state_dict)
+        atomic_write_json(out / "metrics.json", results)
+        write_run_plots(out)
+        write_adapter_card(out, final_dir=run.target)
+
+    main_process_call(accelerator, write_outputs)
+    run.commit()
 
 
 def _setup_model(recipe: Recipe, source, tokenizer, labels, dtype: str, device, total_steps: int):

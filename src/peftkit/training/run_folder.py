@@ -13,7 +13,8 @@ A run never writes into its target folder `NAME/`. It trains in `NAME.partial/` 
 - what a killed run left half-done (temporary files, a half-finished replacement) is finished or cleaned by the next
   run of the same folder, under the lock.
 
-Only the main process of a multi-process run opens, commits or aborts (`run_transaction` shares the outcome).
+Only the main process of a multi-process run opens, commits or aborts the run; the others wait for it and fail with
+it (`distributed.main_process_call`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import shutil
 import socket
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from peftkit.errors import PeftkitError, shorten
@@ -199,10 +199,18 @@ class RunFolder:
         self.overwrite, self.resume, self.save_every = overwrite, resume, save_every
         self.lock = RunLock(target)
         self.created = self.begun = False
+        self.main: bool | None = None  # None until opened; then whether this is the process that writes
 
-    def open(self) -> None:
-        """Take the lock, finish or clean up what a killed run left, and prepare `path`. Writes nothing but the
-        lock when the run folder is in order."""
+    def open(self, accelerator=None) -> None:
+        """Take the lock, finish or clean up what a killed run left, and prepare `path` (on the main process of
+        `accelerator`'s run; the others wait for it). Writes nothing but the lock when the folder is in order."""
+        from peftkit.training.distributed import main_process_call
+
+        self.main = accelerator is None or accelerator.is_main_process
+        self.accelerator = accelerator
+        main_process_call(accelerator, self._open)
+
+    def _open(self) -> None:
         self.lock.acquire()
         try:
             self._recover()
@@ -229,12 +237,18 @@ class RunFolder:
 
     def begin(self, recipe_text: str) -> None:
         """Record that the run has started (after its checks and any resumed state): status and resolved recipe."""
-        self._status("running")
-        atomic_write_text(self.path / RECIPE_FILE, recipe_text)
-        self.begun = True
+        if self.main:
+            self._status("running")
+            atomic_write_text(self.path / RECIPE_FILE, recipe_text)
+            self.begun = True
 
     def commit(self) -> None:
-        """Replace `target` with the finished run and release the lock."""
+        """Replace `target` with the finished run and release the lock (every process returns when it is done)."""
+        from peftkit.training.distributed import main_process_call
+
+        main_process_call(self.accelerator, self._commit)
+
+    def _commit(self) -> None:
         try:
             self._status("complete")
             self._replace()
@@ -244,7 +258,10 @@ class RunFolder:
     def abort(self, exc: BaseException) -> PeftkitError | None:
         """After `exc` ended the run: keep `path` (marked failed) if it holds a checkpoint, else remove what this
         run created; release the lock. Returns the PeftkitError to raise instead of `exc` (saying what was kept and
-        how to go on), or None to re-raise `exc` after that note on stderr."""
+        how to go on), or None to re-raise `exc` (after that note on stderr). Does nothing (None) on a process that
+        does not write, or before `open` took the lock."""
+        if not self.main or self.lock.fd is None:
+            return None
         try:
             checkpoint = latest_checkpoint(self.path) if self.path.exists() else None
             if checkpoint is not None and self.begun:
@@ -327,21 +344,3 @@ def unfinished_run_message(target: Path) -> str:
         f"{checkpoint.name if checkpoint else '?'}. Continue it with --resume, start over with --overwrite (which "
         f"deletes it), or choose another folder with train.output_dir=PATH."
     )
-
-
-@contextmanager
-def run_transaction(target: Path, *, overwrite: bool, resume: bool, save_every: int | None, accelerator):
-    """Open the run folder of `target` (on the main process; the others wait for it), yield the RunFolder, and
-    commit it after the body succeeds; on failure, abort it (see `RunFolder.abort`)."""
-    from peftkit.training.distributed import main_process_call
-
-    run = RunFolder(target, overwrite=overwrite, resume=resume, save_every=save_every)
-    main_process_call(accelerator, run.open)
-    try:
-        yield run
-    except BaseException as exc:
-        error = run.abort(exc) if accelerator.is_main_process else None
-        if error is None:
-            raise
-        raise error from None
-    main_process_call(accelerator, run.commit)
