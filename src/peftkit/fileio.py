@@ -204,6 +204,26 @@ def write_failure(exc: BaseException) -> str | None:
     return f"{os.strerror(code)}; {_WRITE_ERRORS[code]}"
 
 
+@contextmanager
+def reported_write_failures(what: str, where: str | Path):
+    """Turn a failed write inside the block (disk full, size limit, I/O error, permissions) into one paragraph
+    about `what` (e.g. '--out') and folder `where`; other errors pass through."""
+    from peftkit.errors import PeftkitError
+
+    try:
+        yield
+    except PeftkitError:
+        raise
+    except Exception as exc:
+        reason = write_failure(exc)
+        if reason is None:
+            raise
+        raise PeftkitError(
+            f"{what}: '{where}' could not be written: {reason} ({free_space(where)}). Nothing was left half-written "
+            f"there; run the command again once that is fixed."
+        ) from None
+
+
 def free_space(folder: str | Path) -> str:
     """Free space on the file system of `folder` (or its nearest existing parent), e.g. '1.2 GB free'."""
     folder = Path(folder).absolute()

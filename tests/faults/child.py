@@ -2,6 +2,7 @@
 
 FAULT is one of:
 - `none`
+- `disk-full`: a file size limit (RLIMIT_FSIZE) of 4 KB from the start, as on a full disk
 - `disk-full-after-checkpoints=N`: after N checkpoints were written the file size limit (RLIMIT_FSIZE) drops to
   4 KB, as when the disk fills up: the next checkpoint cannot be written
 - `disk-full-at-adapter`: the limit drops just before the finished adapter is saved
@@ -27,6 +28,9 @@ def _kill_self(*_args, **_kwargs):
 def _inject(fault: str) -> None:
     name, _, arg = fault.partition("=")
     if name == "none":
+        return
+    if name == "disk-full":
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
         return
     import peftkit.adapters.bundle as bundle
     import peftkit.training.checkpoints as checkpoints

@@ -150,3 +150,13 @@ def test_killed_merge_leaves_a_temporary_that_the_next_merge_cleans(adapter, tmp
     before = snapshot(out)
     code, _, err = _cli(["merge", adapter, "--out", out], capsys)  # an existing --out needs --overwrite
     assert code == 2 and "already exists" in one_paragraph(err) and snapshot(out) == before
+
+
+@pytest.mark.slow
+def test_merge_on_a_full_disk_is_one_paragraph(adapter, tmp_path, child):
+    out = tmp_path / "merged"
+    done = child("disk-full", "merge", adapter, "--out", out)
+    assert done.returncode == 2, done.stderr[-3000:]
+    message = one_paragraph(done.stderr)
+    assert f"merge --out: '{out}' could not be written: File too large" in message
+    assert not out.exists() and not list(tmp_path.glob(".merged.*"))

@@ -268,19 +268,19 @@ def test_overwrite_replaces_only_run_folders(tmp_path, make_recipe, capsys):
     assert (mine / "notes.txt").read_text() == "precious"
 
 
-@pytest.mark.parametrize("case", ["file", "current folder", "partial name"])
+@pytest.mark.parametrize("case", ["file", "inside a file", "current folder", "partial name"])
 def test_output_dir_that_cannot_be_a_run_folder(tmp_path, make_recipe, capsys, monkeypatch, case):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").write_text("x")
     out, words = {
         "file": (tmp_path / "taken", "is an existing file, not a folder"),
+        "inside a file": (tmp_path / "taken" / "run", f"lies inside '{tmp_path / 'taken'}', which is a file"),
         "current folder": (tmp_path, "is the current folder or contains it"),
         "partial name": (
             tmp_path / "run.partial",
             "ends in .partial, the name of an unfinished run's folder",
         ),
     }[case]
-    if case == "file":
-        out.write_text("x")
     path = make_recipe(out)
     before = snapshot(tmp_path)
     for command in (["validate", path], ["train", path, "--overwrite"]):
@@ -312,3 +312,35 @@ def test_train_refuses_what_validate_refuses(old_run, make_recipe, tiny_card, tm
         err = capsys.readouterr().err
         assert code == 2 and words in one_paragraph(err), err
     assert snapshot(old_run.parent) == before
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_go_on(tmp_path, make_recipe, capsys):
+    class CtrlC(TrainCallback):
+        def on_step(self, step: int, loss: float) -> None:
+            if step == 5:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "runs" / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(load_recipe(make_recipe(out)), progress=False, callbacks=[CtrlC()])
+    partial = out.with_name("run.partial")
+    assert f"The run's checkpoint step-000004 is kept in '{partial}'" in capsys.readouterr().err
+    assert json.loads((partial / "run_status.json").read_text())["reason"].startswith("KeyboardInterrupt")
+    assert not out.exists() and not out.with_name(".run.lock").exists()
+
+
+def test_resume_with_another_recipe_is_refused_and_changes_nothing(tmp_path, make_recipe, capsys):
+    out = tmp_path / "runs" / "run"
+    path = make_recipe(out)
+    with pytest.raises(Interrupted):
+        train(load_recipe(path), progress=False, callbacks=[FailAt(6)])
+    partial = out.with_name("run.partial")
+    before = snapshot(tmp_path / "runs")
+    code, err = _cli(["train", path, "--resume", "method.r=4"], capsys)
+    assert code == 2
+    message = one_paragraph(err)
+    assert (
+        "does not match this recipe's model" in message and "tensors missing or of another shape" in message
+    )
+    assert f"'{partial}' is unchanged: its checkpoint step-000004 can still be resumed." in message
+    assert snapshot(tmp_path / "runs") == before

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from peftkit.adapters.path_leaks import find_absolute_paths
 from peftkit.errors import PeftkitError
-from peftkit.fileio import atomic_dir
+from peftkit.fileio import atomic_dir, reported_write_failures
 
 
 def _check_run(run: Path) -> None:
@@ -70,7 +70,7 @@ def publish_run(
             f"or remove the old one first."
         )
     meta = json.loads((run / "adapter" / META_FILE).read_text())
-    with atomic_dir(to) as tmp:
+    with reported_write_failures("publish --to", to), atomic_dir(to) as tmp:
         for f in (run / "adapter").iterdir():
             if f.is_file() and f.name not in (CARD_FILE, META_FILE, "adapter_config.json"):
                 shutil.copy2(f, tmp / f.name)

@@ -87,7 +87,7 @@ def merge_adapter(
     refused unless allowed; the report then says `"verified": false`).
     """
     from peftkit.adapters.bundle import check_bundle, load_adapter, resolve_adapter_dir
-    from peftkit.fileio import atomic_dir, atomic_write_json
+    from peftkit.fileio import atomic_dir, atomic_write_json, reported_write_failures
 
     say = progress or (lambda msg: print(f"merge: {msg}", file=sys.stderr))
     out = Path(out)
@@ -135,7 +135,7 @@ def merge_adapter(
 
     say("[3/5] merging")
     merged = loaded.model.merge_and_unload()
-    with atomic_dir(out) as tmp:
+    with reported_write_failures("merge --out", out), atomic_dir(out) as tmp:
         say(f"[4/5] writing the merged model to {out}")
         merged.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)

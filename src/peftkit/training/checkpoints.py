@@ -164,15 +164,23 @@ def restore_checkpoint(out: Path, model, optimizer, scheduler, process_index: in
     weights = load_file(str(ckpt / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    missing += [n for n, t in weights.items() if n not in params or params[n].shape != t.shape]
     if missing:
         raise PeftkitError(
             f"--resume: checkpoint {ckpt} does not match this recipe's model ({len(missing)} trainable "
-            f"tensors missing, e.g. {missing[0]}). Resume with the recipe the run was started with."
+            f"tensors missing or of another shape, e.g. {missing[0]}): the method or its settings changed. Resume "
+            f"with the recipe the run was started with (its recipe.resolved.yaml), or start over with --overwrite."
         )
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    try:
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise PeftkitError(
+            f"--resume: the optimizer state in {ckpt} does not fit this recipe's optimizer ({shorten(exc, 160)}). "
+            f"Resume with the recipe the run was started with (train.optimizer), or start over with --overwrite."
+        ) from None
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
     rng = torch.load(
         ckpt / ("rng.pt" if process_index == 0 else f"rng-{process_index}.pt"), weights_only=True

@@ -102,6 +102,12 @@ def check_output_dir(out: Path, *, overwrite: bool, resume: bool, training: bool
             f"train.output_dir: '{out}' is an existing file, not a folder. Choose another run folder with "
             f"train.output_dir=PATH, or move the file away."
         )
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise PeftkitError(
+            f"train.output_dir: '{out}' lies inside '{blocking}', which is a file, not a folder. Choose another "
+            f"run folder with train.output_dir=PATH."
+        )
     here = Path.cwd().resolve()
     if out.resolve() == here or out.resolve() in here.parents:
         raise PeftkitError(

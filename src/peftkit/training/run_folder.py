@@ -211,7 +211,14 @@ class RunFolder:
         main_process_call(accelerator, self._open)
 
     def _open(self) -> None:
-        self.lock.acquire()
+        try:
+            self.lock.acquire()
+        except OSError as exc:
+            raise PeftkitError(
+                f"train.output_dir: cannot write beside run folder '{self.target}' (the lock file "
+                f"{self.lock.path}: {write_failure(exc) or shorten(exc)}). Choose a run folder you may write with "
+                f"train.output_dir=PATH."
+            ) from None
         try:
             self._recover()
             if self.resume:
@@ -273,7 +280,9 @@ class RunFolder:
             pass
         finally:
             self.lock.release()
-        if checkpoint is not None:
+        if checkpoint is not None and not self.begun:  # refused before it changed anything
+            kept = f"'{self.path}' is unchanged: its checkpoint {checkpoint.name} can still be resumed."
+        elif checkpoint is not None:
             kept = (
                 f"The run's checkpoint {checkpoint.name} is kept in '{self.path}': run the same command with "
                 f"--resume to continue from it, or with --overwrite to start over."
