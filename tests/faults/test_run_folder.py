@@ -14,7 +14,8 @@ import pytest
 
 from peftkit.errors import PeftkitError
 from peftkit.fileio import atomic_dir, clean_stale_temps
-from peftkit.training.run_folder import STATUS_FILE, RunFolder, RunLock, staging_dir
+from peftkit.training.run_folder import STATUS_FILE, RunFolder, staging_dir
+from peftkit.training.run_lock import RunLock
 from tests.faults.helpers import snapshot
 
 
@@ -42,7 +43,7 @@ def test_second_writer_is_refused_before_writing(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from peftkit.training.run_folder import RunLock; "
+            "import sys, time; from pathlib import Path; from peftkit.training.run_lock import RunLock; "
             f"RunLock(Path({str(target)!r})).acquire(); print('held', flush=True); time.sleep(600)",
         ],
         stdout=subprocess.PIPE,

@@ -122,11 +122,13 @@ class AdapterSet:
         """Check and load the adapter at `path` under `name` (refused if the fingerprint does not match).
 
         An adapter without a fingerprint is refused unless `allow_unverified` (see `peftkit.adapters.fingerprint`);
-        `labels` then names its labels, and its predictions carry `"unverified": True`.
+        `labels` then names its labels, and its predictions carry `"unverified": True`. For a fingerprinted
+        adapter, `labels` are the ones it must have (as for `load_adapter`).
         """
         from peftkit.adapters.bundle import (
             attach_adapter,
             check_bundle,
+            check_expected,
             head_rows,
             read_adapter_config,
             resolve_adapter_dir,
@@ -145,6 +147,7 @@ class AdapterSet:
         adapter_dir = resolve_adapter_dir(path)
         meta, shapes = check_bundle(adapter_dir)
         if is_verifiable(meta):
+            check_expected(adapter_dir, meta, task=None, labels=labels)
             meta = {**meta, "verified": True}
         elif allow_unverified:
             config = read_adapter_config(adapter_dir)

@@ -10,7 +10,6 @@ returned so that `train` reads nothing twice.
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,16 +22,7 @@ from peftkit.models.load import load_config, load_tokenizer
 from peftkit.models.pooling import check_pooling
 from peftkit.models.sources import ModelSource, resolve_source
 from peftkit.recipe import Recipe
-from peftkit.training.checkpoints import check_checkpoint, latest_checkpoint
-from peftkit.training.run_folder import (
-    RECIPE_FILE,
-    STAGING_SUFFIX,
-    RunLock,
-    is_run_folder,
-    resume_source,
-    staging_dir,
-    unfinished_run_message,
-)
+from peftkit.training.run_folder import STAGING_SUFFIX, check_can_write
 
 SPLITS = ("train", "validation", "test")
 
@@ -93,10 +83,8 @@ def validate_recipe(recipe: Recipe) -> list[str]:
 
 
 def check_output_dir(out: Path, *, overwrite: bool, resume: bool, training: bool = True) -> None:
-    """The run folder must be a folder of its own (or not exist yet). When training (`training.run_folder`): no
-    other run may hold its lock; a non-empty one is replaced only with --overwrite, and only if it is a run folder;
-    an unfinished run beside it is continued (--resume) or discarded (--overwrite), never silently; and --resume
-    needs a complete, readable checkpoint written with this process count."""
+    """The run folder must be a folder of its own (or not exist yet); when training, this run must be allowed to
+    write it in its current state (`training.run_folder.check_can_write`)."""
     if out.exists() and not out.is_dir():
         raise PeftkitError(
             f"train.output_dir: '{out}' is an existing file, not a folder. Choose another run folder with "
@@ -120,34 +108,8 @@ def check_output_dir(out: Path, *, overwrite: bool, resume: bool, training: bool
             f"that run, set train.output_dir={out.with_name(out.name.removesuffix(STAGING_SUFFIX))} and pass "
             f"--resume; otherwise choose another name."
         )
-    if not training:
-        return
-    RunLock(out).check()
-    staging = staging_dir(out)
-    if staging.exists() and not staging.is_dir():
-        raise PeftkitError(
-            f"train.output_dir: '{staging}' is a file, and a run of '{out}' writes into that name until it has "
-            f"finished. Move the file away, or choose another train.output_dir."
-        )
-    if resume:
-        source = resume_source(out) or (staging if any(staging.glob("checkpoints/step-*")) else out)
-        check_checkpoint(source, processes=int(os.environ.get("WORLD_SIZE", "1")))
-        return
-    if latest_checkpoint(staging) is not None and not overwrite:
-        raise PeftkitError(unfinished_run_message(out))
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise PeftkitError(
-                f"train.output_dir: run folder '{out}' already exists and is not empty. Pass --overwrite to "
-                f"replace it (once the new run has succeeded), --resume to continue it, or choose another folder "
-                f"with train.output_dir=PATH."
-            )
-        if not is_run_folder(out):
-            raise PeftkitError(
-                f"train.output_dir: '{out}' is not a peftkit run folder (it has no {RECIPE_FILE}), and --overwrite "
-                f"replaces only run folders, so its files stay. Choose another folder with train.output_dir=PATH, "
-                f"or move its files away."
-            )
+    if training:
+        check_can_write(out, overwrite=overwrite, resume=resume)
 
 
 def check_report_to(report_to: str) -> None:

@@ -7,7 +7,7 @@ A run never writes into its target folder `NAME/`. It trains in `NAME.partial/` 
 - it keeps `NAME.partial/` only when that holds a complete checkpoint to resume from (`run_status.json` there says
   `failed` and why); otherwise `NAME.partial/` is removed (or, after a kill, removed by the next run);
 - `--resume` continues `NAME.partial/`, or, when there is none, a copy of `NAME/` (a finished run trained further);
-- `.NAME.lock` beside the folder admits one writer (flock, with the owner's pid, host and command inside). A lock
+- `.NAME.lock` beside the folder admits one writer (`training.run_lock`: flock, naming its owner). A lock
   left by a process of this machine that died is taken over with a note; one of another machine, whose process
   cannot be checked from here, is reported with how to remove it;
 - what a killed run left half-done (temporary files, a half-finished replacement) is finished or cleaned by the next
@@ -22,9 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import sys
-import time
 from pathlib import Path
 
 from peftkit.errors import PeftkitError, shorten
@@ -38,7 +35,8 @@ from peftkit.fileio import (
     remove_dir,
     write_failure,
 )
-from peftkit.training.checkpoints import latest_checkpoint
+from peftkit.training.checkpoints import check_checkpoint, latest_checkpoint
+from peftkit.training.run_lock import RunLock, say, writer_info
 
 STAGING_SUFFIX = ".partial"
 STATUS_FILE = "run_status.json"
@@ -78,115 +76,36 @@ def resume_source(target: Path) -> Path | None:
     return None
 
 
-def _say(message: str) -> None:
-    print(f"peftkit: note: {message}", file=sys.stderr)
-
-
-def _owner() -> dict:
-    return {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": " ".join(sys.argv)[:200],
-    }
-
-
-class RunLock:
-    """`.NAME.lock` beside a run folder, held with flock(2) by the one process writing the run."""
-
-    def __init__(self, target: Path):
-        self.target = target
-        self.path = target.with_name(f".{target.name}.lock")
-        self.fd: int | None = None
-
-    def check(self) -> None:
-        """Refuse (PeftkitError) when another live process holds the lock; writes nothing."""
-        import fcntl
-
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            return
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise self._busy(self._owner_of(fd)) from None
-            self._check_other_host(self._owner_of(fd))
-        finally:
-            os.close(fd)
-
-    def acquire(self) -> None:
-        """Take the lock or raise PeftkitError; a lock left by a dead process of this machine is taken over."""
-        import fcntl
-
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                owner = self._owner_of(fd)
-                os.close(fd)
-                raise self._busy(owner) from None
-            try:  # its owner may have removed the file between our open and flock: lock the file now there
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        previous = self._owner_of(fd)
-        try:
-            self._check_other_host(previous)
-        except PeftkitError:
-            os.close(fd)
-            raise
-        if previous:  # a clean release removes the file: content means its owner died holding it
-            _say(
-                f"run folder lock {self.path} was left by pid {previous.get('pid')} "
-                f"({previous.get('command', '?')[:80]}), which is no longer running; taking it over."
-            )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(_owner()) + "\n").encode(), 0)
-        os.fsync(fd)
-        self.fd = fd
-
-    def release(self) -> None:
-        """Remove the lock file and let go of the lock (removed first, so a waiting process locks a new file)."""
-        if self.fd is None:
-            return
-        try:
-            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
-                self.path.unlink()
-        except FileNotFoundError:
-            pass
-        os.close(self.fd)
-        self.fd = None
-
-    @staticmethod
-    def _owner_of(fd: int) -> dict:
-        try:
-            owner = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        except ValueError:
-            return {"pid": "?", "host": "?"}
-        return owner if isinstance(owner, dict) else {}
-
-    def _busy(self, owner: dict) -> PeftkitError:
-        return PeftkitError(
-            f"train.output_dir: run folder '{self.target}' is being written by another run (pid "
-            f"{owner.get('pid', '?')} on {owner.get('host', '?')}, since {owner.get('started', '?')}: "
-            f"`{str(owner.get('command', '?'))[:120]}`). Two runs must not write one folder: wait for it to "
-            f"finish (or stop it), or give this run another folder with train.output_dir=PATH."
+def check_can_write(target: Path, *, overwrite: bool, resume: bool) -> None:
+    """Refuse (PeftkitError, nothing written) a run that may not write `target` as it is now: another run holds its
+    lock; a non-empty folder without --overwrite or --resume, or one that is not a run folder; an unfinished run
+    beside it without --resume or --overwrite (checkpoints are never discarded silently); --resume without a
+    complete, readable checkpoint written with this process count (`checkpoints.check_checkpoint`)."""
+    RunLock(target).check()
+    staging = staging_dir(target)
+    if staging.exists() and not staging.is_dir():
+        raise PeftkitError(
+            f"train.output_dir: '{staging}' is a file, and a run of '{target}' writes into that name until it has "
+            f"finished. Move the file away, or choose another train.output_dir."
         )
-
-    def _check_other_host(self, owner: dict) -> None:
-        host = owner.get("host")
-        if host and host != socket.gethostname():
+    if resume:
+        source = resume_source(target) or (staging if any(staging.glob("checkpoints/step-*")) else target)
+        check_checkpoint(source, processes=int(os.environ.get("WORLD_SIZE", "1")))
+        return
+    if latest_checkpoint(staging) is not None and not overwrite:
+        raise PeftkitError(unfinished_run_message(target))
+    if target.exists() and any(target.iterdir()):
+        if not overwrite:
             raise PeftkitError(
-                f"train.output_dir: run folder '{self.target}' is locked by pid {owner.get('pid', '?')} on another "
-                f"machine ({host}, since {owner.get('started', '?')}), which cannot be checked from here. If no "
-                f"peftkit run is writing to it on {host} any more, delete the lock file {self.path} and run again."
+                f"train.output_dir: run folder '{target}' already exists and is not empty. Pass --overwrite to "
+                f"replace it (once the new run has succeeded), --resume to continue it, or choose another folder "
+                f"with train.output_dir=PATH."
+            )
+        if not is_run_folder(target):
+            raise PeftkitError(
+                f"train.output_dir: '{target}' is not a peftkit run folder (it has no {RECIPE_FILE}), and "
+                f"--overwrite replaces only run folders, so its files stay. Choose another folder with "
+                f"train.output_dir=PATH, or move its files away."
             )
 
 
@@ -229,9 +148,8 @@ class RunFolder:
                     self.created = True
             else:
                 if self.path.exists():
-                    if (
-                        latest_checkpoint(self.path) is not None and not self.overwrite
-                    ):  # appeared after preflight
+                    # preflight refused this already; an unfinished run may have appeared since
+                    if latest_checkpoint(self.path) is not None and not self.overwrite:
                         raise PeftkitError(unfinished_run_message(self.target))
                     remove_dir(self.path)
                 self.path.mkdir()
@@ -269,6 +187,7 @@ class RunFolder:
         does not write, or before `open` took the lock."""
         if not self.main or self.lock.fd is None:
             return None
+        checkpoint = None
         try:
             checkpoint = latest_checkpoint(self.path) if self.path.exists() else None
             if checkpoint is not None and self.begun:
@@ -303,16 +222,16 @@ class RunFolder:
                 f"run '{self.target}': a file could not be written in '{where}': {reason} "
                 f"({free_space(self.path)}). {kept}"
             )
-        _say(f"the run stopped ({type(exc).__name__}). {kept}")
+        say(f"the run stopped ({type(exc).__name__}). {kept}")
         return None
 
     # -- internals ----------------------------------------------------------------------------------------------
 
     def _status(self, state: str, **extra) -> None:
-        owner = _owner()
-        owner["updated"] = owner.pop("started")
+        writer = writer_info()
+        writer["updated"] = writer.pop("started")
         atomic_write_json(
-            self.path / STATUS_FILE, {"state": state, "target": self.target.name, **owner, **extra}
+            self.path / STATUS_FILE, {"state": state, "target": self.target.name, **writer, **extra}
         )
 
     def _replace(self) -> None:
@@ -331,10 +250,10 @@ class RunFolder:
         complete = read_status(self.path).get("state") == "complete"
         if aside.exists() and not self.target.exists():
             os.rename(self.path if complete else aside, self.target)
-            _say(f"finished replacing run folder '{self.target}' (a run was killed while replacing it).")
+            say(f"finished replacing run folder '{self.target}' (a run was killed while replacing it).")
         elif complete:  # killed after the run finished, before the renames
             self._replace()
-            _say(f"finished replacing run folder '{self.target}' (a run was killed while replacing it).")
+            say(f"finished replacing run folder '{self.target}' (a run was killed while replacing it).")
         remove_dir(aside)
         clean_stale_temps(self.target.parent)
 
