@@ -223,7 +223,7 @@ def _clean(card: DataCard, where, df, locate=None):
             )
             raise PeftkitError(
                 f"Data card {card.path}: `peftkit.{key}` is '{col}', but {where} has no such column "
-                f"(columns found on its first line: {shown}).{did_you_mean(col, found)} Fix `{key}` in the card."
+                f"(columns found: {shown}).{did_you_mean(col, found)} Fix `{key}` in the card."
             )
     text = df[card.text_column]
     text = text.where(text.notna(), "").astype(str)
