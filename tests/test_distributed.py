@@ -121,6 +121,8 @@ def test_two_processes_match_one_and_resume(tmp_path, tiny_bert, tiny_card, chil
     assert m2["test"]["loss"] == pytest.approx(m1["test"]["loss"], abs=1e-5)
     assert m2["train"]["examples"] == m1["train"]["examples"] == 2 * 51
     assert not list((tmp_path / "two").rglob("*.tmp"))
+    # every run folder was replaced in one piece: no partial folder, no lock left behind
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".*.lock"))
 
     # Checkpoints hold each process's RNG state, and they differ (each process draws its own dropout masks).
     from peftkit.training.checkpoints import latest_checkpoint

@@ -14,8 +14,11 @@ def generate_text(
     top_p: float = 0.95,
     seed: int = 0,
     loaded=None,
+    allow_unverified: bool = False,
+    base_source: str | None = None,
 ) -> str:
-    """The generated continuation of `prompt` (without the prompt). `temperature` 0 means greedy decoding."""
+    """The generated continuation of `prompt` (without the prompt). `temperature` 0 means greedy decoding.
+    `allow_unverified`, `base_source`: as for `load_adapter`."""
     import torch
 
     from peftkit.adapters.bundle import load_adapter
@@ -28,7 +31,7 @@ def generate_text(
         raise PeftkitError(
             f"--temperature: {temperature} is negative; use 0 for greedy decoding or a value > 0."
         )
-    loaded = loaded or load_adapter(adapter)
+    loaded = loaded or load_adapter(adapter, allow_unverified=allow_unverified, base_source=base_source)
     if loaded.meta["task"] != "causal_lm":
         raise PeftkitError(
             f"generate: adapter '{adapter}' is a {loaded.meta['task']} adapter; generate needs a "
