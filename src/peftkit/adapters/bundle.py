@@ -279,9 +279,8 @@ def load_adapter(
     `task` / `labels`: what the caller needs; an adapter for another task or label set is refused.
     `quantization`: load the base quantized (a recipe quantization block); default full precision.
     """
-    from peft import PeftModel
-
     import peftkit.methods.bottleneck  # noqa: F401  (registers peftkit's own PEFT types before reading configs)
+    from peftkit.methods.apply import attach_adapter
     from peftkit.models.load import load_base_model, load_tokenizer
     from peftkit.models.sources import content_hash, resolve_source
 
@@ -311,7 +310,7 @@ def load_adapter(
         quantization=quantization,
         pooling=meta.get("pooling", "model"),
     )
-    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    model = attach_adapter(base, adapter_dir, task=meta["task"])
     model.eval()
     return LoadedAdapter(model, tokenizer, meta, adapter_dir)
 
@@ -323,9 +322,10 @@ def _tok_hash(tokenizer) -> str:
 
 
 def _load_plain_peft(adapter_dir: Path, base_source: str | None, device, dtype) -> LoadedAdapter:
-    from peft import PeftConfig, PeftModel
+    from peft import PeftConfig
 
     import peftkit.methods.bottleneck  # noqa: F401
+    from peftkit.methods.apply import attach_adapter
     from peftkit.models.load import load_base_model, load_tokenizer
     from peftkit.models.sources import resolve_source
 
@@ -347,7 +347,7 @@ def _load_plain_peft(adapter_dir: Path, base_source: str | None, device, dtype) 
     base = load_base_model(
         source, task=task, labels=labels, pad_token_id=tokenizer.pad_token_id, dtype=dtype, device=device
     )
-    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    model = attach_adapter(base, adapter_dir, task=task)
     model.eval()
     meta = {
         "task": task,

@@ -18,21 +18,9 @@ from pathlib import Path
 
 from peftkit.errors import PeftkitError
 
-DEFAULT_METHODS = ("lora", "dora", "ia3", "prefix_tuning", "houlsby", "full")
-# Settings a method needs when it is not the recipe's own (PEFT has no default for num_virtual_tokens). Prefix
-# tuning can only steer attention, so what it needs depends on how the head reads the sequence (`model.pooling`).
-# Measured on MiniLM, 1,281 validation snippets, 2,000-example budget, seeds 42 / 7 (full fine-tuning: [CLS] 0.753 /
-# 0.773, mean 0.778 / 0.770): with mean pooling, 20 prefixes at lr 3e-2 0.767 / 0.765 (at 1e-2 0.754 / 0.744; 128
-# prefixes at 1e-2 0.753 / 0.759). With the [CLS] pooler, which mean-pooling encoders never trained, 20 prefixes
-# stay at the majority class (0.578), so there prefix tuning also trains the pooler and takes 128 prefixes: 0.717 /
-# 0.716.
-BENCH_SETTINGS = {"prefix_tuning": {"num_virtual_tokens": 20}}
-CLS_POOLER_SETTINGS = {"prefix_tuning": {"num_virtual_tokens": 128, "modules_to_save": ["pooler"]}}
-# Learning rates for methods other than the recipe's own (which keeps the recipe's): those of the shipped MiniLM
-# recipes, prefix tuning's measured above, and BERT's usual 5e-5 for full fine-tuning (an adapter's 1e-3 wrecks a
-# fully trained encoder).
-BENCH_LEARNING_RATES = {"ia3": 1e-2, "prefix_tuning": 3e-2, "prompt_tuning": 3e-2, "full": 5e-5}
-CLS_POOLER_LEARNING_RATES = {"prefix_tuning": 1e-2}
+# Full fine-tuning's learning rate when it is not the recipe's own method: BERT's usual 5e-5 (an adapter's 1e-3
+# wrecks a fully trained encoder). Other methods take theirs from their registry entry (`MethodEntry.suggested`).
+FULL_LEARNING_RATE = 5e-5
 COLUMNS = [  # (key, header, format)
     ("name", "row", "{}"),
     ("learning_rate", "lr", "{:g}"),
@@ -157,16 +145,21 @@ def _environment() -> dict:
 
 
 def _recipe_for(recipe, method: str):
-    """The recipe with `method`: its own settings when it is the recipe's method, peftkit's defaults otherwise."""
+    """The recipe with `method`: its own settings when it is the recipe's method, the method's suggested settings
+    and learning rate (its registry entry) otherwise."""
+    from peftkit.methods.registry import FULL, get_method
     from peftkit.recipe.schema import MethodSpec
 
     r = recipe.model_copy(deep=True)
-    if method != recipe.method.name:
-        settings, rates = BENCH_SETTINGS, BENCH_LEARNING_RATES
-        if r.model.pooling == "model":
-            settings, rates = {**settings, **CLS_POOLER_SETTINGS}, {**rates, **CLS_POOLER_LEARNING_RATES}
-        r.method = MethodSpec(name=method, **settings.get(method, {}))
-        r.train.learning_rate = rates.get(method, r.train.learning_rate)
+    if method == recipe.method.name:
+        return r
+    if method == FULL:
+        r.method = MethodSpec(name=FULL)
+        r.train.learning_rate = FULL_LEARNING_RATE
+        return r
+    suggestion = get_method(method).suggestion(r.model.pooling)
+    r.method = MethodSpec(name=method, **suggestion.settings)
+    r.train.learning_rate = suggestion.learning_rate or r.train.learning_rate
     return r
 
 
