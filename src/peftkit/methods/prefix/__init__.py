@@ -2,7 +2,23 @@
 classification (`model`), which works on every supported transformers version; causal-LM prefix tuning stays
 PEFT's. Registered here as the `prefix_tuning` entry of peftkit's method registry."""
 
+from importlib.metadata import version
+
 from peftkit.methods.registry import PROMPT_REFUSAL, MethodEntry, Suggestion, register
+
+
+def peft_generation_drops_prefix() -> bool:
+    """Whether PEFT's causal-LM prefix tuning generates without its prefixes on the installed stack.
+
+    From transformers 5.24 the models take their cache as `cache`; peft 0.21 still hands the prefixes to `generate`
+    as `past_key_values`, which transformers then ignores for the `cache` generate builds itself (a FutureWarning
+    says "Using `cache` ... ignoring deprecated `past_key_values`"): the text comes from the base model alone.
+    Training and evaluation (the forward pass) are not affected. Checked on transformers 5.23.0-5.25.0 with peft
+    0.21.2; tests/methods/test_prefix.py fails once a peft release fixes it, so this can name that release.
+    """
+    from packaging.version import Version
+
+    return Version(version("transformers")) >= Version("5.24") and Version(version("peft")) < Version("0.22")
 
 
 def _implementation():
