@@ -11,6 +11,7 @@ steps for adding a method.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import pkgutil
 import typing
@@ -215,6 +216,7 @@ for _entry in (
     register(_entry)
 
 
+@functools.cache
 def _import_method_folders() -> None:
     """Import every method folder under `peftkit/methods/` once: each registers its own entry."""
     import peftkit.methods
