@@ -124,7 +124,8 @@ def run_peer(recipe, padding: str, train_limit: int | None, device: str = "cpu")
             use_cpu=device == "cpu",
             bf16=dtype == torch.bfloat16,
             optim=TRAINER_OPTIMIZERS[tc.optimizer],
-            gradient_checkpointing=tc.gradient_checkpointing and not recipe.quantization,
+            # (a quantized base gets it from prepare_model_for_kbit_training above)
+            activation_checkpointing=tc.gradient_checkpointing and not recipe.quantization,
             train_sampling_strategy="group_by_length"
             if dc.group_by_length and padding == "dynamic"
             else "random",
