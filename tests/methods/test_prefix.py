@@ -265,3 +265,18 @@ def test_generate_refuses_a_prefix_adapter_where_peft_drops_the_prefix(tiny_llam
     assert "drops the learned prefixes" in str(exc.value) and "transformers==5.23.0" in str(exc.value)
     monkeypatch.setattr(peftkit.methods.prefix, "peft_generation_drops_prefix", lambda: False)
     assert isinstance(generate_text(str(adapter), "the film", max_new_tokens=3, temperature=0), str)
+
+
+def test_prefix_adapter_of_another_shape_is_refused(folders, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model, _ = _trained_prefix(folders["bert"])
+    model.save_pretrained(tmp_path / "a")
+    weights = tmp_path / "a" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    tensors["prompt_embeddings"] = tensors["prompt_embeddings"][
+        :, :-8
+    ].contiguous()  # a narrower model's prefix
+    save_file(tensors, weights)
+    with pytest.raises(PeftkitError, match="its prefix-tuning tensors do not fit this model"):
+        attach_adapter(_base(folders["bert"])[0], tmp_path / "a", task="classification")
