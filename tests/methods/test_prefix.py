@@ -280,3 +280,13 @@ def test_prefix_adapter_of_another_shape_is_refused(folders, tmp_path):
     save_file(tensors, weights)
     with pytest.raises(PeftkitError, match="its prefix-tuning tensors do not fit this model"):
         attach_adapter(_base(folders["bert"])[0], tmp_path / "a", task="classification")
+
+
+def test_prefix_lives_on_the_base_models_device(folders):
+    model, _ = _base(folders["gpt2"])
+    model = model.to("meta")  # any device other than the CPU, without a GPU
+    wrapped = apply_method(
+        model, name="prefix_tuning", settings={"num_virtual_tokens": 4}, task="classification"
+    )
+    assert wrapped.prompt_encoder["default"].embedding.weight.device.type == "meta"
+    assert wrapped.prefix_cache(2).layers[0].keys.device.type == "meta"

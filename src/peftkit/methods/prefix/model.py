@@ -106,7 +106,9 @@ class PrefixTuningClassifier(nn.Module):
         config.modules_to_save = [*(config.modules_to_save or []), *HEADS]  # as PEFT writes it
         self.base_model = model
         self.peft_config = {"default": config}
-        self.prompt_encoder = nn.ModuleDict({"default": PrefixEncoder(config)})
+        # on the base's device (a base loaded on a GPU, or placed there by bitsandbytes, is not moved again)
+        device = next(model.parameters()).device
+        self.prompt_encoder = nn.ModuleDict({"default": PrefixEncoder(config).to(device)})
         backbone = getattr(model, model.base_model_prefix)
         self._cache_name = cache_argument(backbone)
         self._pending_cache = None
