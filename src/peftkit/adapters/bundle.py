@@ -357,20 +357,19 @@ def load_adapter(
         cache_dir=cache_dir,
         tokenizer=tokenizer,
     )
-    model = attach_adapter(base, adapter_dir, source.spec)
+    model = attach_adapter(base, adapter_dir, source.spec, task=meta["task"])
     model.eval()
     return LoadedAdapter(model, tokenizer, {**meta, "verified": verified}, adapter_dir)
 
 
-def attach_adapter(base, adapter_dir: Path, base_spec: str):
-    """`PeftModel.from_pretrained(base, adapter_dir)`, with PEFT's errors (an unknown method, weights of another
-    shape) turned into one paragraph."""
-    from peft import PeftModel
-
-    import peftkit.methods.bottleneck  # noqa: F401  (registers peftkit's own PEFT types before reading configs)
+def attach_adapter(base, adapter_dir: Path, base_spec: str, *, task: str):
+    """`base` with the adapter in `adapter_dir` applied (`peftkit.methods.apply.attach_adapter`: PEFT's loader, or
+    peftkit's own implementation of the method), with PEFT's errors (an unknown method, weights of another shape)
+    turned into one paragraph."""
+    from peftkit.methods.apply import attach_adapter as apply_saved
 
     try:
-        return PeftModel.from_pretrained(base, str(adapter_dir))
+        return apply_saved(base, adapter_dir, task=task)
     except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
         raise PeftkitError(
             f"adapter '{adapter_dir}': PEFT could not apply it to base '{base_spec}' ({type(exc).__name__}: "

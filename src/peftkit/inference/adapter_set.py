@@ -3,7 +3,8 @@
 PEFT keeps one adapter type per model (`Cannot combine adapters with different peft types`) and one head
 shape per model. peftkit sidesteps both without a second copy of the base weights: each adapter gets its own
 *module skeleton* of the base — a deep copy in which every parameter and buffer is the same tensor object as
-in the base — with its own head of the right size, and is loaded with plain `PeftModel.from_pretrained`.
+in the base — with its own head of the right size, and is loaded with `peftkit.methods.apply.attach_adapter`
+(plain `PeftModel.from_pretrained`, or peftkit's own implementation where a method has one).
 LoRA-style adapters inject their layers into their own skeleton, prompt-learning adapters wrap theirs,
 peftkit's bottleneck adapters do whichever they do: none of them can see another. So each adapter gives
 exactly the logits it gives when loaded alone, the base's weights sit in memory once, and a swap is a
@@ -165,7 +166,7 @@ class AdapterSet:
         elif self.task == "classification" and labels:
             skeleton.config.id2label = dict(enumerate(labels))
             skeleton.config.label2id = {lab: i for i, lab in enumerate(labels)}
-        model = attach_adapter(skeleton, adapter_dir, self.base_spec)
+        model = attach_adapter(skeleton, adapter_dir, self.base_spec, task=self.task)
         model.eval()
         entry = SwapEntry(name, model, labels, meta, adapter_dir)
         self.entries[name] = entry

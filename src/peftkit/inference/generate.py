@@ -37,6 +37,16 @@ def generate_text(
             f"generate: adapter '{adapter}' is a {loaded.meta['task']} adapter; generate needs a "
             f"causal_lm adapter (use `peftkit predict` for classification)."
         )
+    if loaded.meta.get("method") == "prefix_tuning":
+        from peftkit.methods.prefix import peft_generation_drops_prefix
+
+        if peft_generation_drops_prefix():
+            raise PeftkitError(
+                f"generate: adapter '{adapter}' is a prefix_tuning adapter, and with transformers 5.24 or later and "
+                f"peft 0.21 PEFT's generation drops the learned prefixes (the text would come from the base model "
+                f"alone). Generate with transformers 5.23 (pip install transformers==5.23.0), or train a LoRA "
+                f"adapter; training and `peftkit eval` (perplexity) are not affected."
+            )
     tok, model = loaded.tokenizer, loaded.model
     ids = tok(prompt, add_special_tokens=True)["input_ids"]
     if not ids:  # an empty prompt starts from the start-of-text token

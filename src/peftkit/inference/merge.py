@@ -20,14 +20,6 @@ from pathlib import Path
 from peftkit.errors import PeftkitError
 
 REPORT_FILE = "parity_report.json"
-PROMPT_LEARNING = {
-    "PREFIX_TUNING",
-    "PROMPT_TUNING",
-    "P_TUNING",
-    "MULTITASK_PROMPT_TUNING",
-    "ADAPTION_PROMPT",
-    "CPT",
-}
 FALLBACK_TEXTS = [
     "a good film",
     "a bad film",
@@ -39,34 +31,23 @@ FALLBACK_TEXTS = [
 
 
 def check_mergeable(adapter_dir: Path, meta: dict | None) -> None:
-    """Refuse methods whose weights cannot be folded into the base, saying why."""
+    """Refuse methods whose weights cannot be folded into the base, with the reason their registry entry gives."""
     from peftkit.adapters.bundle import read_adapter_config
-    from peftkit.methods.registry import get_method
+    from peftkit.methods.apply import entry_for_adapter
 
-    config = read_adapter_config(adapter_dir)
-    peft_type = str(config.get("peft_type", "")).upper()
-    method = (meta or {}).get("method") or peft_type.lower()
-    why = None
-    if peft_type in PROMPT_LEARNING:
-        why = (
-            f"{method} adds learned virtual tokens / key-value prefixes to the input, which are not weights of "
-            f"the base, so there is nothing to fold into it"
-        )
+    entry = entry_for_adapter(adapter_dir, (meta or {}).get("method"))
+    if entry is None:
+        config = read_adapter_config(adapter_dir)
+        method = (meta or {}).get("method") or str(config.get("peft_type", "")).lower()
+        why = f"peftkit does not know the method {method!r}, so it cannot tell whether merging keeps its outputs"
+    elif entry.mergeable:
+        return
     else:
-        try:
-            mergeable = get_method(method).mergeable
-        except PeftkitError:
-            mergeable = False
-        if not mergeable:
-            why = (
-                f"{method} inserts new modules (with their own non-linearity) between the base's layers, so the "
-                f"result cannot be expressed as changed base weights"
-            )
-    if why:
-        raise PeftkitError(
-            f"merge: adapter '{adapter_dir}' uses {method}, which cannot be merged: {why}. Serve it "
-            f"as an adapter instead (`peftkit predict ADAPTER` or several with --adapter NAME=PATH)."
-        )
+        method, why = entry.name, entry.merge_refusal
+    raise PeftkitError(
+        f"merge: adapter '{adapter_dir}' uses {method}, which cannot be merged: {why}. Serve it "
+        f"as an adapter instead (`peftkit predict ADAPTER` or several with --adapter NAME=PATH)."
+    )
 
 
 def merge_adapter(
