@@ -34,6 +34,19 @@ def register(sub) -> None:
         help="run each method at the settings `peftkit tune` found for it (the best.json files under DIR, "
         "e.g. tune/), so that methods are compared at their best",
     )
+    b.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where every row trains: cuda adds peak GPU memory per row (bf16 by default); cpu on a GPU machine "
+        "is a dry run of the same rows (default: %(default)s, the GPU when one is visible)",
+    )
+    b.add_argument(
+        "--unquantized-row",
+        action="store_true",
+        help="for a recipe with a quantization block: add the same method on the unquantized base (the memory "
+        "reference for QLoRA)",
+    )
     b.set_defaults(handler=cmd_bench)
 
     m = sub.add_parser("methods", help="trainable parameters and adapter size per shipped recipe's method")
@@ -106,6 +119,8 @@ def cmd_bench(args) -> int:
         peer=args.peer,
         output=args.output,
         overrides=args.overrides,
+        device=args.device,
+        unquantized_row=args.unquantized_row,
         tuned=args.tuned,
     )
     print((out / "bench.md").read_text())
