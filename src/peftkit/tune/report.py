@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from peftkit.fileio import atomic_write_json, atomic_write_text
+from peftkit.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from peftkit.recipe import load_recipe, recipe_to_yaml
 from peftkit.tune.space import as_override
 
@@ -157,12 +157,16 @@ def _plot_importance(importances: dict[str, float], metric: str, path: Path) -> 
 
 
 def _save(fig, path: Path) -> None:
+    """PNG bytes, written atomically under a temporary name of this process's own (several processes of a shared
+    study may write the report at once)."""
+    import io
+
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _score(trial):
