@@ -13,7 +13,6 @@ storage also elsewhere, once its heartbeat is stale.
 
 from __future__ import annotations
 
-import os
 import socket
 import warnings
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from peftkit.errors import PeftkitError
+from peftkit.fileio import pid_alive
 from peftkit.recipe import Recipe
 from peftkit.tune.objective import TrialSetup, run_trial
 from peftkit.tune.space import Dimension, baseline_params
@@ -133,7 +133,8 @@ def requeue_lost_trials(study) -> list[int]:
         attrs = t.user_attrs
         if t.number in retried or attrs.get("host") != host:
             continue
-        killed = t.state == TrialState.RUNNING and not _alive(attrs.get("pid"))
+        pid = attrs.get("pid")  # unknown (killed before it was recorded): left to the heartbeat
+        killed = t.state == TrialState.RUNNING and isinstance(pid, int) and not pid_alive(pid)
         if killed:
             study.tell(t.number, state=TrialState.FAIL)
         if killed or (t.state == TrialState.FAIL and attrs.get("interrupted")):
@@ -260,18 +261,6 @@ def describe_trial(study, trial, metric: str) -> str:
 
 def _short(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def _alive(pid) -> bool:
-    if not isinstance(pid, int):
-        return True  # unknown: leave it to the heartbeat
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _hide_password(url: str) -> str:
