@@ -23,6 +23,14 @@ from peftkit.errors import PeftkitError
 HEAD_NAMES = ("classifier", "score")
 
 
+class AdapterMismatch(PeftkitError):
+    """The adapter was made for another base model, tokenizer, task or pooling than the loaded one."""
+
+
+class AdapterDoesNotApply(PeftkitError):
+    """The adapter's layers or weights do not land on the loaded base (it would answer as the bare base)."""
+
+
 def _return_freed_memory() -> None:
     """Hand freed heap memory back to the OS (glibc). Loading an adapter allocates temporaries — DoRA's weight
     norms are ~110 MiB on MiniLM for 1.4 MiB of live tensors — which the allocator otherwise keeps resident."""
@@ -138,12 +146,32 @@ class AdapterSet:
         elif self.task == "classification" and labels:
             skeleton.config.id2label = dict(enumerate(labels))
             skeleton.config.label2id = {lab: i for i, lab in enumerate(labels)}
-        model = PeftModel.from_pretrained(skeleton, str(adapter_dir))
+        try:
+            model = PeftModel.from_pretrained(skeleton, str(adapter_dir))
+        except ValueError as exc:
+            if "not found in the base model" not in str(exc):
+                raise
+            config = json.loads((adapter_dir / "adapter_config.json").read_text())
+            raise AdapterDoesNotApply(
+                f"adapter '{adapter_dir}': its target modules ({config.get('target_modules')}) match no layer "
+                f"of the loaded base '{self.base_spec}', so it would change nothing. Use an adapter trained on "
+                f"this base (target_modules in its adapter_config.json)."
+            ) from None
         model.eval()
+        _check_weights_loaded(model, adapter_dir)
         entry = SwapEntry(name, model, labels, meta, adapter_dir)
         self.entries[name] = entry
         self.active = self.active or name
         _return_freed_memory()
+        return entry
+
+    def remove(self, name: str) -> SwapEntry:
+        """Drop adapter `name` from the set (its memory is freed once nothing else holds its entry)."""
+        entry = self.entries.pop(name, None)
+        if entry is None:
+            self.activate(name)  # raises the unknown-name error
+        if self.active == name:
+            self.active = next(iter(self.entries), None)
         return entry
 
     def activate(self, name: str):
@@ -251,7 +279,7 @@ class AdapterSet:
         if meta.get("pooling", "model") != self.pooling:
             diffs.append(f"model.pooling: expected {self.pooling}, found {meta.get('pooling', 'model')}")
         if diffs:
-            raise PeftkitError(
+            raise AdapterMismatch(
                 f"adapter '{adapter_dir}' does not fit the loaded base '{self.base_spec}': "
                 + "; ".join(diffs)
                 + ". Serve it with the base it was trained on, in a separate set."
@@ -275,6 +303,29 @@ class AdapterSet:
             "plain": True,
             "base_model": {"source": config.get("base_model_name_or_path")},
         }
+
+
+def _check_weights_loaded(model, adapter_dir: Path) -> None:
+    """Every tensor of the adapter's files must be in the loaded model, unchanged: a file whose keys name layers
+    the base does not have would otherwise load as a no-op, and the bare base would answer in its name."""
+    import torch
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    loaded = get_peft_model_state_dict(model, adapter_name="default")
+    for weights in sorted(adapter_dir.glob("*.safetensors")):
+        for key, tensor in load_file(str(weights)).items():
+            found = loaded.get(key)
+            if (
+                found is None
+                or found.shape != tensor.shape
+                or not torch.equal(found.to(tensor.dtype), tensor)
+            ):
+                raise AdapterDoesNotApply(
+                    f"adapter '{adapter_dir}': weight '{key[:120]}' in {weights.name} did not load into the "
+                    f"base ({'no such layer' if found is None else 'different shape or values'}), so the "
+                    f"adapter would not act as trained. Use an adapter trained on this base."
+                )
 
 
 def parse_adapter_specs(specs: list[str]) -> list[tuple[str, str]]:
