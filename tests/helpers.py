@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import textwrap
+import time
 from pathlib import Path
 
 POSITIVE = ["good", "great", "fine", "superb", "lovely", "moving", "sharp", "witty"]
@@ -103,3 +105,61 @@ def write_recipe(
     }
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+SENTENCES = [
+    "the film was good and the story was superb",
+    "the plot is dull and the actors are weak",
+    "a movie that is quite witty and very sharp",
+    "the script was messy and the story was flat",
+]
+
+
+def write_lm_card(folder, n: int = 160):
+    """A causal-LM card over a CSV with one text column: the four sentences above, over and over."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    lines = ["text"] + [rng.choice(SENTENCES) for _ in range(n)]
+    (folder / "lm.csv").write_text("\n".join(lines) + "\n")
+    card = folder / "lm.md"
+    card.write_text(
+        textwrap.dedent("""\
+        ---
+        license: cc0-1.0
+        language: [en]
+        task_categories: [text-generation]
+        pretty_name: Tiny repetitive corpus
+        peftkit:
+          task: causal_lm
+          source: {file: lm.csv}
+          text_column: text
+          split: {seed: 0, test: 0.2, validation: 0.2, stratify: false}
+        ---
+        # Tiny corpus
+        """)
+    )
+    return card
+
+
+@contextlib.contextmanager
+def running_server(app):
+    """Serve an ASGI `app` with uvicorn on 127.0.0.1 (an ephemeral port) in a thread; yield its base URL."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(60)

@@ -124,6 +124,7 @@ class AdapterSet:
     def add(self, name: str, path: str | Path) -> SwapEntry:
         """Check and load the adapter at `path` under `name` (refused if the fingerprint does not match)."""
         from peft import PeftModel
+        from peft.utils.error import NoMatchingPeftModuleError  # peft 0.21 (a ValueError subclass)
 
         import peftkit.methods.bottleneck  # noqa: F401  (registers peftkit's own PEFT types before reading configs)
         from peftkit.adapters.bundle import check_bundle, resolve_adapter_dir
@@ -148,9 +149,7 @@ class AdapterSet:
             skeleton.config.label2id = {lab: i for i, lab in enumerate(labels)}
         try:
             model = PeftModel.from_pretrained(skeleton, str(adapter_dir))
-        except ValueError as exc:
-            if "not found in the base model" not in str(exc):
-                raise
+        except NoMatchingPeftModuleError:
             config = json.loads((adapter_dir / "adapter_config.json").read_text())
             raise AdapterDoesNotApply(
                 f"adapter '{adapter_dir}': its target modules ({config.get('target_modules')}) match no layer "
