@@ -50,7 +50,7 @@ class RoutedLoraLinear(torch.nn.Module):
             lora = self.loras.get(key)
             if lora is not None:
                 lora_a, lora_b, scaling = lora
-                result[start:end] += lora_b(lora_a(x[start:end])) * scaling
+                result[start:end].add_(lora_b(lora_a(x[start:end])), alpha=scaling)
         return result
 
 
