@@ -29,8 +29,7 @@ class _Held:  # noqa: B903 (a class, not a tuple: its __del__ is the point)
         self.registry, self.served = registry, served
 
     def __del__(self):
-        if self.registry.names().count(self.served.name):
-            self.registry.unload(self.served.name)
+        self.registry.unload(self.served.name, only=self.served)
 
 
 class PeftkitReplica:
@@ -45,6 +44,10 @@ class PeftkitReplica:
 
         self.paths = dict(adapters)
         self.settings = ServeSettings(**(settings or {}))
+        if self.settings.threads:
+            import torch
+
+            torch.set_num_threads(self.settings.threads)
         self.registry = AdapterRegistry(base)
         metrics = ServeMetrics()
         runner = BatchRunner(self.registry, metrics, max_batch_tokens=self.settings.max_batch_tokens)
@@ -57,9 +60,12 @@ class PeftkitReplica:
         )
         self.scheduler.start()
 
-    async def _load(self, name: str) -> _Held:
+    async def get_adapter(self, name: str) -> _Held:
+        """Load adapter `name` (the subclass made by `deployment` wraps this in Ray's multiplexing cache)."""
         if name not in self.paths:
-            raise ServeError(404, f"adapter {name[:80]!r} is not configured (configured: {', '.join(self.paths)}).")
+            raise ServeError(
+                404, f"adapter {name[:80]!r} is not configured (configured: {', '.join(self.paths)})."
+            )
         served = await asyncio.to_thread(self.registry.load, name, self.paths[name])
         return _Held(self.registry, served)
 
@@ -98,6 +104,9 @@ def deployment(
     """A bound Ray Serve application: `num_replicas` replicas, each holding at most `adapters_per_replica`."""
 
     class Replica(PeftkitReplica):
-        get_adapter = serve.multiplexed(max_num_models_per_replica=adapters_per_replica)(PeftkitReplica._load)
+        # Ray finds the wrapped method by its __name__, so the wrapper keeps the name get_adapter.
+        get_adapter = serve.multiplexed(max_num_models_per_replica=adapters_per_replica)(
+            PeftkitReplica.get_adapter
+        )
 
     return serve.deployment(Replica, name="peftkit", num_replicas=num_replicas).bind(adapters, base, settings)

@@ -155,9 +155,14 @@ class AdapterRegistry:
         with self._lock:
             self._rebuild_mixed()
 
-    def unload(self, name: str) -> ServedAdapter:
-        """Stop routing new requests to `name`; requests already holding it are still answered by it."""
+    def unload(self, name: str, *, only: ServedAdapter | None = None) -> ServedAdapter | None:
+        """Stop routing new requests to `name`; requests already holding it are still answered by it.
+
+        `only`: unload only if `name` is still this very adapter (not one loaded again under the same name).
+        """
         with self._lock:
+            if only is not None and self._served.get(name) is not only:
+                return None
             served = self.get(name)
             del self._served[name]
             self.adapter_set.remove(name)
