@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from peftkit.serve.errors import ServeError
 
 
-@dataclass
+@dataclass(eq=False)  # jobs are compared by identity
 class Job:
     """One request's work: classify `ids` (token ids per text) or generate from `prompt`, on `adapter`."""
 
