@@ -9,8 +9,7 @@ import torch
 from peftkit.data.prepare import collate, tokenize_texts
 from peftkit.inference.adapter_set import AdapterSet
 from peftkit.inference.mixed_batch import MixedLoraModel, routable_reason
-from tests.helpers import make_texts, write_card
-from tests.tiny_runs import train_tiny
+from tests.helpers import make_texts, train_tiny, write_card
 
 TEXTS = [t for t, _ in make_texts(9, seed=11)]
 

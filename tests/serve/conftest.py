@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import make_texts, write_card
-from tests.tiny_runs import train_tiny
+from tests.helpers import make_texts, train_tiny, write_card
 
 
 @pytest.fixture(scope="session")

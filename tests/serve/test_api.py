@@ -12,8 +12,7 @@ import pytest
 from peftkit.inference.predict import predict_texts
 from peftkit.recipe import load_recipe
 from peftkit.training.recipe import train
-from tests.helpers import make_texts, running_server, write_lm_card, write_recipe
-from tests.tiny_runs import train_tiny
+from tests.helpers import make_texts, running_server, train_tiny, write_lm_card, write_recipe
 
 TEXTS = [t for t, _ in make_texts(6, seed=3)]
 

@@ -146,7 +146,7 @@ def push_to_hub(
 ) -> str:
     """Publish `run` into a temporary folder and upload it to the Hub repo `repo_id`; returns the repo URL."""
     from peftkit.adapters.card import is_hub_id, portable_source
-    from peftkit.models.sources import hub_offline
+    from peftkit.fileio import hub_offline
 
     if hub_offline():
         raise PeftkitError(

@@ -10,10 +10,11 @@ and resume behave as before. It is computed in the pass that uses it, on torch's
 backward instead of stored (the LoRA layers keep it as bits). Paired on the quickstart (each batch trained with and
 without the kernels, in one process): +32% per step (+25% before the attention kernel).
 
-The library is compiled once per source version, compiler and machine into `$XDG_CACHE_HOME/peftkit` (default
-`~/.cache/peftkit`), written under a temporary name and renamed into place. It needs a C compiler with OpenMP
-(`$CC`, else `cc`), the same requirement `torch.compile` has on CPU. Without one, or with `PEFTKIT_CPU_KERNELS=0`,
-`kernels()` returns None and every caller keeps its pure-torch path: same distribution, other masks.
+The library is compiled once per source version, compiler and machine into peftkit's cache
+(`peftkit.fileio.cache_root`), written under a temporary name and renamed into place. It needs a C compiler with
+OpenMP (`$CC`, else `cc`), the same requirement `torch.compile` has on CPU. Without one, or with
+`PEFTKIT_CPU_KERNELS=0`, `kernels()` returns None and every caller keeps its pure-torch path: same distribution,
+other masks.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from peftkit.fileio import cache_root
+
 _CSRC = Path(__file__).with_name("csrc")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 
@@ -37,6 +40,12 @@ def kernels():
     if os.environ.get("PEFTKIT_CPU_KERNELS", "1") == "0":
         return None
     return _load()
+
+
+def forget_loaded() -> None:
+    """Drop the loaded library, so the next `kernels()` loads or builds it again (after a change of
+    `PEFTKIT_CPU_KERNELS`, `$CC` or the cache folder)."""
+    _load.cache_clear()
 
 
 @functools.cache
@@ -159,7 +168,7 @@ def _build() -> Path:
             ]
         )
     ).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "peftkit"
+    cache = cache_root()
     target = cache / f"cpu_kernels-{tag}.so"
     if target.exists():
         return target
@@ -197,8 +206,33 @@ def strides(*values: int):
     return (ctypes.c_int64 * len(values))(*values)
 
 
+def expect(kernel: str, name: str, t, shape: tuple, *, dtype=None, contiguous: bool = True) -> None:
+    """Refuse, before a kernel reads raw pointers, a tensor it would read wrongly or out of bounds: not on the CPU,
+    not `dtype` (float32 by default), not of `shape` (None entries match anything), or not contiguous (with
+    `contiguous=False`, only its last dimension must be)."""
+    import torch
+
+    dtype = dtype or torch.float32
+    dense = t.is_contiguous() if contiguous else t.stride(-1) == 1
+    if (
+        t.device.type != "cpu"
+        or t.dtype != dtype
+        or t.dim() != len(shape)
+        or any(want is not None and got != want for got, want in zip(t.shape, shape, strict=False))
+        or not dense
+    ):
+        raise RuntimeError(
+            f"peftkit CPU kernel {kernel}: {name} is a {t.dtype} {tuple(t.shape)} tensor on {t.device} with strides "
+            f"{t.stride()}; expected {dtype} {shape} on cpu, {'contiguous' if contiguous else 'last dim dense'}. "
+            f"This is a bug in peftkit: set PEFTKIT_CPU_KERNELS=0 to train on the pure-torch path meanwhile."
+        )
+
+
 def apply_mask(out, x, key: int, p: float):
     """out = x ⊙ mask(key, p) (out may be x), or the mask itself into `out` when x is None; returns out.
     Contiguous float32 CPU tensors."""
+    expect("mask_apply", "out", out, tuple(out.shape))
+    if x is not None:
+        expect("mask_apply", "x", x, tuple(out.shape))
     _load().mask_apply(out.data_ptr(), None if x is None else x.data_ptr(), out.numel(), *mask_args(key, p))
     return out

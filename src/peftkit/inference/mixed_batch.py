@@ -25,7 +25,8 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
 
-from peftkit.inference.adapter_set import HEAD_NAMES, shared_copy
+from peftkit.inference.adapter_set import shared_copy
+from peftkit.models.load import HEAD_MODULES
 
 
 class RowGroups:
@@ -72,7 +73,7 @@ class RoutedHead(torch.nn.Module):
 
 
 def _head_name(model) -> str | None:
-    return next((n for n in HEAD_NAMES if hasattr(model, n)), None)
+    return next((n for n in HEAD_MODULES if hasattr(model, n)), None)
 
 
 def routable_reason(peft_model, adapter_name: str) -> str | None:

@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 from peftkit.errors import PeftkitError
+from peftkit.models.decoder import install_decoder_hooks, is_decoder
 from peftkit.models.sources import ModelSource
 
-DECODER_TYPES = (
-    "gpt2",
-    "llama",
-    "mistral",
-    "qwen2",
-    "gemma",
-    "gemma2",
-    "phi",
-    "phi3",
-    "gpt_neox",
-    "opt",
-    "smollm3",
-)
+# Classification heads: every transformers *ForSequenceClassification names its head one of these.
+HEAD_MODULES = ("classifier", "score")
 
 
 def pick_device() -> str:
@@ -57,6 +48,7 @@ def hf_folder(source: ModelSource, cache_dir: str | None = None) -> str:
     if source.kind == "gguf":
         from peftkit.models.gguf import converted_folder
 
+        assert source.path is not None  # a GGUF source is a local file
         return str(converted_folder(source.path, cache_dir=cache_dir))
     return source.load_id
 
@@ -97,11 +89,6 @@ def tokenizer_hash(tokenizer) -> str:
     return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
 
 
-def is_decoder(config) -> bool:
-    """GPT-style model (pools the last real token; needs a pad token)."""
-    return config.model_type in DECODER_TYPES or bool(getattr(config, "is_decoder", False))
-
-
 def load_base_model(
     source: ModelSource,
     *,
@@ -125,15 +112,16 @@ def load_base_model(
     device = device or pick_device()
     torch_dtype = resolve_dtype(dtype, device)
     kwargs: dict = {"revision": source.revision, "dtype": torch_dtype}
+    cls: Any = AutoModelForCausalLM
     if task == "classification":
+        if not labels:
+            raise ValueError("load_base_model: a classification model needs its label names")
         cls = AutoModelForSequenceClassification
         kwargs.update(
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={name: i for i, name in enumerate(labels)},
         )
-    else:
-        cls = AutoModelForCausalLM
     if pad_token_id is not None:
         kwargs["pad_token_id"] = pad_token_id
     if quantization:
@@ -143,8 +131,6 @@ def load_base_model(
         kwargs["device_map"] = quant_device_map(device)
     model = cls.from_pretrained(hf_folder(source, cache_dir), **kwargs)
     if is_decoder(model.config):
-        from peftkit.models.decoder import install_decoder_hooks
-
         install_decoder_hooks(model, pool_last_token=task == "classification")
     if task == "classification":
         from peftkit.models.pooling import apply_pooling
@@ -157,3 +143,32 @@ def load_base_model(
     else:
         model.to(device)
     return model
+
+
+def load_model_and_tokenizer(
+    source: ModelSource,
+    *,
+    task: str,
+    labels: list[str] | None = None,
+    pooling: str = "model",
+    dtype: str = "auto",
+    device: str | None = None,
+    quantization: dict | None = None,
+    cache_dir: str | None = None,
+    tokenizer=None,
+):
+    """(base model, tokenizer) for `task`: the one way every workflow loads a base. The model's pad id is the
+    tokenizer's (decoders pad with eos); `tokenizer` skips loading it again when the caller has it already."""
+    tokenizer = tokenizer or load_tokenizer(source, cache_dir)
+    model = load_base_model(
+        source,
+        task=task,
+        labels=labels,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype=dtype,
+        device=device,
+        quantization=quantization,
+        cache_dir=cache_dir,
+        pooling=pooling,
+    )
+    return model, tokenizer

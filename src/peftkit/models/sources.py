@@ -1,6 +1,6 @@
 """Model sources: one resolver from a recipe's `model.source` string to a place weights can be read from.
 
-Syntax (documented in the README):
+Syntax (documented in docs/data-and-models.md):
 - `./folder`, `/abs/folder`, `path:folder`  a local transformers folder (config.json + weights);
 - `package:NAME[/SUBPATH]`                   weights shipped inside an installed Python package (the package is
                                              found with importlib, never imported; `get_model_path()`-style
@@ -12,12 +12,11 @@ Syntax (documented in the README):
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from peftkit.errors import PeftkitError
-from peftkit.fileio import package_dir
+from peftkit.fileio import hub_offline, package_dir
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 
@@ -35,15 +34,7 @@ class ModelSource:
     @property
     def load_id(self) -> str:
         """What `from_pretrained` takes."""
-        return self.hub_id if self.kind == "hub" else str(self.path)
-
-
-def hub_offline() -> bool:
-    """True when the hub must not be reached (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE set)."""
-    return any(
-        os.environ.get(v, "").lower() in ("1", "true", "yes")
-        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
+        return str(self.hub_id if self.kind == "hub" else self.path)
 
 
 def _package_dir(name: str, spec: str) -> Path:
@@ -138,12 +129,12 @@ def content_hash(source: ModelSource) -> str:
     if source.kind == "hub":
         # Hub weights live in the cache once downloaded; the id + revision is the identity we can give cheaply.
         return "hub:" + hashlib.sha256(f"{source.hub_id}@{source.revision or 'main'}".encode()).hexdigest()
+    path = source.path
+    assert path is not None  # every source but a hub id has a local path
     files = (
-        [source.path]
-        if source.path.is_file()
-        else sorted(
-            p for p in source.path.iterdir() if p.name == "config.json" or p.suffix in WEIGHT_SUFFIXES
-        )
+        [path]
+        if path.is_file()
+        else sorted(p for p in path.iterdir() if p.name == "config.json" or p.suffix in WEIGHT_SUFFIXES)
     )
     h = hashlib.sha256()
     for f in files:
