@@ -111,3 +111,19 @@ def test_ready_is_503_once_no_adapter_is_loaded(make_app, serve_runs):
         assert response.json() == {
             "error": "not ready: no adapter is loaded; load one with POST /v1/adapters."
         }
+
+
+def test_rows_are_cut_by_length_into_the_cheapest_forwards():
+    from peftkit.serve.execute import chunks
+
+    lengths = [40, 8, 38, 9, 41, 7, 39, 10]
+    rows = [("ab"[i % 2], [0] * n, None, i) for i, n in enumerate(lengths)]
+    parts = chunks(rows, max_tokens=4096, overhead=48)
+    # Long and short rows go to separate forwards (one forward would pad 8 rows to 41: 328 tokens + 48).
+    assert sorted(sorted(len(r[1]) for r in p) for p in parts) == [[7, 8, 9, 10], [38, 39, 40, 41]]
+    assert all([r[0] for r in p] == sorted(r[0] for r in p) for p in parts)  # grouped by adapter inside
+    assert sorted(r[3] for p in parts for r in p) == list(range(8))  # every row exactly once
+    # The token limit holds; a row longer than the limit goes alone.
+    parts = chunks([("a", [0] * 30, None, i) for i in range(5)] + [("a", [0] * 200, None, 5)], max_tokens=64)
+    assert all(len(p) * max(len(r[1]) for r in p) <= 64 or len(p) == 1 for p in parts)
+    assert [len(p) for p in parts] == [1, 2, 2, 1]
