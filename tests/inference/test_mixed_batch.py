@@ -9,44 +9,16 @@ import torch
 from peftkit.data.prepare import collate, tokenize_texts
 from peftkit.inference.adapter_set import AdapterSet
 from peftkit.inference.mixed_batch import MixedLoraModel, routable_reason
-from tests.helpers import make_texts, train_tiny, write_card
+from tests.helpers import make_texts
 
 TEXTS = [t for t, _ in make_texts(9, seed=11)]
 
 
 @pytest.fixture(scope="module")
-def adapters(tiny_bert, tiny_card, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mixed")
-    three = write_card(
-        tmp / "data3",
-        [(t, ["neg", "pos", "meh"][i % 3]) for i, (t, _) in enumerate(make_texts(150))],
-        name="three",
-        labels=("neg", "pos", "meh"),
-    )
-    runs = {
-        "qv": train_tiny(
-            tmp,
-            "qv",
-            model=tiny_bert,
-            card=tiny_card,
-            epochs=1,
-            method={"name": "lora", "r": 4, "target_modules": ["query", "value"]},
-        ),
-        "all3": train_tiny(
-            tmp,
-            "all3",
-            model=tiny_bert,
-            card=three,
-            epochs=1,
-            method={"name": "lora", "r": 8, "target_modules": ["query", "key", "value", "dense"]},
-        ),
-        "dora": train_tiny(
-            tmp, "dora", model=tiny_bert, card=tiny_card, epochs=1, method={"name": "lora", "use_dora": True}
-        ),
-    }
+def adapters(adapter_runs):
     loaded = AdapterSet()
-    for name, path in runs.items():
-        loaded.add(name, path)
+    for name in ("qv", "all3", "dora"):
+        loaded.add(name, adapter_runs[{"qv": "lora", "all3": "lora3", "dora": "dora"}[name]])
     return loaded
 
 

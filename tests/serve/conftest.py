@@ -1,41 +1,8 @@
-"""Tiny adapters for the server tests, trained once per session: two LoRA (2 and 3 labels), one prefix tuning."""
+"""The server tests' app builder (the tiny adapters come from the session fixture `adapter_runs`)."""
 
 from __future__ import annotations
 
 import pytest
-
-from tests.helpers import make_texts, train_tiny, write_card
-
-
-@pytest.fixture(scope="session")
-def serve_runs(tiny_bert, tiny_card, tmp_path_factory) -> dict:
-    tmp = tmp_path_factory.mktemp("serve-runs")
-    three = write_card(
-        tmp / "data3",
-        [(t, ["neg", "pos", "meh"][i % 3]) for i, (t, _) in enumerate(make_texts(120))],
-        name="three",
-        labels=("neg", "pos", "meh"),
-    )
-    lora = {"name": "lora", "r": 4, "target_modules": ["query", "value"]}
-    return {
-        "lora": train_tiny(tmp, "lora", model=tiny_bert, card=tiny_card, epochs=1, method=lora),
-        "lora3": train_tiny(
-            tmp,
-            "lora3",
-            model=tiny_bert,
-            card=three,
-            epochs=1,
-            method={"name": "lora", "r": 8, "target_modules": ["query", "key", "value", "dense"]},
-        ),
-        "prefix": train_tiny(
-            tmp,
-            "prefix",
-            model=tiny_bert,
-            card=tiny_card,
-            epochs=1,
-            method={"name": "prefix_tuning", "num_virtual_tokens": 4},
-        ),
-    }
 
 
 @pytest.fixture

@@ -18,14 +18,14 @@ TEXTS = [t for t, _ in make_texts(6, seed=3)]
 
 
 @pytest.fixture(scope="module")
-def live(serve_runs):
+def live(adapter_runs):
     from peftkit.serve.app import create_app
     from peftkit.serve.registry import AdapterRegistry
     from peftkit.serve.settings import ServeSettings
 
     settings = ServeSettings(max_texts_per_request=8, max_chars_per_text=200, max_wait_ms=2)
     registry = AdapterRegistry()
-    registry.load_many({name: str(serve_runs[name]) for name in ("lora", "lora3", "prefix")})
+    registry.load_many({name: str(adapter_runs[name]) for name in ("lora", "lora3", "prefix")})
     with (
         running_server(create_app(registry, settings)) as url,
         httpx.Client(base_url=url, timeout=60) as client,
@@ -38,12 +38,12 @@ def _classify(client, adapter, texts=TEXTS, **extra):
 
 
 @pytest.mark.parametrize("name", ["lora3", "prefix"])
-def test_classify_gives_the_adapters_own_labels_and_probabilities(live, serve_runs, name):
+def test_classify_gives_the_adapters_own_labels_and_probabilities(live, adapter_runs, name):
     response = _classify(live, name)
     assert response.status_code == 200, response.text
     body = response.json()
-    alone = predict_texts(str(serve_runs[name]), TEXTS)  # the adapter on its own freshly loaded base
-    digest = hashlib.sha256((serve_runs[name] / "adapter_model.safetensors").read_bytes()).hexdigest()
+    alone = predict_texts(str(adapter_runs[name]), TEXTS)  # the adapter on its own freshly loaded base
+    digest = hashlib.sha256((adapter_runs[name] / "adapter_model.safetensors").read_bytes()).hexdigest()
     assert body["adapter"] == name and body["fingerprint"] == f"sha256:{digest}"
     assert len(body["results"]) == len(TEXTS)
     for got, want in zip(body["results"], alone, strict=True):
@@ -109,7 +109,7 @@ def test_malformed_json_and_unknown_routes_are_json_errors(live):
     assert response.json()["error"].startswith("no route GET /v2/classify. The API: POST /v1/classify")
 
 
-def test_adapters_listing_page_and_openapi(live, serve_runs):
+def test_adapters_listing_page_and_openapi(live, adapter_runs):
     listing = live.get("/v1/adapters").json()
     assert [a["name"] for a in listing["adapters"]] == ["lora", "lora3", "prefix"]
     by_name = {a["name"]: a for a in listing["adapters"]}
@@ -155,8 +155,8 @@ def test_hot_load_refuses_an_adapter_for_another_base(live, tiny_gpt2, tiny_card
     assert _classify(live, "gpt").status_code == 404  # nothing half-loaded is served
 
 
-def test_hot_load_refuses_target_modules_that_match_nothing(live, serve_runs, tmp_path):
-    bad = _copy(serve_runs["lora"], tmp_path / "bad")
+def test_hot_load_refuses_target_modules_that_match_nothing(live, adapter_runs, tmp_path):
+    bad = _copy(adapter_runs["lora"], tmp_path / "bad")
     config = json.loads((bad / "adapter_config.json").read_text())
     config["target_modules"] = ["attention_nowhere"]
     (bad / "adapter_config.json").write_text(json.dumps(config))
@@ -168,13 +168,13 @@ def test_hot_load_refuses_target_modules_that_match_nothing(live, serve_runs, tm
     )
 
 
-def test_hot_load_refuses_weights_that_would_not_load(live, serve_runs, tmp_path):
+def test_hot_load_refuses_weights_that_would_not_load(live, adapter_runs, tmp_path):
     """Keys for layers the base does not have would load as nothing: the bare base would answer."""
     from safetensors.torch import load_file, save_file
 
     from peftkit.adapters.bundle import file_sha256
 
-    bad = _copy(serve_runs["lora"], tmp_path / "moved")
+    bad = _copy(adapter_runs["lora"], tmp_path / "moved")
     weights = bad / "adapter_model.safetensors"
     tensors = {k.replace("layer.1.", "layer.7."): v for k, v in load_file(str(weights)).items()}
     save_file(tensors, str(weights))
@@ -186,14 +186,14 @@ def test_hot_load_refuses_weights_that_would_not_load(live, serve_runs, tmp_path
     assert "did not load into the base (no such layer)" in response.json()["error"]
 
 
-def test_hot_load_refusals_for_names_paths_and_unchecked_adapters(live, serve_runs, tmp_path):
-    response = live.post("/v1/adapters", json={"name": "lora", "path": str(serve_runs["lora3"])})
+def test_hot_load_refusals_for_names_paths_and_unchecked_adapters(live, adapter_runs, tmp_path):
+    response = live.post("/v1/adapters", json={"name": "lora", "path": str(adapter_runs["lora3"])})
     assert response.status_code == 409 and "adapter name 'lora' is already loaded" in response.json()["error"]
-    response = live.post("/v1/adapters", json={"name": "a b", "path": str(serve_runs["lora3"])})
+    response = live.post("/v1/adapters", json={"name": "a b", "path": str(adapter_runs["lora3"])})
     assert response.status_code == 422 and "adapter name 'a b' is not allowed" in response.json()["error"]
     response = live.post("/v1/adapters", json={"name": "gone", "path": str(tmp_path / "nowhere")})
     assert response.status_code == 422 and "no such folder" in response.json()["error"]
-    plain = _copy(serve_runs["lora"], tmp_path / "plain")
+    plain = _copy(adapter_runs["lora"], tmp_path / "plain")
     (plain / "peftkit_adapter.json").unlink()
     response = live.post("/v1/adapters", json={"name": "plain", "path": str(plain)})
     assert response.status_code == 422
@@ -201,18 +201,18 @@ def test_hot_load_refusals_for_names_paths_and_unchecked_adapters(live, serve_ru
     assert "--allow-unchecked" in response.json()["error"]
 
 
-def test_adapter_root_confines_hot_loads(serve_runs, tmp_path):
+def test_adapter_root_confines_hot_loads(adapter_runs, tmp_path):
     from peftkit.serve.errors import ServeError
     from peftkit.serve.registry import AdapterRegistry
 
     registry = AdapterRegistry(adapter_root=str(tmp_path))
     with pytest.raises(ServeError, match="is outside the server's adapter root") as exc:
-        registry.load("lora", str(serve_runs["lora"]))
+        registry.load("lora", str(adapter_runs["lora"]))
     assert exc.value.status == 403
 
 
-def test_hot_load_then_unload(live, serve_runs):
-    response = live.post("/v1/adapters", json={"name": "extra", "path": str(serve_runs["lora3"])})
+def test_hot_load_then_unload(live, adapter_runs):
+    response = live.post("/v1/adapters", json={"name": "extra", "path": str(adapter_runs["lora3"])})
     assert response.status_code == 201 and response.json()["labels"] == ["neg", "pos", "meh"]
     first = _classify(live, "extra").json()["results"]
     again = _classify(live, "lora3").json()["results"]

@@ -21,11 +21,11 @@ TEXTS = [t for t, _ in make_texts(24, seed=5)]
 
 
 @pytest.fixture(scope="module")
-def alone(serve_runs):
+def alone(adapter_runs):
     """Each adapter's probabilities for each text, one text per call (no batch at all)."""
     adapters = AdapterSet()
     for name in ("lora", "lora3", "prefix"):
-        adapters.add(name, serve_runs[name])
+        adapters.add(name, adapter_runs[name])
     return {
         (name, t): adapters.predict(name, [t])[0]["probabilities"] for name in adapters.names for t in TEXTS
     }
@@ -42,8 +42,8 @@ def _check_against_alone(alone, name, texts, body):
         assert max(abs(result["probabilities"][k] - v) for k, v in want.items()) <= 1e-5
 
 
-def test_concurrent_requests_share_batches_and_match_each_request_alone(make_app, serve_runs, alone):
-    app, _ = make_app({n: serve_runs[n] for n in ("lora", "lora3", "prefix")}, max_wait_ms=150)
+def test_concurrent_requests_share_batches_and_match_each_request_alone(make_app, adapter_runs, alone):
+    app, _ = make_app({n: adapter_runs[n] for n in ("lora", "lora3", "prefix")}, max_wait_ms=150)
     names = ["lora", "lora3", "prefix"]
     jobs = [(names[i % 3], TEXTS[i : i + 1 + i % 3]) for i in range(18)]
     with running_server(app) as url, httpx.Client(base_url=url, timeout=60) as client:
@@ -66,11 +66,11 @@ def test_concurrent_requests_share_batches_and_match_each_request_alone(make_app
     assert _metric(metrics, "peftkit_batch_rows_sum") == sum(len(t) for _, t in jobs)
 
 
-def test_hot_load_and_unload_under_traffic_lose_no_request(make_app, serve_runs, alone):
+def test_hot_load_and_unload_under_traffic_lose_no_request(make_app, adapter_runs, alone):
     """Traffic on three names while one is unloaded, reloaded from another adapter, and a new one comes and goes:
     every request is answered exactly once, by the adapter its answer names, or refused with 404 when its name
     was not loaded at that moment."""
-    app, registry = make_app({"a": serve_runs["lora"], "b": serve_runs["lora3"]}, max_wait_ms=5)
+    app, registry = make_app({"a": adapter_runs["lora"], "b": adapter_runs["lora3"]}, max_wait_ms=5)
     answers: list = []
     stop = threading.Event()
     with running_server(app) as url, httpx.Client(base_url=url, timeout=60) as admin:
@@ -88,12 +88,12 @@ def test_hot_load_and_unload_under_traffic_lose_no_request(make_app, serve_runs,
         for t in threads:
             t.start()
         steps = [
-            ("post", {"name": "c", "path": str(serve_runs["prefix"])}),
+            ("post", {"name": "c", "path": str(adapter_runs["prefix"])}),
             ("delete", "b"),
-            ("post", {"name": "b", "path": str(serve_runs["lora"])}),
+            ("post", {"name": "b", "path": str(adapter_runs["lora"])}),
             ("delete", "c"),
             ("delete", "a"),
-            ("post", {"name": "a", "path": str(serve_runs["lora3"])}),
+            ("post", {"name": "a", "path": str(adapter_runs["lora3"])}),
         ]
         for verb, arg in steps:
             time.sleep(0.3)
@@ -108,7 +108,7 @@ def test_hot_load_and_unload_under_traffic_lose_no_request(make_app, serve_runs,
         for t in threads:
             t.join(60)
         metrics = admin.get("/metrics").text
-    by_fingerprint = {_fingerprint(serve_runs[n]): n for n in ("lora", "lora3", "prefix")}
+    by_fingerprint = {_fingerprint(adapter_runs[n]): n for n in ("lora", "lora3", "prefix")}
     statuses = {status for _, _, status, _ in answers}
     assert statuses <= {200, 404} and 200 in statuses and len(answers) > 20
     for name, texts, status, body in answers:
@@ -134,8 +134,8 @@ def _fingerprint(path) -> str:
     return "sha256:" + hashlib.sha256((path / "adapter_model.safetensors").read_bytes()).hexdigest()
 
 
-def test_full_queue_answers_429_with_retry_after(make_app, serve_runs):
-    app, _ = make_app({"a": serve_runs["lora"]}, max_queue_texts=4, max_wait_ms=1500)
+def test_full_queue_answers_429_with_retry_after(make_app, adapter_runs):
+    app, _ = make_app({"a": adapter_runs["lora"]}, max_queue_texts=4, max_wait_ms=1500)
     with (
         running_server(app) as url,
         httpx.Client(base_url=url, timeout=60) as client,
@@ -155,7 +155,7 @@ def test_full_queue_answers_429_with_retry_after(make_app, serve_runs):
 
 
 @pytest.mark.slow  # a fresh process imports torch, transformers and peft: 10-40 s on 2 shared cores
-def test_sigterm_drains_in_flight_requests(serve_runs, tmp_path):
+def test_sigterm_drains_in_flight_requests(adapter_runs, tmp_path):
     """A real `peftkit serve` process: requests queued when SIGTERM arrives are all answered, then it exits."""
     proc = subprocess.Popen(
         [
@@ -164,7 +164,7 @@ def test_sigterm_drains_in_flight_requests(serve_runs, tmp_path):
             "peftkit",
             "serve",
             "--adapter",
-            f"a={serve_runs['lora']}",
+            f"a={adapter_runs['lora']}",
             "--port",
             "0",
             "--max-wait-ms",

@@ -18,8 +18,8 @@ LOCUSTFILE = str(Path(peftkit.__file__).parent / "bench" / "locustfile.py")
 
 
 @pytest.mark.slow  # locust's own start-up (gevent) plus a bounded run: 10-90 s on 2 shared cores
-def test_locust_mixed_traffic_is_bounded_and_fully_answered(make_app, serve_runs, tmp_path):
-    app, _ = make_app({n: serve_runs[n] for n in ("lora", "lora3", "prefix")})
+def test_locust_mixed_traffic_is_bounded_and_fully_answered(make_app, adapter_runs, tmp_path):
+    app, _ = make_app({n: adapter_runs[n] for n in ("lora", "lora3", "prefix")})
     with running_server(app) as url:
         done = subprocess.run(
             [
@@ -63,7 +63,7 @@ def test_locust_mixed_traffic_is_bounded_and_fully_answered(make_app, serve_runs
 
 
 @pytest.mark.slow  # three server processes (each imports torch + transformers) and three short locust runs
-def test_serve_bench_http_prints_setups_goals_and_rss(serve_runs):
+def test_serve_bench_http_prints_setups_goals_and_rss(adapter_runs):
     """The bench's short version: both references in the same run (the peer needs one label set: the same
     adapter under two names)."""
     done = subprocess.run(
@@ -74,9 +74,9 @@ def test_serve_bench_http_prints_setups_goals_and_rss(serve_runs):
             "serve-bench",
             "--http",
             "--adapter",
-            f"a={serve_runs['lora']}",
+            f"a={adapter_runs['lora']}",
             "--adapter",
-            f"b={serve_runs['lora']}",
+            f"b={adapter_runs['lora']}",
             "--counts",
             "1,2",
             "--users",

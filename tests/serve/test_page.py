@@ -39,11 +39,11 @@ def _browser_or_skip():
 
 
 @pytest.mark.slow  # starting chromium takes 5-15 s on 2 shared cores; CI runs the slow tests too
-def test_page_lists_adapters_and_draws_probability_bars(make_app, serve_runs, tmp_path):
+def test_page_lists_adapters_and_draws_probability_bars(make_app, adapter_runs, tmp_path):
     _browser_or_skip()
     from playwright.sync_api import sync_playwright
 
-    app, registry = make_app({"sentiment": serve_runs["lora"], "three": serve_runs["lora3"]})
+    app, registry = make_app({"sentiment": adapter_runs["lora"], "three": adapter_runs["lora3"]})
     out = Path(os.environ.get("PEFTKIT_TEST_OUTPUT", tmp_path))
     out.mkdir(parents=True, exist_ok=True)
     text = "a witty and moving film"

@@ -37,7 +37,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow  # a local Ray instance and two replica processes, each importing torch: about a minute
-def test_ray_serve_routes_each_adapter_and_answers_as_the_adapter_alone(serve_runs):
+def test_ray_serve_routes_each_adapter_and_answers_as_the_adapter_alone(adapter_runs):
     import ray
     from ray import serve
 
@@ -48,7 +48,7 @@ def test_ray_serve_routes_each_adapter_and_answers_as_the_adapter_alone(serve_ru
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         app = deployment(
-            {"a": str(serve_runs["lora"]), "b": str(serve_runs["lora3"])},
+            {"a": str(adapter_runs["lora"]), "b": str(adapter_runs["lora3"])},
             num_replicas=2,
             adapters_per_replica=1,
             settings={"threads": 1},
@@ -56,7 +56,7 @@ def test_ray_serve_routes_each_adapter_and_answers_as_the_adapter_alone(serve_ru
         handle = serve.run(app, route_prefix="/")
         for name, run in (("a", "lora"), ("b", "lora3"), ("a", "lora")):  # "a" again: after "b" took a slot
             got = handle.options(multiplexed_model_id=name).classify.remote(TEXTS).result()
-            want = predict_texts(str(serve_runs[run]), TEXTS)
+            want = predict_texts(str(adapter_runs[run]), TEXTS)
             assert got["adapter"] == name
             for g, w in zip(got["results"], want, strict=True):
                 assert g["label"] == w["label"]

@@ -101,8 +101,8 @@ def test_scheduler_batches_within_the_token_limit():
     assert seen == [[2, 2], [1, 3]]
 
 
-def test_ready_is_503_once_no_adapter_is_loaded(make_app, serve_runs):
-    app, _ = make_app({"a": serve_runs["lora"]})
+def test_ready_is_503_once_no_adapter_is_loaded(make_app, adapter_runs):
+    app, _ = make_app({"a": adapter_runs["lora"]})
     with running_server(app) as url:
         assert httpx.get(f"{url}/ready").status_code == 200
         assert httpx.delete(f"{url}/v1/adapters/a").status_code == 200

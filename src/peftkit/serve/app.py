@@ -127,14 +127,7 @@ def create_app(registry, settings, metrics: ServeMetrics | None = None) -> FastA
     async def classify(body: ClassifyRequest, request: Request):
         """Labels and probabilities for `texts` under one adapter's own label set."""
         _check_sizes(body.texts, settings)
-        served = registry.get(body.adapter)
-        request.state.adapter = served.name
-        if served.task != "classification":
-            raise ServeError(
-                422,
-                f"adapter '{served.name}' is a {served.task} adapter; /v1/classify needs a classification "
-                f"adapter (use POST /v1/generate for causal-LM adapters).",
-            )
+        served = _adapter_for(registry, body.adapter, request, "classification", "/v1/generate", "causal-LM")
         from peftkit.data.prepare import tokenize_texts
 
         ids = tokenize_texts(registry.tokenizer, body.texts, served.max_length)
@@ -144,14 +137,7 @@ def create_app(registry, settings, metrics: ServeMetrics | None = None) -> FastA
     @app.post("/v1/generate", tags=["inference"])
     async def generate(body: GenerateRequest, request: Request):
         """A continuation of `prompt` sampled from a causal-LM adapter (seeded)."""
-        served = registry.get(body.adapter)
-        request.state.adapter = served.name
-        if served.task != "causal_lm":
-            raise ServeError(
-                422,
-                f"adapter '{served.name}' is a {served.task} adapter; /v1/generate needs a causal_lm adapter "
-                f"(use POST /v1/classify for classification adapters).",
-            )
+        served = _adapter_for(registry, body.adapter, request, "causal_lm", "/v1/classify", "classification")
         _check_sizes([body.prompt], settings)
         if body.max_new_tokens > settings.max_new_tokens:
             raise ServeError(
@@ -226,6 +212,20 @@ def create_app(registry, settings, metrics: ServeMetrics | None = None) -> FastA
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _adapter_for(registry, name: str, request: Request, task: str, other_route: str, other_kind: str):
+    """The loaded adapter `name` (404 if none), refused with 422 unless it is a `task` adapter."""
+    served = registry.get(name)
+    request.state.adapter = served.name
+    if served.task != task:
+        route = "/v1/classify" if task == "classification" else "/v1/generate"
+        raise ServeError(
+            422,
+            f"adapter '{served.name}' is a {served.task} adapter; {route} needs a {task} adapter (use POST "
+            f"{other_route} for {other_kind} adapters).",
+        )
+    return served
 
 
 def _check_sizes(texts: list[str], settings) -> None:
