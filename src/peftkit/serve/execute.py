@@ -96,7 +96,7 @@ class BatchRunner:
         mixed = self.registry.mixed  # one snapshot for the whole batch (hot-loads swap in a new one)
         logits = {id(job): [None] * job.texts for job in jobs}
         routed = [j for j in jobs if mixed is not None and j.adapter.key in mixed.keys]
-        # Rows of routed adapters, grouped by adapter (stable: each request's rows stay in order).
+        # (adapter key, token ids, job, row in job): `chunks` cuts them by length and groups each cut by adapter.
         rows = [(job.adapter.key, ids, job, i) for job in routed for i, ids in enumerate(job.ids)]
         for part in chunks(rows, self.max_batch_tokens):
             batch = collate([r[1] for r in part], tok.pad_token_id, tok.padding_side)
