@@ -15,7 +15,7 @@ import json
 import random
 from pathlib import Path
 
-from locust import FastHttpUser, between, constant_throughput, events, task
+from locust import FastHttpUser, constant_throughput, events, task
 from locust.exception import StopUser
 
 SNIPPETS = [
@@ -47,13 +47,15 @@ def _options(parser):
 class Classifier(FastHttpUser):
     """One client: POST /v1/classify in a loop."""
 
-    wait_time = between(0, 0)
     sent = finished = 0  # over all users of this process
+
+    def wait_time(self):
+        """0 (closed loop), or paced to --rate requests/s per user (locust's constant_throughput)."""
+        return self._pace(self) if self._pace else 0
 
     def on_start(self):
         opts = self.environment.parsed_options
-        if opts.rate > 0:
-            self.wait_time = constant_throughput(opts.rate)
+        self._pace = constant_throughput(opts.rate) if opts.rate > 0 else None
         self.adapters = [a for a in opts.adapters.split(",") if a] + [
             a for a in opts.volatile.split(",") if a
         ]
