@@ -67,7 +67,7 @@ def _classify_count(url: str) -> float:
 
 
 def _locust(url, names, *, users, seconds, texts_file, k, max_requests=0, rate=0.0, volatile="") -> dict:
-    """Run locust headless against `url`; the aggregated row of its stats CSV."""
+    """Run locust headless against `url`: the aggregated row of its stats CSV, and the requests its users sent."""
     with tempfile.TemporaryDirectory() as tmp:
         prefix = Path(tmp) / "run"
         cmd = [
@@ -76,13 +76,16 @@ def _locust(url, names, *, users, seconds, texts_file, k, max_requests=0, rate=0
             "--csv", str(prefix), "--adapters", ",".join(names), "--texts-file", str(texts_file),
             "--texts-per-request", str(k), "--max-requests", str(max_requests), "--rate", str(rate),
             "--volatile", volatile, "--stop-timeout", "30", "--exit-code-on-error", "0",
+            "--counts-file", str(prefix) + "_counts.json",
         ]  # fmt: skip
         subprocess.run(
             cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=seconds + 120
         )
         with open(f"{prefix}_stats.csv") as fh:
             row = next(r for r in csv.DictReader(fh) if r["Name"] == "Aggregated")
+        sent = json.loads(Path(f"{prefix}_counts.json").read_text())["sent"]
     return {
+        "sent": sent,
         "requests": int(row["Request Count"]),
         "failures": int(row["Failure Count"]),
         "requests_per_s": float(row["Requests/s"]),
@@ -268,13 +271,17 @@ def run_soak(
         result.update(rss_mb=_rss_mb(proc.pid), ready_s=ready, server_counted=counted, swaps=swaps)
     finally:
         _stop(proc)
-    result["lost"] = result["requests"] - int(counted)
+    # Lost: sent by a client, never counted by the server. Extra: counted by the server, never sent (a request
+    # answered twice would show here). Requests cut off by locust's stop are counted by the server but not by
+    # locust's stats, hence `sent` rather than locust's request count.
+    result["lost"] = max(0, result["sent"] - int(counted))
+    result["extra"] = max(0, int(counted) - result["sent"])
     print(
         f"soak {seconds} s at {rate:.1f} req/s over {len(named)} adapters (+1 hot-loaded/unloaded every "
         f"{swap_every:.0f} s: {swaps['loads']} loads, {swaps['unloads']} unloads, {len(swaps['errors'])} swap "
-        f"errors): {result['requests']} requests, {result['failures']} failed, {result['lost']} lost "
-        f"(server counted {int(counted)}), p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
-        f"RSS {result['rss_mb']:.0f} MiB",
+        f"errors): {result['sent']} requests sent ({result['requests']} recorded by locust), {result['failures']} "
+        f"failed, {result['lost']} lost, {result['extra']} answered twice (server counted {int(counted)}), "
+        f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, RSS {result['rss_mb']:.0f} MiB",
         flush=True,
     )
     return result

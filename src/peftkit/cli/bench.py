@@ -179,7 +179,7 @@ def _http_bench(args) -> int:
             pairs[: max(counts)], seconds=args.soak, rate=args.rate, users=args.users, swap_every=args.swap_every,
             texts_per_request=args.texts_per_request, threads=args.threads,
         )  # fmt: skip
-        return 0 if result["failures"] == 0 and result["lost"] == 0 else 1
+        return 0 if result["failures"] == result["lost"] == result["extra"] == 0 else 1
     run_http_bench(
         pairs, counts=counts, users=args.users, seconds=args.seconds, texts_per_request=args.texts_per_request,
         peer=not args.no_peer, threads=args.threads,
