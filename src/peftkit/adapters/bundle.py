@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from peftkit.adapters.peft_config import config_dict, mark_pooling, read_peft_config, recorded_pooling
 from peftkit.errors import PeftkitError
 from peftkit.fileio import atomic_dir
 from peftkit.fileio import file_sha256 as _hex_sha256
@@ -54,6 +55,7 @@ def save_adapter(model, out_dir: str | Path, meta: dict, state_dict: dict | None
             tmp, safe_serialization=True, **({} if state_dict is None else {"state_dict": state_dict})
         )
         check_adapter_weights(tmp)
+        mark_pooling(tmp, meta.get("pooling", "model"))
         weights = sorted(p for p in tmp.iterdir() if p.suffix == ".safetensors")
         full = {
             "format": FORMAT_VERSION,
@@ -174,7 +176,7 @@ def safetensors_shapes(path: Path) -> dict[str, list[int]]:
 
 def check_consistency(adapter_dir: Path, meta: dict, shapes: dict[str, list[int]]) -> None:
     """The metadata's task and label count must agree with the adapter's own config and head weights."""
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config = config_dict(adapter_dir)
     task_type = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}.get(meta.get("task"))
     if config.get("task_type") and task_type and config["task_type"] != task_type:
         raise PeftkitError(
@@ -311,7 +313,7 @@ def load_adapter(
         quantization=quantization,
         pooling=meta.get("pooling", "model"),
     )
-    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    model = PeftModel.from_pretrained(base, str(adapter_dir), config=read_peft_config(adapter_dir))
     model.eval()
     return LoadedAdapter(model, tokenizer, meta, adapter_dir)
 
@@ -323,13 +325,12 @@ def _tok_hash(tokenizer) -> str:
 
 
 def _load_plain_peft(adapter_dir: Path, base_source: str | None, device, dtype) -> LoadedAdapter:
-    from peft import PeftConfig, PeftModel
+    from peft import PeftModel
 
-    import peftkit.methods.bottleneck  # noqa: F401
     from peftkit.models.load import load_base_model, load_tokenizer
     from peftkit.models.sources import resolve_source
 
-    config = PeftConfig.from_pretrained(str(adapter_dir))
+    config = read_peft_config(adapter_dir)
     source = resolve_source(base_source or config.base_model_name_or_path)
     warnings.warn(
         f"adapter '{adapter_dir}' has no {META_FILE}: a plain PEFT adapter, so nothing could be checked "
@@ -344,14 +345,22 @@ def _load_plain_peft(adapter_dir: Path, base_source: str | None, device, dtype) 
 
         cfg = load_config(source)
         labels = [cfg.id2label[i] for i in sorted(cfg.id2label)]
+    pooling = recorded_pooling(adapter_dir)
     base = load_base_model(
-        source, task=task, labels=labels, pad_token_id=tokenizer.pad_token_id, dtype=dtype, device=device
+        source,
+        task=task,
+        labels=labels,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype=dtype,
+        device=device,
+        pooling=pooling,
     )
-    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    model = PeftModel.from_pretrained(base, str(adapter_dir), config=config)
     model.eval()
     meta = {
         "task": task,
         "labels": labels,
+        "pooling": pooling,
         "base_model": {"source": source.spec},
         "method": str(config.peft_type),
     }

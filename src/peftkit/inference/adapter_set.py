@@ -119,6 +119,7 @@ class AdapterSet:
 
         import peftkit.methods.bottleneck  # noqa: F401  (registers peftkit's own PEFT types before reading configs)
         from peftkit.adapters.bundle import check_bundle, resolve_adapter_dir
+        from peftkit.adapters.peft_config import read_peft_config
 
         if name in self.entries:
             raise PeftkitError(
@@ -138,7 +139,7 @@ class AdapterSet:
         elif self.task == "classification" and labels:
             skeleton.config.id2label = dict(enumerate(labels))
             skeleton.config.label2id = {lab: i for i, lab in enumerate(labels)}
-        model = PeftModel.from_pretrained(skeleton, str(adapter_dir))
+        model = PeftModel.from_pretrained(skeleton, str(adapter_dir), config=read_peft_config(adapter_dir))
         model.eval()
         entry = SwapEntry(name, model, labels, meta, adapter_dir)
         self.entries[name] = entry
@@ -259,8 +260,9 @@ class AdapterSet:
 
     def _plain_meta(self, adapter_dir: Path, shapes: dict) -> dict:
         from peftkit.adapters.bundle import META_FILE, _is_head_weight
+        from peftkit.adapters.peft_config import config_dict, recorded_pooling
 
-        config = json.loads((adapter_dir / "adapter_config.json").read_text())
+        config = config_dict(adapter_dir)
         warnings.warn(
             f"adapter '{adapter_dir}' has no {META_FILE}: a plain PEFT adapter, so nothing could be "
             f"checked (base model, tokenizer, labels).",
@@ -273,6 +275,7 @@ class AdapterSet:
             "task": task,
             "labels": labels,
             "plain": True,
+            "pooling": recorded_pooling(adapter_dir),
             "base_model": {"source": config.get("base_model_name_or_path")},
         }
 

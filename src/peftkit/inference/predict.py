@@ -29,20 +29,11 @@ def read_texts(path: str) -> list[str]:
     return lines
 
 
-def predict_texts(adapter: str, texts: list[str], *, batch_size: int = 64, loaded=None) -> list[dict]:
-    """One dict per text: `label` and `probabilities` (label → probability)."""
-    import torch
-
-    from peftkit.adapters.bundle import load_adapter
+def classification_logits(loaded, texts: list[str], *, batch_size: int = 64):
+    """Float32 logits (texts × labels, input order) of a loaded classification adapter."""
     from peftkit.data.prepare import tokenize_texts
     from peftkit.inference.forward import forward_split
 
-    loaded = loaded or load_adapter(adapter)
-    if loaded.meta["task"] != "classification":
-        raise PeftkitError(
-            f"predict: adapter '{adapter}' is a {loaded.meta['task']} adapter; predict needs a "
-            f"classification adapter (use `peftkit generate` for causal LM)."
-        )
     tok = loaded.tokenizer
     ids = tokenize_texts(tok, texts, loaded.meta.get("max_length", 512))
     logits, _ = forward_split(
@@ -53,6 +44,22 @@ def predict_texts(adapter: str, texts: list[str], *, batch_size: int = 64, loade
         padding_side=tok.padding_side,
         batch_size=batch_size,
     )
+    return logits
+
+
+def predict_texts(adapter: str, texts: list[str], *, batch_size: int = 64, loaded=None) -> list[dict]:
+    """One dict per text: `label` and `probabilities` (label → probability)."""
+    import torch
+
+    from peftkit.adapters.bundle import load_adapter
+
+    loaded = loaded or load_adapter(adapter)
+    if loaded.meta["task"] != "classification":
+        raise PeftkitError(
+            f"predict: adapter '{adapter}' is a {loaded.meta['task']} adapter; predict needs a "
+            f"classification adapter (use `peftkit generate` for causal LM)."
+        )
+    logits = classification_logits(loaded, texts, batch_size=batch_size)
     probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
     labels = loaded.labels
     return [

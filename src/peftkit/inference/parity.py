@@ -1,0 +1,116 @@
+"""The interop contract, measured: peftkit's logits against a standard loader's, in a process without peftkit.
+
+Every artifact peftkit writes (adapter folder, merged folder, published folder, ONNX export) either gives the
+same predictions in the standard loader it is meant for (same label on every text, max |logit difference|
+≤ `TOLERANCE` in float32) or fails loudly there (an error, never a silently different model). `plain_logits`
+runs `plain_loaders.py` as a script in a child process, so what is measured is the loader alone; `verdict`
+turns its answer and peftkit's reference logits into one report entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from peftkit.errors import PeftkitError
+
+TOLERANCE = 1e-4
+SCRIPT = Path(__file__).with_name("plain_loaders.py")
+LOADERS = ("peft", "auto_peft", "transformers", "sentence_transformers", "onnxruntime")
+
+
+def reference_logits(loaded, texts: list[str], *, batch_size: int = 64):
+    """peftkit's own float32 logits for `texts` (a LoadedAdapter from `load_adapter`), one row per text."""
+    from peftkit.inference.predict import classification_logits
+
+    return classification_logits(loaded, texts, batch_size=batch_size)
+
+
+def plain_logits(
+    loader: str,
+    folder: str | Path,
+    texts: list[str],
+    *,
+    max_length: int,
+    base: str | Path | None = None,
+    num_labels: int | None = None,
+    task: str = "classification",
+    env: dict | None = None,
+    threads: int | None = None,
+    timeout: int = 1800,
+) -> dict:
+    """Run `loader` on `folder` in a fresh process (no peftkit import); {"ok", "logits" | "error"}.
+
+    `base` and `num_labels` are what the `peft` loader needs besides the adapter folder; `task: causal_lm` asks
+    the `transformers` loader for a causal LM (last-position logits); `env` is added to this process's
+    environment (e.g. a Hugging Face cache for `auto_peft`).
+    """
+    import numpy as np
+
+    if loader not in LOADERS:
+        raise ValueError(f"unknown loader {loader!r}; one of {LOADERS}")
+    request = {
+        "loader": loader,
+        "folder": str(folder),
+        "base": None if base is None else str(base),
+        "num_labels": num_labels,
+        "task": task,
+        "texts": list(texts),
+        "max_length": max_length,
+        "threads": threads,
+    }
+    with tempfile.TemporaryDirectory(prefix="peftkit-parity-") as tmp:
+        req, res = Path(tmp) / "request.json", Path(tmp) / "result.json"
+        request["logits_path"] = str(Path(tmp) / "logits.npy")
+        req.write_text(json.dumps(request))
+        # -I: no user site, no PYTHONPATH, and the script's own folder is not put on sys.path.
+        proc = subprocess.run(
+            [sys.executable, "-I", str(SCRIPT), str(req), str(res)],
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if not res.is_file():  # the child died (a crash is a loud failure too)
+            return {
+                "ok": False,
+                "error": f"the loader process exited {proc.returncode}: {proc.stderr[-1500:]}",
+            }
+        result = json.loads(res.read_text())
+        if result["ok"]:
+            result["logits"] = np.load(request["logits_path"])
+    if result["peftkit_imported"]:
+        raise PeftkitError(
+            f"parity: the {loader} check imported peftkit, so it measured nothing. Report this bug."
+        )
+    return result
+
+
+def compare(reference, found) -> dict:
+    """Label agreement and max |logit difference| between two (texts × labels) arrays."""
+    import numpy as np
+
+    reference, found = np.asarray(reference, dtype=np.float32), np.asarray(found, dtype=np.float32)
+    if reference.shape != found.shape:
+        return {"n": len(reference), "shape_mismatch": [list(reference.shape), list(found.shape)]}
+    agree = int((reference.argmax(-1) == found.argmax(-1)).sum())
+    return {
+        "n": len(reference),
+        "agree": agree,
+        "label_agreement": agree / max(len(reference), 1),
+        "max_abs_logit_diff": float(np.abs(reference - found).max()) if len(reference) else 0.0,
+    }
+
+
+def verdict(loader: str, reference, result: dict) -> dict:
+    """One report entry: `parity` (same labels, within TOLERANCE), `fails_loudly` (an error), or `MISMATCH`."""
+    if not result["ok"]:
+        return {"loader": loader, "outcome": "fails_loudly", "error": result["error"][:600]}
+    entry = {"loader": loader, **compare(reference, result["logits"])}
+    same = entry.get("agree") == entry["n"] and entry.get("max_abs_logit_diff", 1.0) <= TOLERANCE
+    entry["outcome"] = "parity" if same else "MISMATCH"
+    return entry
