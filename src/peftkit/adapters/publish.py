@@ -83,11 +83,13 @@ def publish_run(
 ) -> Path:
     """Write the self-contained folder `to` for `run`; refuses an existing `to` and any local-path leak.
 
-    `base_model` (a Hub id) names the base in the card metadata and adapter_config.json when the run used a
-    local folder or package; without it they hold the run's portable source name.
+    `base_model` (a Hub id) names the base in the card metadata and adapter_config.json (where
+    `AutoPeftModel*.from_pretrained(folder)` reads it); without it, the Hub id peftkit knows for the run's source
+    (a hub id, or a package-shipped model), else the source's portable name (a folder's name).
     """
     from peftkit.adapters.bundle import META_FILE
     from peftkit.adapters.card import CARD_FILE, is_hub_id, portable_recipe, portable_source, render_card
+    from peftkit.models.sources import known_hub_id
 
     run, to = Path(run), Path(to)
     _check_run(run)
@@ -107,7 +109,8 @@ def publish_run(
             if f.is_file() and f.name not in (CARD_FILE, META_FILE, "adapter_config.json"):
                 shutil.copy2(f, tmp / f.name)
         config = json.loads((run / "adapter" / "adapter_config.json").read_text())
-        config["base_model_name_or_path"] = base_model or portable_source(meta["base_model"]["source"])
+        source = meta["base_model"]["source"]
+        config["base_model_name_or_path"] = base_model or known_hub_id(source) or portable_source(source)
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (tmp / META_FILE).write_text(json.dumps(_portable_meta(meta), indent=2, sort_keys=True) + "\n")
         (tmp / "recipe.resolved.yaml").write_text(portable_recipe((run / "recipe.resolved.yaml").read_text()))
@@ -146,7 +149,7 @@ def push_to_hub(
 ) -> str:
     """Publish `run` into a temporary folder and upload it to the Hub repo `repo_id`; returns the repo URL."""
     from peftkit.adapters.card import is_hub_id, portable_source
-    from peftkit.models.sources import hub_offline
+    from peftkit.models.sources import hub_offline, known_hub_id
 
     if hub_offline():
         raise PeftkitError(
@@ -159,9 +162,8 @@ def push_to_hub(
             f"publish --hub: '{repo_id}' is not a Hub repo id. Write it as `user/name` or `org/name`."
         )
     _check_run(Path(run))
-    base = base_model or portable_source(
-        json.loads((Path(run) / "adapter" / "peftkit_adapter.json").read_text())["base_model"]["source"]
-    )
+    source = json.loads((Path(run) / "adapter" / "peftkit_adapter.json").read_text())["base_model"]["source"]
+    base = base_model or known_hub_id(source) or portable_source(source)
     if not is_hub_id(base):
         # The Hub rejects a model card whose base_model is not a model id.
         raise PeftkitError(

@@ -135,11 +135,10 @@ def merge_adapter(
             merged.save_pretrained(tmp, safe_serialization=True)
             loaded.tokenizer.save_pretrained(tmp)
         say(f"[5/5] loading it with {loader} in a fresh process (no peftkit) and comparing logits")
-        checks = [_plain_check(loader, "parity", tmp, texts, reference, max_length, task)]
+        expected = {loader: "parity"}
         if loader == "sentence_transformers":  # plain transformers must refuse this folder, not misread it
-            checks.append(
-                _plain_check("transformers", "fails_loudly", tmp, texts, reference, max_length, task)
-            )
+            expected["transformers"] = "fails_loudly"
+        checks = _plain_checks(expected, tmp, texts, reference, max_length, task)
         report["plain_loaders"] = checks
         _refuse_unexpected(checks, out)
         atomic_write_json(tmp / REPORT_FILE, report)
@@ -172,23 +171,26 @@ LOAD_WITH = {
 }
 
 
-def _plain_check(
-    loader: str, expected: str, folder: Path, texts: list[str], reference, max_length: int, task: str
-) -> dict:
-    """The merged folder in `loader`, in a child process without peftkit, against peftkit's logits."""
+def _plain_checks(
+    expected: dict[str, str], folder: Path, texts: list[str], reference, max_length: int, task: str
+) -> list[dict]:
+    """The merged folder in each loader of `expected` (loader → the outcome it must have), in one child process
+    without peftkit, against peftkit's logits."""
     import importlib.util
 
-    from peftkit.inference.parity import plain_logits, verdict
+    from peftkit.inference.parity import plain_request, run_plain_loaders, verdict
 
-    if loader == "sentence_transformers" and importlib.util.find_spec("sentence_transformers") is None:
-        return {
-            "loader": loader,
-            "expected": expected,
-            "outcome": "not_measured",
-            "why": "sentence-transformers is not installed here (pip install 'peftkit[export]')",
-        }
-    result = plain_logits(loader, folder, texts, max_length=max_length, task=task)
-    return {**verdict(loader, reference, result), "expected": expected}
+    missing = {"sentence_transformers"} - {n for n in expected if importlib.util.find_spec(n) is not None}
+    measured = [name for name in expected if name not in missing]
+    results = run_plain_loaders(
+        [plain_request(name, folder, texts, max_length=max_length, task=task) for name in measured]
+    )
+    found = {name: verdict(name, reference, result) for name, result in zip(measured, results, strict=True)}
+    why = "sentence-transformers is not installed here (pip install 'peftkit[export]')"
+    return [
+        {**found.get(name, {"loader": name, "outcome": "not_measured", "why": why}), "expected": outcome}
+        for name, outcome in expected.items()
+    ]
 
 
 def _refuse_unexpected(checks: list[dict], out: Path) -> None:

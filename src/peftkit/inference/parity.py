@@ -30,7 +30,7 @@ def reference_logits(loaded, texts: list[str], *, batch_size: int = 64):
     return classification_logits(loaded, texts, batch_size=batch_size)
 
 
-def plain_logits(
+def plain_request(
     loader: str,
     folder: str | Path,
     texts: list[str],
@@ -39,21 +39,15 @@ def plain_logits(
     base: str | Path | None = None,
     num_labels: int | None = None,
     task: str = "classification",
-    env: dict | None = None,
-    threads: int | None = None,
-    timeout: int = 1800,
 ) -> dict:
-    """Run `loader` on `folder` in a fresh process (no peftkit import); {"ok", "logits" | "error"}.
+    """One check for `run_plain_loaders`: `loader` on `folder`, logits for `texts`.
 
     `base` and `num_labels` are what the `peft` loader needs besides the adapter folder; `task: causal_lm` asks
-    the `transformers` loader for a causal LM (last-position logits); `env` is added to this process's
-    environment (e.g. a Hugging Face cache for `auto_peft`).
+    the `transformers` loader for a causal LM (last-position logits).
     """
-    import numpy as np
-
     if loader not in LOADERS:
         raise ValueError(f"unknown loader {loader!r}; one of {LOADERS}")
-    request = {
+    return {
         "loader": loader,
         "folder": str(folder),
         "base": None if base is None else str(base),
@@ -61,12 +55,25 @@ def plain_logits(
         "task": task,
         "texts": list(texts),
         "max_length": max_length,
-        "threads": threads,
     }
+
+
+def run_plain_loaders(
+    requests: list[dict], *, env: dict | None = None, threads: int | None = None, timeout: int = 1800
+) -> list[dict]:
+    """Run `requests` in one fresh process that never imports peftkit; one {"ok", "logits" | "error"} each.
+
+    `env` is added to this process's environment (e.g. a Hugging Face cache for `auto_peft`).
+    """
+    import numpy as np
+
     with tempfile.TemporaryDirectory(prefix="peftkit-parity-") as tmp:
-        req, res = Path(tmp) / "request.json", Path(tmp) / "result.json"
-        request["logits_path"] = str(Path(tmp) / "logits.npy")
-        req.write_text(json.dumps(request))
+        job = {
+            "threads": threads,
+            "requests": [{**r, "logits_path": f"{tmp}/logits-{i}.npy"} for i, r in enumerate(requests)],
+        }
+        req, res = Path(tmp) / "requests.json", Path(tmp) / "results.json"
+        req.write_text(json.dumps(job))
         # -I: no user site, no PYTHONPATH, and the script's own folder is not put on sys.path.
         proc = subprocess.run(
             [sys.executable, "-I", str(SCRIPT), str(req), str(res)],
@@ -76,18 +83,23 @@ def plain_logits(
             timeout=timeout,
         )
         if not res.is_file():  # the child died (a crash is a loud failure too)
-            return {
-                "ok": False,
-                "error": f"the loader process exited {proc.returncode}: {proc.stderr[-1500:]}",
-            }
-        result = json.loads(res.read_text())
-        if result["ok"]:
-            result["logits"] = np.load(request["logits_path"])
-    if result["peftkit_imported"]:
-        raise PeftkitError(
-            f"parity: the {loader} check imported peftkit, so it measured nothing. Report this bug."
-        )
-    return result
+            error = f"the loader process exited {proc.returncode}: {proc.stderr[-1500:]}"
+            return [{"ok": False, "error": error} for _ in requests]
+        answer = json.loads(res.read_text())
+        if answer["peftkit_imported"]:
+            raise PeftkitError(
+                "parity: the plain-loader process imported peftkit, so it measured nothing. Report this bug."
+            )
+        results = answer["results"]
+        for result, request in zip(results, job["requests"], strict=True):
+            if result["ok"]:
+                result["logits"] = np.load(request["logits_path"])
+    return results
+
+
+def plain_logits(loader: str, folder: str | Path, texts: list[str], **kwargs) -> dict:
+    """`run_plain_loaders` for one request (`plain_request`'s arguments)."""
+    return run_plain_loaders([plain_request(loader, folder, texts, **kwargs)])[0]
 
 
 def compare(reference, found) -> dict:

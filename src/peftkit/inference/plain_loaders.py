@@ -1,10 +1,11 @@
 """Load what peftkit wrote the way someone without peftkit would, and write the logits it gives.
 
-This file is run as a script in a fresh process (`python -I plain_loaders.py REQUEST.json RESULT.json`) and
-never imports peftkit: the interop contract is about the standard loaders alone. REQUEST names a loader and
-its folders, the texts and the tokenizer settings; RESULT says whether it loaded (else the error the loader
-raised: a loud failure is an acceptable answer, a silently different model is not) and whether peftkit ended up
-imported; the logits (one row per text) go to the .npy file the request names.
+This file is run as a script in a fresh process (`python -I plain_loaders.py REQUESTS.json RESULTS.json`) and
+never imports peftkit: the interop contract is about the standard loaders alone. Each request names a loader
+and its folders, the texts and the tokenizer settings; several run one after the other in the same process
+(starting one costs seconds of imports). Each result says whether it loaded (else the error the loader raised:
+a loud failure is an acceptable answer, a silently different model is not); the logits (one row per text) go
+to the .npy file its request names. RESULTS also records whether peftkit ended up imported.
 
 Loaders (the standard one for each artifact):
 - `peft`: `AutoModelForSequenceClassification` on the base folder + `PeftModel.from_pretrained(adapter)`;
@@ -130,23 +131,28 @@ LOADERS = {
 }
 
 
-def main(request_path: str, result_path: str) -> None:
-    with open(request_path) as fh:
-        req = json.load(fh)
-    if req.get("threads"):
-        import torch
-
-        torch.set_num_threads(req["threads"])
+def run(req: dict) -> dict:
+    """One request: its logits saved to req["logits_path"], or the loader's error."""
     try:
         import numpy as np
 
         np.save(req["logits_path"], np.asarray(LOADERS[req["loader"]](req), dtype=np.float32))
-        result = {"ok": True}
+        return {"ok": True}
     except Exception as exc:  # the loader's own error is the answer: it failed loudly
-        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    result["peftkit_imported"] = any(name == "peftkit" or name.startswith("peftkit.") for name in sys.modules)
-    with open(result_path, "w") as fh:
-        json.dump(result, fh)
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+
+
+def main(requests_path: str, results_path: str) -> None:
+    with open(requests_path) as fh:
+        job = json.load(fh)
+    if job.get("threads"):
+        import torch
+
+        torch.set_num_threads(job["threads"])
+    results = [run(req) for req in job["requests"]]
+    imported = any(name == "peftkit" or name.startswith("peftkit.") for name in sys.modules)
+    with open(results_path, "w") as fh:
+        json.dump({"results": results, "peftkit_imported": imported}, fh)
 
 
 if __name__ == "__main__":

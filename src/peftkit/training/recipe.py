@@ -270,6 +270,7 @@ def train(
     # 4. Final evaluation, adapter, metrics.
     results = {
         "train": {
+            "n": len(data["train"].ids),  # after data.max_train_examples: the card shows it
             "steps": step,
             "examples": examples,
             "tokens": tokens,
