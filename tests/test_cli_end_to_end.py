@@ -63,14 +63,14 @@ def test_validation_once_per_point_and_not_in_the_training_time(
 
     from peftkit.training import recipe as train_module
 
-    calls, real = [], train_module._evaluate
+    calls, real = [], train_module.evaluate_split
 
-    def slow_evaluate(model, split, recipe, tokenizer, labels, prefix, accelerator, full=False):
-        calls.append(prefix)
+    def slow_evaluate(model, split, *, full=False, **kwargs):
+        calls.append("final" if full else "in-loop")
         time.sleep(3.0)
-        return real(model, split, recipe, tokenizer, labels, prefix, accelerator, full=full)
+        return real(model, split, full=full, **kwargs)
 
-    monkeypatch.setattr(train_module, "_evaluate", slow_evaluate)
+    monkeypatch.setattr(train_module, "evaluate_split", slow_evaluate)
     recipe = write_recipe(
         tmp_path / "r.yaml",
         model=tiny_bert,
@@ -79,7 +79,7 @@ def test_validation_once_per_point_and_not_in_the_training_time(
         train={**schedule, "max_steps": 4, "batch_size": 8, "output_dir": str(tmp_path / "run")},
     )
     assert main(["train", str(recipe), "--no-progress", "data.max_train_examples=16"]) == 0
-    assert calls == ["eval", "validation", "test"]  # step 2 (of 4); then the final evaluation, once per split
+    assert calls == ["in-loop", "final", "final"]  # step 2 (of 4); then the final evaluation, once per split
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "eval/accuracy" in r] == [2, 4]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -81,16 +81,13 @@ def test_training_uses_it_on_every_dropout(tiny_bert, tiny_card, tmp_path, monke
 
 
 def test_fused_cpu_adamw_gives_the_same_updates():
-    """train._optimizer picks torch's fused AdamW on CPU: the same update as the per-parameter loop."""
-    from types import SimpleNamespace
-
-    from peftkit.training.recipe import _optimizer
+    """build_optimizer picks torch's fused AdamW on CPU: the same update as the per-parameter loop."""
+    from peftkit.training.recipe import build_optimizer
 
     torch.manual_seed(0)
     models = [torch.nn.Linear(20, 5), torch.nn.Linear(20, 5)]
     models[1].load_state_dict(models[0].state_dict())
-    tc = SimpleNamespace(optimizer="adamw", learning_rate=1e-2, weight_decay=0.01)
-    fused = _optimizer(models[0], tc)
+    fused = build_optimizer(models[0], "adamw", learning_rate=1e-2, weight_decay=0.01)
     plain = torch.optim.AdamW(models[1].parameters(), lr=1e-2, weight_decay=0.01)
     assert fused.defaults["fused"] and not plain.defaults["fused"]
     x = torch.randn(8, 20)

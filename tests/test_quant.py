@@ -18,8 +18,7 @@ from tests.tiny_runs import train_tiny
 def _quantized_step(model_dir, bits: int, optimizer: str = "adamw"):
     from peft import prepare_model_for_kbit_training
 
-    from peftkit.recipe.schema import TrainSpec
-    from peftkit.training.recipe import _optimizer
+    from peftkit.training.recipe import build_optimizer
 
     model = load_base_model(
         resolve_source(str(model_dir)),
@@ -31,7 +30,7 @@ def _quantized_step(model_dir, bits: int, optimizer: str = "adamw"):
     )
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model = apply_method(model, name="lora", settings={"r": 4}, task="classification")
-    opt = _optimizer(model, TrainSpec(optimizer=optimizer, learning_rate=0.01))
+    opt = build_optimizer(model, optimizer, learning_rate=0.01, weight_decay=0.0)
     head = next(
         m
         for n, m in model.named_modules()

@@ -75,3 +75,18 @@ def package_dir(name: str) -> Path | None:
     if spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations)))
     return Path(spec.origin).parent
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """peftkit's cache (converted GGUF models, compiled CPU kernels): `cache_dir`, else `$PEFTKIT_CACHE`, else
+    `$XDG_CACHE_HOME/peftkit`, else `~/.cache/peftkit`."""
+    if cache_dir or os.environ.get("PEFTKIT_CACHE"):
+        return Path(cache_dir or os.environ["PEFTKIT_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "peftkit"
+
+
+def hub_offline(*also: str) -> bool:
+    """True when the Hugging Face Hub must not be reached: HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE (or one of the
+    variables `also` names, e.g. HF_DATASETS_OFFLINE) is set to 1/true/yes/on."""
+    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", *also)
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in names)

@@ -20,7 +20,7 @@ from peftkit.methods.checks import check_method_for_model, model_skeleton
 from peftkit.methods.registry import merge_refusal_reason
 from peftkit.models.load import load_base_model, load_tokenizer, tokenizer_hash
 from peftkit.models.sources import content_hash, resolve_source
-from peftkit.training.recipe import _adalora_update
+from peftkit.training.loop import adalora_update
 
 LABELS = ["neg", "pos"]
 ARCHS = ["bert", "gpt2", "llama"]
@@ -184,7 +184,7 @@ def test_method_row(case, arch, folders, tmp_path):
     for step in range(2):
         model(**batch, labels=labels).loss.backward()
         opt.step()
-        _adalora_update(model, step)  # peftkit's training-loop hook, in the loop's order
+        adalora_update(model, step)  # peftkit's training-loop hook, in the loop's order
         opt.zero_grad()
     unchanged = [n for n, p in trainable.items() if torch.equal(p.detach(), before[n])]
     assert not unchanged

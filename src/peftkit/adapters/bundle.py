@@ -16,6 +16,7 @@ from peftkit.adapters.peft_config import config_dict, mark_pooling, read_peft_co
 from peftkit.errors import PeftkitError
 from peftkit.fileio import atomic_dir
 from peftkit.fileio import file_sha256 as _hex_sha256
+from peftkit.models.load import HEAD_MODULES
 
 META_FILE = "peftkit_adapter.json"
 FORMAT_VERSION = 1
@@ -184,7 +185,7 @@ def check_consistency(adapter_dir: Path, meta: dict, shapes: dict[str, list[int]
             f"{META_FILE}), found {config['task_type']} in adapter_config.json. The files come from different "
             f"adapters; re-export it from its run folder."
         )
-    rows = {shape[0] for key, shape in shapes.items() if _is_head_weight(key)}
+    rows = {shape[0] for key, shape in shapes.items() if is_head_weight(key)}
     labels = meta.get("labels")
     if labels and rows and rows != {len(labels)}:
         raise PeftkitError(
@@ -194,12 +195,13 @@ def check_consistency(adapter_dir: Path, meta: dict, shapes: dict[str, list[int]
         )
 
 
-def _is_head_weight(key: str) -> bool:
+def is_head_weight(key: str) -> bool:
+    """Whether an adapter tensor name is the output weight of a classification head (one row per label)."""
     parts = key.split(".")
     return (
         parts[-1] == "weight"
-        and any(p in ("classifier", "score") for p in parts)
-        and ("out_proj" in parts or parts[-2] in ("classifier", "score", "modules_to_save"))
+        and any(p in HEAD_MODULES for p in parts)
+        and ("out_proj" in parts or parts[-2] in (*HEAD_MODULES, "modules_to_save"))
     )
 
 
@@ -284,7 +286,7 @@ def load_adapter(
     from peft import PeftModel
 
     import peftkit.methods.bottleneck  # noqa: F401  (registers peftkit's own PEFT types before reading configs)
-    from peftkit.models.load import load_base_model, load_tokenizer
+    from peftkit.models.load import load_model_and_tokenizer, load_tokenizer, tokenizer_hash
     from peftkit.models.sources import content_hash, resolve_source
 
     adapter_dir = resolve_adapter_dir(path)
@@ -295,39 +297,33 @@ def load_adapter(
     source = resolve_source(base_source or meta["base_model"]["source"])
     cache_dir = meta["base_model"].get("cache_dir")
     tokenizer = load_tokenizer(source, cache_dir)
-    diffs = fingerprint_differences(meta, base_hash=content_hash(source), tok_hash=_tok_hash(tokenizer))
+    diffs = fingerprint_differences(meta, base_hash=content_hash(source), tok_hash=tokenizer_hash(tokenizer))
     if diffs:
         raise PeftkitError(
             f"adapter '{adapter_dir}' was trained on a different base than '{source.spec}': "
             + "; ".join(diffs)
             + ". Load it with the base it was trained on (see base_model in its peftkit_adapter.json)."
         )
-    base = load_base_model(
+    base, tokenizer = load_model_and_tokenizer(
         source,
         task=meta["task"],
         labels=meta.get("labels"),
-        pad_token_id=tokenizer.pad_token_id,
+        pooling=meta.get("pooling", "model"),
         dtype=dtype,
         device=device,
-        cache_dir=cache_dir,
         quantization=quantization,
-        pooling=meta.get("pooling", "model"),
+        cache_dir=cache_dir,
+        tokenizer=tokenizer,
     )
     model = PeftModel.from_pretrained(base, str(adapter_dir), config=read_peft_config(adapter_dir))
     model.eval()
     return LoadedAdapter(model, tokenizer, meta, adapter_dir)
 
 
-def _tok_hash(tokenizer) -> str:
-    from peftkit.models.load import tokenizer_hash
-
-    return tokenizer_hash(tokenizer)
-
-
 def _load_plain_peft(adapter_dir: Path, base_source: str | None, device, dtype) -> LoadedAdapter:
     from peft import PeftModel
 
-    from peftkit.models.load import load_base_model, load_tokenizer
+    from peftkit.models.load import load_config, load_model_and_tokenizer
     from peftkit.models.sources import resolve_source
 
     config = read_peft_config(adapter_dir)
@@ -338,22 +334,13 @@ def _load_plain_peft(adapter_dir: Path, base_source: str | None, device, dtype) 
         stacklevel=2,
     )
     task = "classification" if str(config.task_type) in ("SEQ_CLS", "TaskType.SEQ_CLS") else "causal_lm"
-    tokenizer = load_tokenizer(source)
     labels = None
     if task == "classification":
-        from peftkit.models.load import load_config
-
         cfg = load_config(source)
         labels = [cfg.id2label[i] for i in sorted(cfg.id2label)]
     pooling = recorded_pooling(adapter_dir)
-    base = load_base_model(
-        source,
-        task=task,
-        labels=labels,
-        pad_token_id=tokenizer.pad_token_id,
-        dtype=dtype,
-        device=device,
-        pooling=pooling,
+    base, tokenizer = load_model_and_tokenizer(
+        source, task=task, labels=labels, pooling=pooling, dtype=dtype, device=device
     )
     model = PeftModel.from_pretrained(base, str(adapter_dir), config=config)
     model.eval()

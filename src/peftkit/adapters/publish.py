@@ -149,7 +149,8 @@ def push_to_hub(
 ) -> str:
     """Publish `run` into a temporary folder and upload it to the Hub repo `repo_id`; returns the repo URL."""
     from peftkit.adapters.card import is_hub_id, portable_source
-    from peftkit.models.sources import hub_offline, known_hub_id
+    from peftkit.fileio import hub_offline
+    from peftkit.models.sources import known_hub_id
 
     if hub_offline():
         raise PeftkitError(

@@ -176,24 +176,21 @@ def _count(recipe, method: str) -> dict:
     from peftkit.data.cards import load_card
     from peftkit.methods.apply import apply_method
     from peftkit.methods.registry import check_method_settings
-    from peftkit.models.load import load_base_model, load_tokenizer
+    from peftkit.models.load import load_model_and_tokenizer
     from peftkit.models.sources import resolve_source
 
     r = _recipe_for(recipe, method)
     check_method_settings(method, r.method.settings())  # an unknown method stops here, as a skipped row
     source = resolve_source(r.model.source, r.model.revision)
-    tok = load_tokenizer(source, r.model.cache_dir)
     labels = load_card(r.data.card).labels if r.model.task == "classification" else None
-    model = load_base_model(
+    model, _ = load_model_and_tokenizer(
         source,
         task=r.model.task,
         labels=labels,
-        pad_token_id=tok.pad_token_id,
+        pooling=r.model.pooling,
         dtype=r.model.dtype,
         device="cpu",
-        quantization=None,
         cache_dir=r.model.cache_dir,
-        pooling=r.model.pooling,
     )
     model = apply_method(model, name=method, settings=r.method.settings(), task=r.model.task)
     n_all = sum(p.numel() for p in model.parameters())

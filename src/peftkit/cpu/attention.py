@@ -34,7 +34,7 @@ def use_cpu_attention(model) -> bool:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-    from peftkit.models.load import is_decoder
+    from peftkit.models.decoder import is_decoder
 
     config = model.config
     if config._attn_implementation != "sdpa" or is_decoder(config) or config.is_encoder_decoder:

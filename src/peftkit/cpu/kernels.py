@@ -10,10 +10,11 @@ and resume behave as before. It is computed in the pass that uses it, on torch's
 backward instead of stored (the LoRA layers keep it as bits). Paired on the quickstart (each batch trained with and
 without the kernels, in one process): +32% per step (+25% before the attention kernel).
 
-The library is compiled once per source version, compiler and machine into `$XDG_CACHE_HOME/peftkit` (default
-`~/.cache/peftkit`), written under a temporary name and renamed into place. It needs a C compiler with OpenMP
-(`$CC`, else `cc`), the same requirement `torch.compile` has on CPU. Without one, or with `PEFTKIT_CPU_KERNELS=0`,
-`kernels()` returns None and every caller keeps its pure-torch path: same distribution, other masks.
+The library is compiled once per source version, compiler and machine into peftkit's cache
+(`peftkit.fileio.cache_root`), written under a temporary name and renamed into place. It needs a C compiler with
+OpenMP (`$CC`, else `cc`), the same requirement `torch.compile` has on CPU. Without one, or with
+`PEFTKIT_CPU_KERNELS=0`, `kernels()` returns None and every caller keeps its pure-torch path: same distribution,
+other masks.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+
+from peftkit.fileio import cache_root
 
 _CSRC = Path(__file__).with_name("csrc")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
@@ -159,7 +162,7 @@ def _build() -> Path:
             ]
         )
     ).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "peftkit"
+    cache = cache_root()
     target = cache / f"cpu_kernels-{tag}.so"
     if target.exists():
         return target

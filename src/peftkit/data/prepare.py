@@ -8,6 +8,8 @@ still random.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 GROUP_CHUNK_BATCHES = 50
@@ -64,3 +66,37 @@ def collate(ids: list[list[int]], pad_token_id: int, padding_side: str = "right"
     if labels is not None:
         batch["labels"] = torch.as_tensor(labels, dtype=torch.long)
     return batch
+
+
+@dataclass
+class TokenizedSplit:
+    """A tokenized split: token ids per example and label ids (None for causal LM)."""
+
+    ids: list[list[int]]
+    labels: list[int] | None
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.ids]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def tokenize_split(dataset, tokenizer, max_length: int, *, limit: int | None = None, causal_lm: bool = False):
+    """A datasets split (`text` [+ `label`]) as a `TokenizedSplit`, keeping its first `limit` examples."""
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    ids = tokenize_texts(tokenizer, dataset["text"], max_length, add_eos=causal_lm)
+    labels = list(dataset["label"]) if "label" in dataset.column_names and not causal_lm else None
+    return TokenizedSplit(ids, labels)
+
+
+def collate_split(split: TokenizedSplit, idx: list[int], pad_id: int, padding_side: str, device) -> dict:
+    """The batch of `split`'s examples `idx` on `device`: classification labels, or causal-LM targets (the
+    input ids, with padding masked out of the loss)."""
+    labels = [split.labels[i] for i in idx] if split.labels is not None else None
+    batch = collate([split.ids[i] for i in idx], pad_id, padding_side, labels=labels)
+    if split.labels is None:
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    return {k: v.to(device) for k, v in batch.items()}

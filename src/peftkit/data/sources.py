@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from pathlib import Path
 
 from peftkit.data.cards import FORMATS, SPLITS, DataCard
 from peftkit.errors import PeftkitError, did_you_mean
-from peftkit.fileio import package_dir
+from peftkit.fileio import hub_offline, package_dir
 
 _COMPRESSION = {".bz2": "bz2", ".gz": "gzip"}
 
@@ -176,10 +175,7 @@ def _parse(card: DataCard, path: Path, data: bytes):
 
 def _read_hub(card: DataCard) -> dict:
     hub = card.source.hub
-    offline = any(
-        os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
-        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
+    offline = hub_offline("HF_DATASETS_OFFLINE")
     fix = (
         "Download the dataset on a connected machine, save its splits as files (for example "
         "`ds['train'].to_csv('train.csv')`) and point the card at them with "

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftkit.errors import PeftkitError
-
-HEAD_NAMES = ("classifier", "score")
+from peftkit.models.load import HEAD_MODULES
 
 
 def _return_freed_memory() -> None:
@@ -45,7 +44,7 @@ def _resize_head(model, n_labels: int, labels: list[str]) -> None:
     """Give `model` (a shared copy) its own classification head with `n_labels` outputs and matching config."""
     import torch
 
-    name = next((n for n in HEAD_NAMES if hasattr(model, n)), None)
+    name = next((n for n in HEAD_MODULES if hasattr(model, n)), None)
     if name is None:
         raise PeftkitError(
             f"swap: the base model ({type(model).__name__}) has no classifier/score head to give "
@@ -210,7 +209,7 @@ class AdapterSet:
     # -- loading -------------------------------------------------------------------------------------------------
 
     def _load_base(self, meta: dict) -> None:
-        from peftkit.models.load import load_base_model, load_tokenizer, tokenizer_hash
+        from peftkit.models.load import load_config, load_model_and_tokenizer, load_tokenizer, tokenizer_hash
         from peftkit.models.sources import content_hash, resolve_source
 
         source = resolve_source(self.base_source or meta["base_model"]["source"])
@@ -221,20 +220,18 @@ class AdapterSet:
         self.base_spec = source.spec
         labels = meta.get("labels")
         if self.task == "classification" and not labels:  # a plain PEFT adapter without a saved head
-            from peftkit.models.load import load_config
-
             cfg = load_config(source, cache_dir)
             labels = meta["labels"] = [cfg.id2label[i] for i in sorted(cfg.id2label)]
-        self.base = load_base_model(
+        self.base, _ = load_model_and_tokenizer(
             source,
             task=self.task,
             labels=labels,
-            pad_token_id=self.tokenizer.pad_token_id,
+            pooling=meta.get("pooling", "model"),
             dtype=self.dtype,
             device=self.device,
             quantization=self.quantization,
             cache_dir=cache_dir,
-            pooling=meta.get("pooling", "model"),
+            tokenizer=self.tokenizer,
         )
         self.pooling = meta.get("pooling", "model")
         self.base.eval()
@@ -259,7 +256,7 @@ class AdapterSet:
             )
 
     def _plain_meta(self, adapter_dir: Path, shapes: dict) -> dict:
-        from peftkit.adapters.bundle import META_FILE, _is_head_weight
+        from peftkit.adapters.bundle import META_FILE, is_head_weight
         from peftkit.adapters.peft_config import config_dict, recorded_pooling
 
         config = config_dict(adapter_dir)
@@ -269,7 +266,7 @@ class AdapterSet:
             stacklevel=3,
         )
         task = "classification" if config.get("task_type") == "SEQ_CLS" else "causal_lm"
-        rows = [s[0] for k, s in shapes.items() if _is_head_weight(k)]
+        rows = [s[0] for k, s in shapes.items() if is_head_weight(k)]
         labels = [f"LABEL_{i}" for i in range(rows[0])] if rows else None
         return {
             "task": task,

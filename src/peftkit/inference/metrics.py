@@ -37,7 +37,7 @@ BUILTIN = {
 
 def check_metric_names(names: list[str]) -> None:
     """Refuse a metric that is neither built in nor an existing path (hub ids need a network)."""
-    from peftkit.models.sources import hub_offline
+    from peftkit.fileio import hub_offline
 
     for name in names:
         if name in BUILTIN or Path(name).exists():

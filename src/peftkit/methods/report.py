@@ -34,7 +34,7 @@ def method_rows(recipe_paths: list[Path], model_source: str | None = None) -> li
     from peftkit.data.cards import load_card
     from peftkit.methods.apply import apply_method
     from peftkit.methods.registry import merge_refusal_reason
-    from peftkit.models.load import load_base_model, load_tokenizer
+    from peftkit.models.load import load_model_and_tokenizer
     from peftkit.models.sources import resolve_source
     from peftkit.recipe import load_recipe
 
@@ -42,17 +42,15 @@ def method_rows(recipe_paths: list[Path], model_source: str | None = None) -> li
     for path in recipe_paths:
         recipe = load_recipe(path, [f"model.source={model_source}"] if model_source else [])
         source = resolve_source(recipe.model.source, recipe.model.revision)
-        tok = load_tokenizer(source, recipe.model.cache_dir)
         torch.manual_seed(0)
         labels = load_card(recipe.data.card).labels if recipe.model.task == "classification" else None
-        base = load_base_model(
+        base, _ = load_model_and_tokenizer(
             source,
             task=recipe.model.task,
             labels=labels,
-            pad_token_id=tok.pad_token_id,
+            pooling=recipe.model.pooling,
             device="cpu",
             cache_dir=recipe.model.cache_dir,
-            pooling=recipe.model.pooling,
         )
         total = sum(p.numel() for p in base.parameters())
         model = apply_method(

@@ -17,6 +17,24 @@ head pools, it reads the right one. Batched and one-by-one predictions then agre
 from __future__ import annotations
 
 HOOKED = "_peftkit_decoder_hooks"
+DECODER_TYPES = (
+    "gpt2",
+    "llama",
+    "mistral",
+    "qwen2",
+    "gemma",
+    "gemma2",
+    "phi",
+    "phi3",
+    "gpt_neox",
+    "opt",
+    "smollm3",
+)
+
+
+def is_decoder(config) -> bool:
+    """GPT-style model (pools the last real token; needs a pad token)."""
+    return config.model_type in DECODER_TYPES or bool(getattr(config, "is_decoder", False))
 
 
 def backbone(model):

@@ -6,7 +6,7 @@ and saves an ordinary HF folder (float32 safetensors + tokenizer files) under
 
     <cache>/gguf/<file stem>-<first 16 hex of the file's sha256>/
 
-where <cache> is the recipe's `model.cache_dir`, else `$PEFTKIT_CACHE`, else `~/.cache/peftkit`. Keying by
+where <cache> is the recipe's `model.cache_dir`, else peftkit's cache (`peftkit.fileio.cache_root`). Keying by
 content means an edited or replaced file gets a fresh conversion. The folder is built in a temporary folder
 beside it and renamed into place, and `peftkit_gguf.json` (written last) records the GGUF hash and the sha256
 of every file; a folder whose record is missing or does not match its files is partial or corrupt, and is
@@ -16,23 +16,17 @@ rebuilt with a warning. A lock file serialises conversions between processes.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 from peftkit.errors import PeftkitError
-from peftkit.fileio import file_sha256
+from peftkit.fileio import cache_root, file_sha256
 
 MARKER = "peftkit_gguf.json"
 MAGIC = b"GGUF"
 _verified: dict[str, tuple] = {}  # folder → marker (mtime, size), so one process hashes a folder once
 _digests: dict[tuple, str] = {}  # (gguf path, size, mtime) → sha256: train resolves the folder three times
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """The peftkit cache: `cache_dir`, else `$PEFTKIT_CACHE`, else `~/.cache/peftkit`."""
-    return Path(cache_dir or os.environ.get("PEFTKIT_CACHE") or "~/.cache/peftkit").expanduser()
 
 
 def check_gguf(path: str | Path) -> Path:

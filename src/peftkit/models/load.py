@@ -6,21 +6,11 @@ import hashlib
 import json
 
 from peftkit.errors import PeftkitError
+from peftkit.models.decoder import install_decoder_hooks, is_decoder
 from peftkit.models.sources import ModelSource
 
-DECODER_TYPES = (
-    "gpt2",
-    "llama",
-    "mistral",
-    "qwen2",
-    "gemma",
-    "gemma2",
-    "phi",
-    "phi3",
-    "gpt_neox",
-    "opt",
-    "smollm3",
-)
+# Classification heads: every transformers *ForSequenceClassification names its head one of these.
+HEAD_MODULES = ("classifier", "score")
 
 
 def pick_device() -> str:
@@ -97,11 +87,6 @@ def tokenizer_hash(tokenizer) -> str:
     return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
 
 
-def is_decoder(config) -> bool:
-    """GPT-style model (pools the last real token; needs a pad token)."""
-    return config.model_type in DECODER_TYPES or bool(getattr(config, "is_decoder", False))
-
-
 def load_base_model(
     source: ModelSource,
     *,
@@ -143,8 +128,6 @@ def load_base_model(
         kwargs["device_map"] = quant_device_map(device)
     model = cls.from_pretrained(hf_folder(source, cache_dir), **kwargs)
     if is_decoder(model.config):
-        from peftkit.models.decoder import install_decoder_hooks
-
         install_decoder_hooks(model, pool_last_token=task == "classification")
     if task == "classification":
         from peftkit.models.pooling import apply_pooling
@@ -157,3 +140,32 @@ def load_base_model(
     else:
         model.to(device)
     return model
+
+
+def load_model_and_tokenizer(
+    source: ModelSource,
+    *,
+    task: str,
+    labels: list[str] | None = None,
+    pooling: str = "model",
+    dtype: str = "auto",
+    device: str | None = None,
+    quantization: dict | None = None,
+    cache_dir: str | None = None,
+    tokenizer=None,
+):
+    """(base model, tokenizer) for `task`: the one way every workflow loads a base. The model's pad id is the
+    tokenizer's (decoders pad with eos); `tokenizer` skips loading it again when the caller has it already."""
+    tokenizer = tokenizer or load_tokenizer(source, cache_dir)
+    model = load_base_model(
+        source,
+        task=task,
+        labels=labels,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype=dtype,
+        device=device,
+        quantization=quantization,
+        cache_dir=cache_dir,
+        pooling=pooling,
+    )
+    return model, tokenizer

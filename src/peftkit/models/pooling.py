@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch  # imported only where a model is loaded
 
 from peftkit.errors import PeftkitError
-from peftkit.models.load import is_decoder
+from peftkit.models.decoder import is_decoder
 
 POOLINGS = ("model", "mean")
 CONFIG_KEY = "peftkit_pooling"

@@ -11,10 +11,10 @@ bitsandbytes >= 0.45 runs NF4/FP4 and int8 on CPU too, so this works without a G
 from __future__ import annotations
 
 from peftkit.errors import PeftkitError
+from peftkit.models.load import HEAD_MODULES
 
-# Modules never quantized: trained heads (every transformers *ForSequenceClassification uses one of these names)
-# and the LM head, which transformers keeps in full precision anyway.
-HEAD_MODULES = ["classifier", "score"]
+# Modules never quantized besides the classification heads (HEAD_MODULES): the LM head, which transformers keeps
+# in full precision anyway.
 LM_HEAD_MODULES = ["lm_head"]
 # The pooling layers in front of a classification head. transformers matches these as a prefix or a suffix of
 # the Linear's full name, so "pooler.dense" (BERT, "bert.pooler.dense") — a bare "pooler" would not match it.
@@ -60,7 +60,7 @@ def bnb_config(
     from transformers import BitsAndBytesConfig
 
     _require_bnb()
-    skip = HEAD_MODULES + POOLER_MODULES + LM_HEAD_MODULES if task == "classification" else LM_HEAD_MODULES
+    skip = [*HEAD_MODULES, *POOLER_MODULES, *LM_HEAD_MODULES] if task == "classification" else LM_HEAD_MODULES
     dtype = _compute_dtype(compute_dtype, device)
     if bits == 4:
         return BitsAndBytesConfig(

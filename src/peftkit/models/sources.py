@@ -12,12 +12,11 @@ Syntax (documented in the README):
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from peftkit.errors import PeftkitError
-from peftkit.fileio import package_dir
+from peftkit.fileio import hub_offline, package_dir
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 # The Hub ids of the models that asset packages ship (package name → id): adapter cards and published configs
@@ -42,14 +41,6 @@ class ModelSource:
     def load_id(self) -> str:
         """What `from_pretrained` takes."""
         return self.hub_id if self.kind == "hub" else str(self.path)
-
-
-def hub_offline() -> bool:
-    """True when the hub must not be reached (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE set)."""
-    return any(
-        os.environ.get(v, "").lower() in ("1", "true", "yes")
-        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
 
 
 def _package_dir(name: str, spec: str) -> Path:

@@ -41,7 +41,8 @@ class ModelSpec(_Section):
     """Hub revision (branch, tag or commit) when `source` is a hub id."""
 
     cache_dir: str | None = None
-    """Where converted GGUF models are cached. Default: `$PEFTKIT_CACHE` or `~/.cache/peftkit`."""
+    """Where converted GGUF models are cached. Default: `$PEFTKIT_CACHE`, else `$XDG_CACHE_HOME/peftkit`, else
+    `~/.cache/peftkit`."""
 
 
 class MethodSpec(BaseModel):
