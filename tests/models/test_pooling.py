@@ -112,17 +112,24 @@ def test_mean_pooled_adapter_loads_merges_publishes_and_refuses_a_mixed_swap(tin
 
     texts = [t for t, _ in make_texts(8, seed=3)]
     report = merge_adapter(mean, tmp_path / "merged", texts=texts, progress=lambda m: None)
-    assert report["vs_adapter_on_full_precision_base"]["max_abs_logit_diff"] <= 1e-5
-    assert "apply_pooling" in report["pooling"]
-    assert json.loads((tmp_path / "merged" / "config.json").read_text())["peftkit_pooling"] == "mean"
-    merged, _ = _load(tmp_path / "merged", "model")  # the recorded pooling wins over the default
-    assert isinstance(merged.bert.pooler, MeanPooler)
+    assert report["pooling"] == "mean" and report["format"] == "sentence_transformers"
+    checks = {c["loader"]: c for c in report["plain_loaders"]}
+    assert checks["sentence_transformers"]["outcome"] == "parity"
+    assert checks["sentence_transformers"]["max_abs_logit_diff"] <= 1e-5
+    # Plain transformers refuses the folder, naming the loader that reads it, instead of pooling [CLS].
+    assert checks["transformers"]["outcome"] == "fails_loudly"
+    assert "sentence_transformers.SentenceTransformer(folder)" in checks["transformers"]["error"]
+    assert (
+        json.loads((tmp_path / "merged" / "0_Transformer" / "config.json").read_text())["peftkit_pooling"]
+        == "mean"
+    )
 
     _, plain = snippets(
         base="/models/minilm", adapter="adapter", task="classification", labels=["neg", "pos"], pooling="mean"
     )
     compile(plain, "snippet", "exec")
-    assert plain.index("apply_pooling(model, 'mean')") < plain.index("PeftModel.from_pretrained")
+    assert "import peftkit" not in plain and "from peftkit" not in plain
+    assert "PeftModel" not in plain and "SentenceTransformer('merged')" in plain
 
     adapters = AdapterSet()
     adapters.add("mean", mean)
