@@ -27,6 +27,7 @@ MODEL_FILE = "model.onnx"
 REPORT_FILE = "parity_report.json"
 FORMATS = ("onnx",)
 NEEDS = ("onnx", "onnxscript", "onnxruntime")
+TASKS = {"SEQ_CLS": "classification", "CAUSAL_LM": "causal_lm"}
 
 
 def check_export_dependencies() -> None:
@@ -52,22 +53,20 @@ def export_onnx(
     `n_samples`: test texts in the parity check (default: the whole test split).
     """
     from peftkit.adapters.bundle import check_bundle, load_adapter, resolve_adapter_dir
+    from peftkit.adapters.peft_config import config_dict
     from peftkit.fileio import atomic_dir, atomic_write_json
-    from peftkit.inference.merge import check_mergeable, sample_texts
+    from peftkit.inference.merge import check_mergeable, check_out_folder, sample_texts
     from peftkit.inference.parity import plain_logits, reference_logits, verdict
 
     say = progress or (lambda msg: print(f"export: {msg}", file=sys.stderr))
     check_export_dependencies()
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise PeftkitError(
-            f"--out: '{out}' already exists and is not empty. Choose another folder or pass --overwrite."
-        )
+    out = check_out_folder(out, overwrite=overwrite)
     adapter_dir = resolve_adapter_dir(adapter)
     meta, _ = check_bundle(adapter_dir)
-    if meta is not None and meta.get("task") != "classification":
+    task = meta["task"] if meta else TASKS.get(config_dict(adapter_dir).get("task_type"), "causal_lm")
+    if task != "classification":
         raise PeftkitError(
-            f"export: adapter '{adapter_dir}' is a {meta.get('task')} adapter; ONNX export covers classification "
+            f"export: adapter '{adapter_dir}' is a {task} adapter; ONNX export covers classification "
             f"only (text generation needs a decoding loop with a key/value cache, not one graph). Merge it with "
             f"`peftkit merge` and export the merged folder with a generation-aware tool (optimum's "
             f"ORTModelForCausalLM, onnxruntime-genai)."

@@ -71,6 +71,16 @@ def check_mergeable(adapter_dir: Path, meta: dict | None) -> None:
         )
 
 
+def check_out_folder(out: str | Path, *, overwrite: bool) -> Path:
+    """`--out` as a Path, refused when it holds files and `overwrite` is off."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise PeftkitError(
+            f"--out: '{out}' already exists and is not empty. Choose another folder or pass --overwrite."
+        )
+    return out
+
+
 def merge_adapter(
     adapter: str | Path,
     out: str | Path,
@@ -87,11 +97,7 @@ def merge_adapter(
     from peftkit.inference.sentence_folder import write_sentence_transformers_folder
 
     say = progress or (lambda msg: print(f"merge: {msg}", file=sys.stderr))
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise PeftkitError(
-            f"--out: '{out}' already exists and is not empty. Choose another folder or pass --overwrite."
-        )
+    out = check_out_folder(out, overwrite=overwrite)
     adapter_dir = resolve_adapter_dir(adapter)
     meta, _ = check_bundle(adapter_dir)
     check_mergeable(adapter_dir, meta)
