@@ -1,10 +1,12 @@
 """Publish a run: a self-contained folder ready to upload, or an upload to the Hugging Face Hub.
 
 The folder holds what someone else needs and nothing from this machine: the PEFT adapter files (loadable
-with `PeftModel.from_pretrained(base, folder)`), `peftkit_adapter.json`, the adapter card (`README.md`),
-`plots/`, the resolved recipe, `metrics.json` and the data card (`data_card.md`). Files that record local
-paths (adapter_config.json's `base_model_name_or_path`, peftkit_adapter.json's base source, cache dir and
-data card, the recipe's paths) are rewritten to portable names; anything else that still names a local
+with `AutoPeftModelForSequenceClassification.from_pretrained(folder)` when adapter_config.json names the base by
+its Hub id, or `PeftModel.from_pretrained(base, folder)`; a mean-pooled classifier is refused there on purpose,
+see docs/interop.md), `peftkit_adapter.json`, the adapter card (`README.md`), `plots/`, the resolved recipe,
+`metrics.json` and the data card (`data_card.md`). Files that record local paths (adapter_config.json's
+`base_model_name_or_path`, peftkit_adapter.json's base source, cache dir and data card, the recipe's paths) are
+rewritten to portable names (the base's Hub id when one is known); anything else that still names a local
 absolute path is refused, and then nothing is written.
 """
 
