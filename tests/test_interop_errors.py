@@ -57,6 +57,8 @@ def _wrong_logits(requests, **kwargs):
 
 
 def test_mean_pooling_mark_is_read_back_by_peftkit_only(mean_run, run):
+    """PEFT 0.21 (pyproject pins peft<0.22) validates task_type in every config it builds; a PEFT that stopped
+    doing so would load mean-pooled adapters silently again, and this test would fail."""
     config = json.loads((mean_run / "adapter" / "adapter_config.json").read_text())
     assert config["task_type"] == MEAN_POOLING_TASK_TYPE
     assert config_dict(mean_run / "adapter")["task_type"] == "SEQ_CLS"
