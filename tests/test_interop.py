@@ -183,7 +183,7 @@ def test_real_quickstart_adapter_in_every_standard_loader(tmp_path, capsys):
         == hub_id
     )
     loaded = load_adapter(run, dtype="float32", device="cpu")
-    texts = sample_texts(loaded.meta, None)
+    texts = sample_texts(loaded.meta, 300)  # the first 300 of the test split
     reference = reference_logits(loaded, texts)
     expected = expectation(name)
     requests = [
@@ -200,7 +200,7 @@ def test_real_quickstart_adapter_in_every_standard_loader(tmp_path, capsys):
         table[f"merged ({check['loader']})"] = check
         _assert_contract(check, check["expected"])
     assert merged["format"] == expected["merged"]
-    exported = export_onnx(run, tmp_path / "onnx", progress=lambda m: None)
+    exported = export_onnx(run, tmp_path / "onnx", n_samples=len(texts), progress=lambda m: None)
     table["onnx"] = exported["parity"]
     _assert_contract(exported["parity"], "parity")
     with capsys.disabled():
