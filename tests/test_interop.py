@@ -192,7 +192,9 @@ def test_real_quickstart_adapter_in_every_standard_loader(tmp_path, capsys):
     ]
     env = {"HF_HUB_CACHE": str(hub_cache(tmp_path / "hub-cache", hub_id, base)), "HF_HUB_OFFLINE": "1"}
     table = {}
-    for loader, result in zip(("peft", "auto_peft"), run_plain_loaders(requests, env=env, threads=1), strict=True):
+    for loader, result in zip(
+        ("peft", "auto_peft"), run_plain_loaders(requests, env=env, threads=1), strict=True
+    ):
         table[loader] = verdict(loader, reference, result)
         _assert_contract(table[loader], expected[loader])
     merged = merge_adapter(run, tmp_path / "merged", texts=texts, progress=lambda m: None)
