@@ -88,6 +88,11 @@ def test_causal_lm_merge_is_proved_by_plain_transformers_and_export_refuses(lm_r
     process without peftkit); ONNX export refuses it, saying why, before loading anything."""
     from peftkit.inference.merge import merge_adapter
 
+    if (
+        json.loads((lm_run / "adapter" / "peftkit_adapter.json").read_text())["base_model"]["model_type"]
+        != "llama"
+    ):
+        pytest.skip("one decoder is enough here: llama, the family of the shipped SmolLM2")
     report = merge_adapter(
         lm_run, tmp_path / "merged", texts=["the film was", "a good"], progress=lambda m: None
     )

@@ -116,8 +116,13 @@ def _merged_cell(matrix, name, tmp_path):
     checks = {c["loader"]: c for c in report["plain_loaders"]}
     assert report["format"] == expected
     _assert_contract(checks[expected], "parity")
-    if expected == "sentence_transformers":
+    if (
+        expected == "sentence_transformers"
+    ):  # transformers refuses it, naming the loader, instead of pooling [CLS]
         _assert_contract(checks["transformers"], "fails_loudly")
+        assert "sentence_transformers.SentenceTransformer(folder)" in checks["transformers"]["error"]
+        config = json.loads((tmp_path / "merged" / "0_Transformer" / "config.json").read_text())
+        assert config["peftkit_pooling"] == "mean" and config["id2label"] == {"0": "neg", "1": "pos"}
     # The report is the plain loader's answer: recompute it here against peftkit's own logits.
     [again] = run_plain_loaders([plain_request(expected, tmp_path / "merged", row["texts"], max_length=32)])
     _assert_contract(verdict(expected, row["reference"], again), "parity")
