@@ -31,10 +31,10 @@ RECIPES = {
     if load_recipe(p).model.task == "classification"
 }
 HUB_IDS = {"bert": "peftkit-tests/tiny-bert", "llama": "peftkit-tests/tiny-llama"}
-# Merge and export start processes of their own: the default run covers one recipe of each outcome — the merged
-# [CLS] classifier (a transformers folder), a mean-pooled one (a sentence-transformers folder), every refusal
+# Merge and export start processes of their own: the default run covers one recipe of each outcome — a merged
+# mean-pooled classifier (a sentence-transformers folder), a merged decoder (a transformers folder), every refusal
 # (cheap: nothing loads), a merged and an unmerged graph — and `slow` covers the rest.
-MERGE_DEFAULT = {"minilm-lora-rotten_tomatoes", "minilm-dora-rotten_tomatoes"} | {
+MERGE_DEFAULT = {"minilm-lora-rotten_tomatoes", "smollm2-lora-rotten_tomatoes"} | {
     name for name, p in RECIPES.items() if not get_method(load_recipe(p).method.name).mergeable
 }
 ONNX_DEFAULT = {"minilm-lora-rotten_tomatoes", "minilm-houlsby-rotten_tomatoes"}

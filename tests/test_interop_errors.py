@@ -16,37 +16,27 @@ from peftkit.adapters.peft_config import (
 )
 from peftkit.cli import main
 from peftkit.errors import PeftkitError
-from tests.helpers import train_shipped_tiny
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "minilm-lora-rotten_tomatoes.yaml"
 
 
+def _tiny_quickstart(out: Path, model: Path, card: Path, pooling: str) -> Path:
+    from peftkit.recipe import load_recipe
+    from peftkit.training.recipe import train
+
+    overrides = [f"model.source={model}", f"data.card={card}", "data.max_length=32", "train.max_steps=2"]
+    overrides += [f"model.pooling={pooling}", "train.save_every=null", "train.report_to=none"]
+    return train(load_recipe(QUICKSTART, [*overrides, f"train.output_dir={out}"]), progress=False)
+
+
 @pytest.fixture(scope="module")
 def run(tiny_bert, tiny_card, tmp_path_factory) -> Path:
-    return train_shipped_tiny(
-        QUICKSTART, tmp_path_factory.mktemp("errors") / "run", model=tiny_bert, card=tiny_card
-    )
+    return _tiny_quickstart(tmp_path_factory.mktemp("errors") / "run", tiny_bert, tiny_card, "model")
 
 
 @pytest.fixture(scope="module")
 def mean_run(tiny_bert, tiny_card, tmp_path_factory) -> Path:
-    from peftkit.recipe import load_recipe
-    from peftkit.training.recipe import train
-
-    out = tmp_path_factory.mktemp("errors") / "mean"
-    overrides = [
-        f"model.source={tiny_bert}",
-        f"data.card={tiny_card}",
-        "data.max_length=32",
-        "train.max_steps=2",
-    ]
-    overrides += [
-        "model.pooling=mean",
-        "train.save_every=null",
-        "train.report_to=none",
-        f"train.output_dir={out}",
-    ]
-    return train(load_recipe(QUICKSTART, overrides), progress=False)
+    return _tiny_quickstart(tmp_path_factory.mktemp("errors") / "mean", tiny_bert, tiny_card, "mean")
 
 
 def _wrong_logits(requests, **kwargs):
