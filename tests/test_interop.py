@@ -213,8 +213,10 @@ def test_real_quickstart_adapter_in_every_standard_loader(tmp_path, capsys):
     with capsys.disabled():
         print(f"\n{name} (real MiniLM, {len(texts)} test texts):")
         for loader, check in table.items():
-            found = f"{check['agree']}/{check['n']}, max |Δlogit| {check['max_abs_logit_diff']:.1e}"
-            print(
-                f"  {loader:<32} {check['outcome']:<13} {found if 'agree' in check else check.get('error', '')[:90]}"
+            found = (
+                f"{check['agree']}/{check['n']}, max |Δlogit| {check['max_abs_logit_diff']:.1e}"
+                if "agree" in check
+                else check.get("error", "")[:90]
             )
+            print(f"  {loader:<32} {check['outcome']:<13} {found}")
         print(f"  ONNX latency (ms, median): {exported['latency_ms']}")
