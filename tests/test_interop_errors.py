@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from peftkit.adapters.peft_config import (
+from peftkit.cli import main
+from peftkit.errors import PeftkitError
+from peftkit.methods.peft_config import (
     MEAN_POOLING_TASK_TYPE,
     config_dict,
     read_peft_config,
     recorded_pooling,
 )
-from peftkit.cli import main
-from peftkit.errors import PeftkitError
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "minilm-lora-rotten_tomatoes.yaml"
 

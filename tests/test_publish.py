@@ -237,7 +237,7 @@ def test_publish_refuses_a_local_path_leak(run, tmp_path, capsys):
     )
     assert main(["publish", str(copy), "--to", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "refusing to write" in err and "recipe.resolved.yaml: /home/alice/data" in err
+    assert "refusing to write" in err and "recipe.resolved.yaml: description: /home/alice/data" in err
     assert "Nothing was written" in err
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
 

@@ -208,16 +208,23 @@ def _metrics_table(metrics: dict) -> str:
 
 
 def render_card(
-    run_dir: str | Path, *, adapter_ref: str, plots_prefix: str = "../plots/", base_model: str | None = None
+    run_dir: str | Path,
+    *,
+    adapter_ref: str,
+    plots_prefix: str = "../plots/",
+    base_model: str | None = None,
+    name: str | None = None,
 ) -> str:
     """The adapter card text for a run; `adapter_ref` is what the snippets load (a folder or a hub repo id).
 
     `base_model`: the base's Hub id, for the metadata and the plain-peft snippet, when the run used a local
-    folder or package (the peftkit snippet keeps the run's source: its fingerprint is checked on load).
+    folder or package (the peftkit snippet keeps the run's source: its fingerprint is checked on load). `name`:
+    the run's name (default: the folder's).
     """
     from huggingface_hub import ModelCard, ModelCardData
 
     run_dir = Path(run_dir)
+    name = name or run_dir.name
     meta = json.loads((run_dir / "adapter" / "peftkit_adapter.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
     recipe_text = portable_recipe((run_dir / "recipe.resolved.yaml").read_text())
@@ -236,7 +243,7 @@ def render_card(
         license=license_,
         tags=["peft", "peftkit", method, TASK_TAGS[task][0]],
         datasets=[dataset],
-        model_name=f"{run_dir.name}",
+        model_name=name,
         eval_results=_eval_results(metrics, task, dataset, dataset_name) or None,
     )
     ours, plain = snippets(
@@ -253,7 +260,7 @@ def render_card(
         else "adapts the base model's text generation to the data below"
     )
     parts = [
-        f"# {run_dir.name}",
+        f"# {name}",
         f"A **{method}** adapter for `{base}`, trained with peftkit on "
         f"**{dataset_name}**. It {what}. The adapter alone is small: the base model is loaded separately.",
         "## How to load it",
@@ -271,13 +278,13 @@ def render_card(
         _metrics_table(metrics),
         "## Plots",
         *[
-            f"![{alt}]({plots_prefix}{name})"
-            for alt, name in (
+            f"![{alt}]({plots_prefix}{png})"
+            for alt, png in (
                 ("training loss", "loss.png"),
                 ("validation metrics", "eval_metrics.png"),
                 ("confusion matrix", "confusion_matrix.png"),
             )
-            if (run_dir / "plots" / name).is_file()
+            if (run_dir / "plots" / png).is_file()
         ],
         "## Framework versions",
         ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()),
@@ -323,9 +330,11 @@ def _data_section(card, dataset_name: str, counts: dict[str, int]) -> str:
     return "\n\n".join([head, *paragraphs[:1], tail])
 
 
-def write_adapter_card(run_dir: str | Path) -> Path:
-    """Write RUN/adapter/README.md (replacing the stub peft writes); returns its path."""
+def write_adapter_card(run_dir: str | Path, *, final_dir: str | Path | None = None) -> Path:
+    """Write RUN/adapter/README.md (replacing the stub peft writes); returns its path. `final_dir`: where the run
+    folder will live once finished, when it is written elsewhere first (training writes into NAME.partial)."""
     run_dir = Path(run_dir)
+    final = Path(final_dir or run_dir)
     path = run_dir / "adapter" / CARD_FILE
-    atomic_write_text(path, render_card(run_dir, adapter_ref=str(run_dir / "adapter")))
+    atomic_write_text(path, render_card(run_dir, adapter_ref=str(final / "adapter"), name=final.name))
     return path

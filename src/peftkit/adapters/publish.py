@@ -1,32 +1,23 @@
 """Publish a run: a self-contained folder ready to upload, or an upload to the Hugging Face Hub.
 
 The folder holds what someone else needs and nothing from this machine: the PEFT adapter files (loadable
-with `AutoPeftModelForSequenceClassification.from_pretrained(folder)` when adapter_config.json names the base by
-its Hub id, or `PeftModel.from_pretrained(base, folder)`; a mean-pooled classifier is refused there on purpose,
-see docs/interop.md), `peftkit_adapter.json`, the adapter card (`README.md`), `plots/`, the resolved recipe,
-`metrics.json` and the data card (`data_card.md`). Files that record local paths (adapter_config.json's
-`base_model_name_or_path`, peftkit_adapter.json's base source, cache dir and data card, the recipe's paths) are
-rewritten to portable names (the base's Hub id when one is known); anything else that still names a local
-absolute path is refused, and then nothing is written.
+with `PeftModel.from_pretrained(base, folder)`), `peftkit_adapter.json`, the adapter card (`README.md`),
+`plots/`, the resolved recipe, `metrics.json` and the data card (`data_card.md`). Files that record local
+paths (adapter_config.json's `base_model_name_or_path`, peftkit_adapter.json's base source, cache dir and
+data card, the recipe's paths) are rewritten to portable names; any other absolute path, in any field of any
+published file (`peftkit.adapters.path_leaks`), is refused with the fields listed, and then nothing is written.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
+from peftkit.adapters.path_leaks import find_absolute_paths
 from peftkit.errors import PeftkitError
-from peftkit.fileio import atomic_dir
-
-TEXT_SUFFIXES = (".json", ".md", ".yaml", ".yml", ".txt", ".jsonl")
-# Absolute paths under the usual per-machine roots; URLs ('https://x/home/...') are not matched.
-_LOCAL_PATH = re.compile(
-    r"(?<![\w./:-])(?:/(?:home|Users|tmp|root|mnt|private|var/folders|work)/[^\s\"'`<>)]*"
-    r"|[A-Za-z]:\\(?:Users|Documents and Settings)\\[^\s\"'`<>)]*)"
-)
+from peftkit.fileio import atomic_dir, reported_write_failures
 
 
 def _check_run(run: Path) -> None:
@@ -55,39 +46,13 @@ def _portable_meta(meta: dict) -> dict:
     return meta
 
 
-def _local_paths(run: Path, meta: dict) -> list[str]:
-    """Absolute paths of this machine that a published file must not contain, longest first."""
-    paths = {run.resolve(), Path.cwd(), Path.home(), Path(tempfile.gettempdir()).resolve()}
-    source = Path(meta["base_model"]["source"].removeprefix("path:")).expanduser()
-    if source.exists():
-        paths.add(source.resolve())
-    return sorted({str(p) for p in paths if len(p.parts) > 2}, key=len, reverse=True)
-
-
-def find_leaks(folder: Path, local_paths: list[str]) -> list[str]:
-    """'file: path' for every local absolute path found in a text file or a safetensors header under `folder`."""
-    leaks = []
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if f.suffix in TEXT_SUFFIXES:
-            text = f.read_text(encoding="utf-8", errors="replace")
-        elif f.suffix == ".safetensors":
-            with open(f, "rb") as fh:  # the JSON header: 8-byte length, then the header itself
-                text = fh.read(8 + int.from_bytes(fh.read(8), "little"))[8:].decode("utf-8", "replace")
-        else:
-            continue
-        hits = [p for p in local_paths if p in text] + _LOCAL_PATH.findall(text)
-        leaks += [f"{f.relative_to(folder)}: {hit}" for hit in dict.fromkeys(hits)]
-    return leaks
-
-
 def publish_run(
     run: str | Path, to: str | Path, *, adapter_ref: str | None = None, base_model: str | None = None
 ) -> Path:
     """Write the self-contained folder `to` for `run`; refuses an existing `to` and any local-path leak.
 
-    `base_model` (a Hub id) names the base in the card metadata and adapter_config.json (where
-    `AutoPeftModel*.from_pretrained(folder)` reads it); without it, the Hub id peftkit knows for the run's source
-    (a hub id, or a package-shipped model), else the source's portable name (a folder's name).
+    `base_model` (a Hub id) names the base in the card metadata and adapter_config.json when the run used a
+    local folder or package; without it they hold the run's portable source name.
     """
     from peftkit.adapters.bundle import META_FILE
     from peftkit.adapters.card import CARD_FILE, is_hub_id, portable_recipe, portable_source, render_card
@@ -106,12 +71,12 @@ def publish_run(
             f"or remove the old one first."
         )
     meta = json.loads((run / "adapter" / META_FILE).read_text())
-    with atomic_dir(to) as tmp:
+    with reported_write_failures("publish --to", to), atomic_dir(to) as tmp:
         for f in (run / "adapter").iterdir():
             if f.is_file() and f.name not in (CARD_FILE, META_FILE, "adapter_config.json"):
                 shutil.copy2(f, tmp / f.name)
         config = json.loads((run / "adapter" / "adapter_config.json").read_text())
-        source = meta["base_model"]["source"]
+        source = meta["base_model"]["source"]  # AutoPeftModel loads the base from here: a Hub id when known
         config["base_model_name_or_path"] = base_model or known_hub_id(source) or portable_source(source)
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (tmp / META_FILE).write_text(json.dumps(_portable_meta(meta), indent=2, sort_keys=True) + "\n")
@@ -125,12 +90,14 @@ def publish_run(
         (tmp / CARD_FILE).write_text(
             render_card(run, adapter_ref=adapter_ref or to.name, plots_prefix="plots/", base_model=base_model)
         )
-        leaks = find_leaks(tmp, _local_paths(run, meta))
+        leaks = find_absolute_paths(tmp)
         if leaks:
             raise PeftkitError(
-                f"publish: refusing to write '{to}': published files would contain local absolute paths "
-                f"({'; '.join(leaks[:5])}{' …' if len(leaks) > 5 else ''}). Remove the paths from those files "
-                f"(for a data card, from its prose or front matter) and publish again. Nothing was written."
+                f"publish: refusing to write '{to}': published files would contain absolute paths of this machine "
+                f"({'; '.join(leaks[:8])}{f'; … ({len(leaks)} in all)' if len(leaks) > 8 else ''}). Rewrite those "
+                f"fields without the path (a name, or a path relative to the data card) where they come from: the "
+                f"run's recipe.resolved.yaml (README.md shows the recipe too) or the data card's front matter and "
+                f"prose; then publish again. Nothing was written."
             )
     return to
 

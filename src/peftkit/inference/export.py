@@ -53,10 +53,10 @@ def export_onnx(
     `n_samples`: test texts in the parity check (default: the whole test split).
     """
     from peftkit.adapters.bundle import check_bundle, load_adapter, resolve_adapter_dir
-    from peftkit.adapters.peft_config import config_dict
     from peftkit.fileio import atomic_dir, atomic_write_json
     from peftkit.inference.merge import check_mergeable, check_out_folder, sample_texts
     from peftkit.inference.parity import plain_logits, reference_logits, verdict
+    from peftkit.methods.peft_config import config_dict
 
     say = progress or (lambda msg: print(f"export: {msg}", file=sys.stderr))
     check_export_dependencies()

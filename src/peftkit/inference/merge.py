@@ -16,21 +16,12 @@ base it was trained on. A merged folder that does not reproduce the adapter is n
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from peftkit.errors import PeftkitError
 
 REPORT_FILE = "parity_report.json"
-PROMPT_LEARNING = {
-    "PREFIX_TUNING",
-    "PROMPT_TUNING",
-    "P_TUNING",
-    "MULTITASK_PROMPT_TUNING",
-    "ADAPTION_PROMPT",
-    "CPT",
-}
 FALLBACK_TEXTS = [
     "a good film",
     "a bad film",
@@ -42,38 +33,30 @@ FALLBACK_TEXTS = [
 
 
 def check_mergeable(adapter_dir: Path, meta: dict | None) -> None:
-    """Refuse methods whose weights cannot be folded into the base, saying why."""
-    from peftkit.methods.registry import get_method
+    """Refuse methods whose weights cannot be folded into the base, with the reason their registry entry gives."""
+    from peftkit.adapters.bundle import read_adapter_config
+    from peftkit.methods.apply import entry_for_adapter
 
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    peft_type = str(config.get("peft_type", "")).upper()
-    method = (meta or {}).get("method") or peft_type.lower()
-    why = None
-    if peft_type in PROMPT_LEARNING:
-        why = (
-            f"{method} adds learned virtual tokens / key-value prefixes to the input, which are not weights of "
-            f"the base, so there is nothing to fold into it"
-        )
+    entry = entry_for_adapter(adapter_dir, (meta or {}).get("method"))
+    if entry is None:
+        config = read_adapter_config(adapter_dir)
+        method = (meta or {}).get("method") or str(config.get("peft_type", "")).lower()
+        why = f"peftkit does not know the method {method!r}, so it cannot tell whether merging keeps its outputs"
+    elif entry.mergeable:
+        return
     else:
-        try:
-            mergeable = get_method(method).mergeable
-        except PeftkitError:
-            mergeable = False
-        if not mergeable:
-            why = (
-                f"{method} inserts new modules (with their own non-linearity) between the base's layers, so the "
-                f"result cannot be expressed as changed base weights"
-            )
-    if why:
-        raise PeftkitError(
-            f"merge: adapter '{adapter_dir}' uses {method}, which cannot be merged: {why}. Serve it "
-            f"as an adapter instead (`peftkit predict ADAPTER` or several with --adapter NAME=PATH)."
-        )
+        method, why = entry.name, entry.merge_refusal
+    raise PeftkitError(
+        f"merge: adapter '{adapter_dir}' uses {method}, which cannot be merged: {why}. Serve it "
+        f"as an adapter instead (`peftkit predict ADAPTER` or several with --adapter NAME=PATH)."
+    )
 
 
 def check_out_folder(out: str | Path, *, overwrite: bool) -> Path:
-    """`--out` as a Path, refused when it holds files and `overwrite` is off."""
+    """`--out` as a Path, refused when it is a file, or holds files and `overwrite` is off."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PeftkitError(f"--out: '{out}' is an existing file, not a folder. Choose another --out folder.")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise PeftkitError(
             f"--out: '{out}' already exists and is not empty. Choose another folder or pass --overwrite."
@@ -89,10 +72,17 @@ def merge_adapter(
     n_samples: int = 64,
     progress=None,
     overwrite: bool = False,
+    allow_unverified: bool = False,
+    labels: list[str] | None = None,
+    base_source: str | None = None,
 ) -> dict:
-    """Merge `adapter` into a float32 reload of its base, write the model to `out`, return the parity report."""
+    """Merge `adapter` into a float32 reload of its base, write the model to `out`, return the parity report.
+
+    `allow_unverified`, `labels`, `base_source`: as for `load_adapter` (an adapter without a fingerprint is
+    refused unless allowed; the report then says `"verified": false`).
+    """
     from peftkit.adapters.bundle import check_bundle, load_adapter, resolve_adapter_dir
-    from peftkit.fileio import atomic_dir, atomic_write_json
+    from peftkit.fileio import atomic_dir, atomic_write_json, reported_write_failures
     from peftkit.inference.parity import compare
     from peftkit.inference.sentence_folder import write_sentence_transformers_folder
 
@@ -102,8 +92,9 @@ def merge_adapter(
     meta, _ = check_bundle(adapter_dir)
     check_mergeable(adapter_dir, meta)
 
+    how = dict(allow_unverified=allow_unverified, labels=labels, base_source=base_source)
     say("[1/5] loading the base in float32 with the adapter")
-    loaded = load_adapter(adapter_dir, dtype="float32", device="cpu")
+    loaded = load_adapter(adapter_dir, dtype="float32", device="cpu", **how)
     task = loaded.meta["task"]
     texts = texts or sample_texts(loaded.meta, n_samples)
     reference = _logits(loaded, texts, task)
@@ -115,6 +106,7 @@ def merge_adapter(
         "task": task,
         "n_samples": len(texts),
         "merged_dtype": "float32",
+        "verified": loaded.verified,
         "pooling": pooling,
         "format": loader,
         "load_with": LOAD_WITH[loader],
@@ -122,7 +114,7 @@ def merge_adapter(
     quant = loaded.meta.get("quantization")
     if quant:
         say("[2/5] reference: the adapter on the quantized base it was trained on")
-        qloaded = load_adapter(adapter_dir, quantization=quant)
+        qloaded = load_adapter(adapter_dir, quantization=quant, **how)
         report["vs_quantized_training_base"] = compare(_logits(qloaded, texts, task), reference)
         del qloaded
     else:
@@ -131,7 +123,7 @@ def merge_adapter(
     say("[3/5] merging")
     merged = loaded.model.merge_and_unload()
     max_length = loaded.meta.get("max_length", 512)
-    with atomic_dir(out) as tmp:
+    with reported_write_failures("merge --out", out), atomic_dir(out) as tmp:
         say(f"[4/5] writing the merged model to {out} ({loader} format)")
         if loader == "sentence_transformers":
             write_sentence_transformers_folder(

@@ -22,10 +22,22 @@ LOADERS = ("peft", "auto_peft", "transformers", "sentence_transformers", "onnxru
 
 
 def reference_logits(loaded, texts: list[str], *, batch_size: int = 64):
-    """peftkit's own float32 logits for `texts` (a LoadedAdapter from `load_adapter`), one row per text."""
-    from peftkit.inference.predict import classification_logits
+    """peftkit's own float32 logits for `texts` (a LoadedAdapter from `load_adapter`), one row per text, batched
+    as `peftkit predict` batches them."""
+    from peftkit.data.prepare import tokenize_texts
+    from peftkit.inference.forward import forward_split
 
-    return classification_logits(loaded, texts, batch_size=batch_size)
+    tok = loaded.tokenizer
+    ids = tokenize_texts(tok, texts, loaded.meta.get("max_length", 512))
+    logits, _ = forward_split(
+        loaded.model,
+        ids,
+        None,
+        pad_token_id=tok.pad_token_id,
+        padding_side=tok.padding_side,
+        batch_size=batch_size,
+    )
+    return logits
 
 
 def plain_request(

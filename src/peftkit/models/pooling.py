@@ -14,7 +14,7 @@ is written into the model config (`peftkit_pooling`), and `apply_pooling` re-app
 such a model is loaded again.
 
 Plain transformers cannot express this head, so the artifacts of a mean-pooled classifier say so where they go:
-its adapter_config.json makes plain PEFT refuse it (`peftkit.adapters.peft_config`), `peftkit merge` writes a
+its adapter_config.json makes plain PEFT refuse it (`peftkit.methods.peft_config`), `peftkit merge` writes a
 sentence-transformers folder whose loader pools the same way (`peftkit.inference.sentence_folder`), and
 `peftkit export --format onnx` puts the mean inside the graph. docs/interop.md has the whole contract.
 """

@@ -35,12 +35,14 @@ def mark_pooling(adapter_dir: Path, pooling: str) -> None:
         path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
+def unmarked(config: dict) -> dict:
+    """An adapter_config.json dict with its real task type (`SEQ_CLS` for a mean-pooled classifier)."""
+    return {**config, "task_type": "SEQ_CLS"} if config.get("task_type") == MEAN_POOLING_TASK_TYPE else config
+
+
 def config_dict(adapter_dir: Path) -> dict:
-    """adapter_config.json with its real task type (`SEQ_CLS` for a mean-pooled classifier)."""
-    config = json.loads((Path(adapter_dir) / CONFIG_FILE).read_text())
-    if config.get("task_type") == MEAN_POOLING_TASK_TYPE:
-        config["task_type"] = "SEQ_CLS"
-    return config
+    """adapter_config.json with its real task type."""
+    return unmarked(json.loads((Path(adapter_dir) / CONFIG_FILE).read_text()))
 
 
 def recorded_pooling(adapter_dir: Path) -> str:
