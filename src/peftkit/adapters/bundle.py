@@ -25,6 +25,7 @@ from peftkit.adapters.fingerprint import (
 from peftkit.errors import PeftkitError, shorten
 from peftkit.fileio import atomic_dir, safetensors_header
 from peftkit.fileio import file_sha256 as _hex_sha256
+from peftkit.methods.peft_config import mark_pooling, unmarked
 from peftkit.models.load import HEAD_MODULES
 
 FORMAT_VERSION = 2  # 2: with a fingerprint
@@ -64,6 +65,7 @@ def save_adapter(model, out_dir: str | Path, meta: dict, state_dict: dict | None
             tmp, safe_serialization=True, **({} if state_dict is None else {"state_dict": state_dict})
         )
         check_adapter_weights(tmp)
+        mark_pooling(tmp, meta.get("pooling", "model"))
         weights = sorted(p for p in tmp.iterdir() if p.suffix == ".safetensors")
         full = {
             "format": FORMAT_VERSION,
@@ -126,7 +128,7 @@ def read_meta(adapter_dir: str | Path) -> dict | None:
 
 def read_adapter_config(adapter_dir: Path) -> dict:
     """adapter_config.json as a dict, or a PeftkitError saying the file is damaged."""
-    return _read_json(adapter_dir, "adapter_config.json")
+    return unmarked(_read_json(adapter_dir, "adapter_config.json"))
 
 
 def _read_json(adapter_dir: Path, name: str) -> dict:

@@ -185,7 +185,8 @@ def _train(
     )
 
     # 5. Final evaluation, adapter, metrics, plots and card.
-    results = {"train": result.summary(log.last_loss)}
+    # n: the training split after data.max_train_examples (the adapter card shows the run's own counts)
+    results = {"train": {"n": len(data["train"]), **result.summary(log.last_loss)}}
     for name in ("validation", "test"):
         if not len(data[name]):
             continue
