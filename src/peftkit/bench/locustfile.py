@@ -42,6 +42,18 @@ def _options(parser):
     parser.add_argument(
         "--rate", type=float, default=0.0, help="requests/s per user (0: as fast as answered)"
     )
+    parser.add_argument(
+        "--counts-file", default="", help="write {sent, finished} request counts here at exit"
+    )
+
+
+@events.quitting.add_listener
+def _write_counts(environment, **kwargs):
+    """Requests sent and finished by this process's users (a run cut off at --run-time can leave some
+    unfinished: answered by the server, never recorded by locust), for the soak's lost/duplicate count."""
+    path = environment.parsed_options.counts_file
+    if path:
+        Path(path).write_text(json.dumps({"sent": Classifier.sent, "finished": Classifier.finished}))
 
 
 class Classifier(FastHttpUser):

@@ -1,15 +1,15 @@
 """The training workflow, top to bottom: recipe → checks → data + model → method → loop → run folder.
 
 Every check that can fail on bad input runs first (`preflight`, the same checks as `peftkit validate`), before
-any weight loads or any file is written, so a refused recipe leaves nothing on disk. The loop itself is
-`training.loop.fit`; this module sets it up and writes what it produced.
+any weight loads or any file is written, so a refused recipe leaves nothing on disk. The run folder is a
+transaction (`training.run_folder`): the run writes beside it and replaces it only when it has succeeded. The loop
+itself is `training.loop.fit`; this module sets it up and writes what it produced.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from peftkit import cpu
 from peftkit.adapters.bundle import save_adapter
 from peftkit.adapters.card import write_adapter_card
 from peftkit.data.prepare import tokenize_split
-from peftkit.fileio import atomic_write_json, atomic_write_text
+from peftkit.fileio import atomic_write_json
 from peftkit.inference.plots import write_run_plots
 from peftkit.methods.apply import apply_method
 from peftkit.models.load import load_model_and_tokenizer, load_tokenizer, tokenizer_hash
@@ -31,12 +31,14 @@ from peftkit.training.checkpoints import restore_checkpoint, save_checkpoint
 from peftkit.training.distributed import (
     checkpoints_supported,
     gather_rng_states,
+    main_process_call,
     make_accelerator,
     sharded_dtype,
 )
 from peftkit.training.evaluate import evaluate_base, evaluate_split
 from peftkit.training.loop import TrainCallback, fit
 from peftkit.training.preflight import preflight
+from peftkit.training.run_folder import RunFolder
 from peftkit.training.run_log import RunLog
 
 
@@ -50,13 +52,38 @@ def train(
 ) -> Path:
     """Train `recipe` into its run folder (`train.output_dir`) and return the folder.
 
-    `overwrite` replaces an existing run, `resume` continues one from its latest checkpoint; `callbacks` see
-    every step and in-loop evaluation (see `training.loop.TrainCallback`).
+    `overwrite` replaces an existing run (once this one has succeeded), `resume` continues one from its latest
+    checkpoint; `callbacks` see every step and in-loop evaluation (see `training.loop.TrainCallback`). A run that
+    fails leaves the run folder as it was, and keeps what it wrote only when that can be resumed
+    (`training.run_folder.RunFolder.abort`).
     """
-    rc, tc = recipe.model, recipe.train
-    out = Path(tc.output_dir)
+    run = RunFolder(
+        Path(recipe.train.output_dir), overwrite=overwrite, resume=resume, save_every=recipe.train.save_every
+    )
+    try:
+        _train(recipe, run, overwrite=overwrite, resume=resume, progress=progress, callbacks=callbacks)
+    except BaseException as exc:
+        error = run.abort(exc)
+        if error is None:
+            raise
+        raise error from None
+    return run.target
 
-    # 1. Checks, and the data and tokenizer they loaded.
+
+def _train(
+    recipe: Recipe,
+    run: RunFolder,
+    *,
+    overwrite: bool,
+    resume: bool,
+    progress: bool,
+    callbacks: Sequence[TrainCallback],
+) -> None:
+    """`train`, writing into `run`."""
+    rc, tc = recipe.model, recipe.train
+
+    # 1. Checks (the run folder, its lock and any checkpoint to resume included), and the data and tokenizer they
+    # loaded. Nothing is written before they have all passed.
     checked = preflight(recipe, overwrite=overwrite, resume=resume)
     tokenizer = checked.tokenizer or load_tokenizer(checked.source, rc.cache_dir)
     limits = {"train": recipe.data.max_train_examples, "validation": recipe.data.max_eval_examples}
@@ -91,13 +118,9 @@ def train(
     set_seed(tc.seed)  # the same on every process: same initial adapter, same data order
     model = _setup_model(recipe, checked.source, tokenizer, labels, dtype, accelerator.device, total_steps)
 
-    # 3. The run folder: from here on, files appear (each atomically).
-    accelerator.wait_for_everyone()  # every process has checked the folder before the main one fills it
-    if accelerator.is_main_process:
-        if overwrite and out.exists() and not resume:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "recipe.resolved.yaml", recipe_to_yaml(recipe))
+    # 3. The run folder: locked, and written in NAME.partial beside it until the run has succeeded.
+    run.open(accelerator)
+    out = run.path
 
     # 4. Optimizer, schedule, resumed state, and the loop.
     optimizer = build_optimizer(model, tc.optimizer, tc.learning_rate, tc.weight_decay)
@@ -115,8 +138,8 @@ def train(
             optimizer,
             scheduler,
             process_index=accelerator.process_index,
-            processes=accelerator.num_processes,
         )
+    run.begin(recipe_to_yaml(recipe))
     log = RunLog(out, tc.report_to, start_step, accelerator.is_main_process)
     eval_kwargs = dict(
         task=rc.task,
@@ -133,17 +156,13 @@ def train(
     def checkpoint(step: int) -> None:
         rng_states = gather_rng_states(accelerator)
         unwrapped = accelerator.unwrap_model(model)
-        save_checkpoint(
-            out,
-            step,
-            unwrapped,
-            optimizer,
-            scheduler,
-            tc.keep_checkpoints,
-            accelerator.is_main_process,
-            rng_states,
+        # a save that fails on the main process fails on every process (none waits for it at a barrier)
+        main_process_call(
+            accelerator,
+            lambda: save_checkpoint(
+                out, step, unwrapped, optimizer, scheduler, tc.keep_checkpoints, rng_states=rng_states
+            ),
         )
-        accelerator.wait_for_everyone()
 
     result = fit(
         model,
@@ -166,7 +185,8 @@ def train(
     )
 
     # 5. Final evaluation, adapter, metrics, plots and card.
-    results = {"train": result.summary(log.last_loss)}
+    # n: the training split after data.max_train_examples (the adapter card shows the run's own counts)
+    results = {"train": {"n": len(data["train"]), **result.summary(log.last_loss)}}
     for name in ("validation", "test"):
         if not len(data[name]):
             continue
@@ -181,14 +201,16 @@ def train(
     state_dict = accelerator.get_state_dict(
         model
     )  # gathered from every process (FSDP / ZeRO-3 shard weights)
-    if accelerator.is_main_process:
+
+    def write_outputs() -> None:
         meta = _adapter_meta(recipe, checked.source, tokenizer, labels, accelerator.unwrap_model(model))
         save_adapter(accelerator.unwrap_model(model), out / "adapter", meta, state_dict=state_dict)
         atomic_write_json(out / "metrics.json", results)
         write_run_plots(out)
-        write_adapter_card(out)
-    accelerator.wait_for_everyone()
-    return out
+        write_adapter_card(out, final_dir=run.target)
+
+    main_process_call(accelerator, write_outputs)
+    run.commit()
 
 
 def _setup_model(recipe: Recipe, source, tokenizer, labels, dtype: str, device, total_steps: int):
@@ -228,8 +250,11 @@ def build_optimizer(model, name: str, learning_rate: float, weight_decay: float)
     params = [p for p in model.parameters() if p.requires_grad]
     if name != "adamw":
         return bnb_optimizer(name, params, lr=learning_rate, weight_decay=weight_decay)
-    # The fused kernel on CPU: one pass over each tensor instead of ~10 per-parameter ops (same update).
-    fused = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+    # The fused kernel: one pass over each tensor instead of ~10 per-parameter ops (same update); on CPU for fp32
+    # parameters, on a GPU always (the Trainer's default, adamw_torch_fused, too).
+    fused = all(
+        p.device.type == "cuda" or (p.device.type == "cpu" and p.dtype == torch.float32) for p in params
+    )
     return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay, fused=fused or None)
 
 
