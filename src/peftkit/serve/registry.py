@@ -201,7 +201,7 @@ class AdapterRegistry:
         from peftkit.inference.adapter_set import AdapterMismatch
 
         try:
-            return self.adapter_set.add(name, adapter_dir)
+            return self.adapter_set.add(name, adapter_dir, allow_unverified=self.allow_unchecked)
         except AdapterMismatch as exc:  # another base, tokenizer, task or pooling: a conflict with the server
             raise ServeError(409, f"adapter '{name}' refused: {exc}") from None
         except PeftkitError as exc:  # target modules or weights that do not land on this base, bad labels
