@@ -3,9 +3,11 @@ recipes, tiny trained adapters. No network; seconds each."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import textwrap
+import time
 from pathlib import Path
 
 POSITIVE = ["good", "great", "fine", "superb", "lovely", "moving", "sharp", "witty"]
@@ -316,6 +318,30 @@ def write_lm_card(folder, n: int = 160):
         """)
     )
     return card
+
+
+@contextlib.contextmanager
+def running_server(app):
+    """Serve an ASGI `app` with uvicorn on 127.0.0.1 (an ephemeral port) in a thread; yield its base URL."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
 
 
 def hub_cache(root: Path, hub_id: str, folder: Path) -> Path:

@@ -368,10 +368,19 @@ def attach_adapter(base, adapter_dir: Path, base_spec: str, *, task: str):
     """`base` with the adapter in `adapter_dir` applied (`peftkit.methods.apply.attach_adapter`: PEFT's loader, or
     peftkit's own implementation of the method), with PEFT's errors (an unknown method, weights of another shape)
     turned into one paragraph."""
+    from peft.utils.error import NoMatchingPeftModuleError  # peft 0.21 (a ValueError subclass)
+
     from peftkit.methods.apply import attach_adapter as apply_saved
 
     try:
         return apply_saved(base, adapter_dir, task=task)
+    except NoMatchingPeftModuleError:
+        targets = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("target_modules")
+        raise PeftkitError(
+            f"adapter '{adapter_dir}': its target modules ({targets}) match no layer of the loaded base "
+            f"'{base_spec}', so it would change nothing. Use an adapter trained on this base (target_modules in "
+            f"its adapter_config.json)."
+        ) from None
     except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
         raise PeftkitError(
             f"adapter '{adapter_dir}': PEFT could not apply it to base '{base_spec}' ({type(exc).__name__}: "
