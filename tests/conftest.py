@@ -12,6 +12,7 @@ from tests.helpers import (
     build_tiny_bert,
     build_tiny_decoder,
     make_texts,
+    train_tiny,
     write_card,
 )
 
@@ -66,3 +67,26 @@ def pretrained_llama(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_card(tmp_path_factory) -> Path:
     return write_card(tmp_path_factory.mktemp("data"), make_texts(200))
+
+
+@pytest.fixture(scope="session")
+def adapter_runs(tiny_bert, tiny_card, tmp_path_factory) -> dict:
+    """Tiny adapters on tiny BERT for the mixed-batch and serving tests (one epoch each): LoRA on query/value
+    r=4 (2 labels), LoRA on every linear layer r=8 (3 labels), DoRA, prefix tuning."""
+    tmp = tmp_path_factory.mktemp("adapter-runs")
+    three = write_card(
+        tmp / "data3",
+        [(t, ["neg", "pos", "meh"][i % 3]) for i, (t, _) in enumerate(make_texts(120))],
+        name="three",
+        labels=("neg", "pos", "meh"),
+    )
+    methods = {
+        "lora": ({"name": "lora", "r": 4, "target_modules": ["query", "value"]}, tiny_card),
+        "lora3": ({"name": "lora", "r": 8, "target_modules": ["query", "key", "value", "dense"]}, three),
+        "dora": ({"name": "lora", "use_dora": True}, tiny_card),
+        "prefix": ({"name": "prefix_tuning", "num_virtual_tokens": 4}, tiny_card),
+    }
+    return {
+        name: train_tiny(tmp, name, model=tiny_bert, card=card, epochs=1, method=method)
+        for name, (method, card) in methods.items()
+    }

@@ -25,6 +25,7 @@ from peftkit.adapters.fingerprint import (
 from peftkit.errors import PeftkitError, shorten
 from peftkit.fileio import atomic_dir, safetensors_header
 from peftkit.fileio import file_sha256 as _hex_sha256
+from peftkit.methods.peft_config import mark_pooling, unmarked
 from peftkit.models.load import HEAD_MODULES
 
 FORMAT_VERSION = 2  # 2: with a fingerprint
@@ -64,6 +65,7 @@ def save_adapter(model, out_dir: str | Path, meta: dict, state_dict: dict | None
             tmp, safe_serialization=True, **({} if state_dict is None else {"state_dict": state_dict})
         )
         check_adapter_weights(tmp)
+        mark_pooling(tmp, meta.get("pooling", "model"))
         weights = sorted(p for p in tmp.iterdir() if p.suffix == ".safetensors")
         full = {
             "format": FORMAT_VERSION,
@@ -126,7 +128,7 @@ def read_meta(adapter_dir: str | Path) -> dict | None:
 
 def read_adapter_config(adapter_dir: Path) -> dict:
     """adapter_config.json as a dict, or a PeftkitError saying the file is damaged."""
-    return _read_json(adapter_dir, "adapter_config.json")
+    return unmarked(_read_json(adapter_dir, "adapter_config.json"))
 
 
 def _read_json(adapter_dir: Path, name: str) -> dict:
@@ -366,10 +368,19 @@ def attach_adapter(base, adapter_dir: Path, base_spec: str, *, task: str):
     """`base` with the adapter in `adapter_dir` applied (`peftkit.methods.apply.attach_adapter`: PEFT's loader, or
     peftkit's own implementation of the method), with PEFT's errors (an unknown method, weights of another shape)
     turned into one paragraph."""
+    from peft.utils.error import NoMatchingPeftModuleError  # peft 0.21 (a ValueError subclass)
+
     from peftkit.methods.apply import attach_adapter as apply_saved
 
     try:
         return apply_saved(base, adapter_dir, task=task)
+    except NoMatchingPeftModuleError:
+        targets = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("target_modules")
+        raise PeftkitError(
+            f"adapter '{adapter_dir}': its target modules ({targets}) match no layer of the loaded base "
+            f"'{base_spec}', so it would change nothing. Use an adapter trained on this base (target_modules in "
+            f"its adapter_config.json)."
+        ) from None
     except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
         raise PeftkitError(
             f"adapter '{adapter_dir}': PEFT could not apply it to base '{base_spec}' ({type(exc).__name__}: "

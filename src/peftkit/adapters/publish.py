@@ -56,6 +56,7 @@ def publish_run(
     """
     from peftkit.adapters.bundle import META_FILE
     from peftkit.adapters.card import CARD_FILE, is_hub_id, portable_recipe, portable_source, render_card
+    from peftkit.models.sources import known_hub_id
 
     run, to = Path(run), Path(to)
     _check_run(run)
@@ -75,7 +76,8 @@ def publish_run(
             if f.is_file() and f.name not in (CARD_FILE, META_FILE, "adapter_config.json"):
                 shutil.copy2(f, tmp / f.name)
         config = json.loads((run / "adapter" / "adapter_config.json").read_text())
-        config["base_model_name_or_path"] = base_model or portable_source(meta["base_model"]["source"])
+        source = meta["base_model"]["source"]  # AutoPeftModel loads the base from here: a Hub id when known
+        config["base_model_name_or_path"] = base_model or known_hub_id(source) or portable_source(source)
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (tmp / META_FILE).write_text(json.dumps(_portable_meta(meta), indent=2, sort_keys=True) + "\n")
         (tmp / "recipe.resolved.yaml").write_text(portable_recipe((run / "recipe.resolved.yaml").read_text()))
@@ -117,6 +119,7 @@ def push_to_hub(
     """Publish `run` into a temporary folder and upload it to the Hub repo `repo_id`; returns the repo URL."""
     from peftkit.adapters.card import is_hub_id, portable_source
     from peftkit.fileio import hub_offline
+    from peftkit.models.sources import known_hub_id
 
     if hub_offline():
         raise PeftkitError(
@@ -129,9 +132,8 @@ def push_to_hub(
             f"publish --hub: '{repo_id}' is not a Hub repo id. Write it as `user/name` or `org/name`."
         )
     _check_run(Path(run))
-    base = base_model or portable_source(
-        json.loads((Path(run) / "adapter" / "peftkit_adapter.json").read_text())["base_model"]["source"]
-    )
+    source = json.loads((Path(run) / "adapter" / "peftkit_adapter.json").read_text())["base_model"]["source"]
+    base = base_model or known_hub_id(source) or portable_source(source)
     if not is_hub_id(base):
         # The Hub rejects a model card whose base_model is not a model id.
         raise PeftkitError(

@@ -15,7 +15,7 @@ from pathlib import Path
 from peftkit.errors import PeftkitError
 
 # Subcommand groups, in the order `peftkit --help` lists them.
-GROUPS = ("training", "tune", "inference", "adapters", "data", "bench")
+GROUPS = ("training", "tune", "inference", "serve", "adapters", "data", "bench")
 
 
 def project_root() -> Path:

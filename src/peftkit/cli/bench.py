@@ -90,6 +90,27 @@ def register(sub) -> None:
         help="train the --compare-qlora pair once per seed and report the mean accuracy difference "
         "(default: the recipes' own seed)",
     )
+    http = sb.add_argument_group(
+        "HTTP load (--http): `peftkit serve` under locust vs one adapter vs the peer"
+    )
+    http.add_argument(
+        "--http", action="store_true", help="load-test real servers instead (see docs/serving.md)"
+    )
+    http.add_argument(
+        "--adapter-dir",
+        help="use every run/adapter folder directly inside DIR as an adapter (named by folder)",
+    )
+    http.add_argument("--counts", default="1,8,32", help="adapter counts to serve (default: %(default)s)")
+    http.add_argument("--users", type=int, default=16, help="locust users (default 16)")
+    http.add_argument("--seconds", type=int, default=30, help="load time per setup (default 30)")
+    http.add_argument("--texts-per-request", type=int, default=1, help="texts per request (default 1)")
+    http.add_argument("--no-peer", action="store_true", help="skip the hand-written peer app")
+    http.add_argument("--threads", type=int, help="torch threads in each server (default: one per core)")
+    http.add_argument("--soak", type=int, metavar="SECONDS", help="soak instead: open-loop load for SECONDS")
+    http.add_argument("--rate", type=float, default=20.0, help="soak requests/s in all (default 20)")
+    http.add_argument(
+        "--swap-every", type=float, default=30.0, help="soak hot load/unload period, s (default 30)"
+    )
     sb.set_defaults(handler=cmd_serve_bench)
 
 
@@ -139,6 +160,9 @@ def cmd_methods(args) -> int:
 def cmd_serve_bench(args) -> int:
     from peftkit.bench.serving import run_serve_bench
 
+    if args.http or args.soak:
+        return _http_bench(args)
+
     run_serve_bench(
         args.named,
         n_texts=args.texts,
@@ -146,4 +170,40 @@ def cmd_serve_bench(args) -> int:
         overrides=args.overrides,
         seeds=args.seeds,
     )
+    return 0
+
+
+def _http_bench(args) -> int:
+    from peftkit.bench.http_serving import run_http_bench, run_soak
+    from peftkit.inference.adapter_set import parse_adapter_specs
+
+    pairs = parse_adapter_specs(args.named)
+    if args.adapter_dir:
+        root = Path(args.adapter_dir)
+        pairs += [
+            (p.name, str(p))
+            for p in sorted(root.iterdir())
+            if (p / "adapter" / "adapter_config.json").is_file()
+        ]
+    if not pairs:
+        raise PeftkitError(
+            "serve-bench --http: no adapters. Give --adapter NAME=PATH (repeatable) or --adapter-dir DIR holding "
+            "run folders (scripts/train_serving_adapters.py makes them)."
+        )
+    try:
+        counts = [int(c) for c in args.counts.split(",")]
+    except ValueError:
+        raise PeftkitError(
+            f"--counts: expected comma-separated adapter counts like 1,8,32, found '{args.counts}'."
+        ) from None
+    if args.soak:
+        result = run_soak(
+            pairs[: max(counts)], seconds=args.soak, rate=args.rate, users=args.users, swap_every=args.swap_every,
+            texts_per_request=args.texts_per_request, threads=args.threads,
+        )  # fmt: skip
+        return 0 if result["failures"] == result["lost"] == result["extra"] == 0 else 1
+    run_http_bench(
+        pairs, counts=counts, users=args.users, seconds=args.seconds, texts_per_request=args.texts_per_request,
+        peer=not args.no_peer, threads=args.threads,
+    )  # fmt: skip
     return 0

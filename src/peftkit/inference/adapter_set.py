@@ -22,6 +22,14 @@ from peftkit.errors import PeftkitError
 from peftkit.models.load import HEAD_MODULES
 
 
+class AdapterMismatch(PeftkitError):
+    """The adapter was made for another base model, tokenizer, task or pooling than the loaded one."""
+
+
+class AdapterDoesNotApply(PeftkitError):
+    """The adapter's layers or weights do not land on the loaded base (it would answer as the bare base)."""
+
+
 def _return_freed_memory() -> None:
     """Hand freed heap memory back to the OS (glibc). Loading an adapter allocates temporaries — DoRA's weight
     norms are ~110 MiB on MiniLM for 1.4 MiB of live tensors — which the allocator otherwise keeps resident."""
@@ -168,10 +176,20 @@ class AdapterSet:
             skeleton.config.label2id = {lab: i for i, lab in enumerate(labels)}
         model = attach_adapter(skeleton, adapter_dir, self.base_spec, task=self.task)
         model.eval()
+        _check_weights_loaded(model, adapter_dir)
         entry = SwapEntry(name, model, labels, meta, adapter_dir)
         self.entries[name] = entry
         self.active = self.active or name
         _return_freed_memory()
+        return entry
+
+    def remove(self, name: str) -> SwapEntry:
+        """Drop adapter `name` from the set (its memory is freed once nothing else holds its entry)."""
+        entry = self.entries.pop(name, None)
+        if entry is None:
+            self.activate(name)  # raises the unknown-name error
+        if self.active == name:
+            self.active = next(iter(self.entries), None)
         return entry
 
     def activate(self, name: str):
@@ -275,11 +293,39 @@ class AdapterSet:
         if meta.get("pooling", "model") != self.pooling:
             diffs.append(f"model.pooling: expected {self.pooling}, found {meta.get('pooling', 'model')}")
         if diffs:
-            raise PeftkitError(
+            raise AdapterMismatch(
                 f"adapter '{adapter_dir}' does not fit the loaded base '{self.base_spec}': "
                 + "; ".join(diffs)
                 + ". Serve it with the base it was trained on, in a separate set."
             )
+
+
+def _check_weights_loaded(model, adapter_dir: Path) -> None:
+    """Every tensor of the adapter's files must be in the loaded model, unchanged: a file whose keys name layers
+    the base does not have would otherwise load as a no-op, and the bare base would answer in its name."""
+    import torch
+    from peft import PeftModel
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    if not isinstance(
+        model, PeftModel
+    ):  # peftkit's own implementation of a method loads (and checks) its weights
+        return
+    loaded = get_peft_model_state_dict(model, adapter_name="default")
+    for weights in sorted(adapter_dir.glob("*.safetensors")):
+        for key, tensor in load_file(str(weights)).items():
+            found = loaded.get(key)
+            if (
+                found is None
+                or found.shape != tensor.shape
+                or not torch.equal(found.to(tensor.dtype), tensor)
+            ):
+                raise AdapterDoesNotApply(
+                    f"adapter '{adapter_dir}': weight '{key[:120]}' in {weights.name} did not load into the "
+                    f"base ({'no such layer' if found is None else 'different shape or values'}), so the "
+                    f"adapter would not act as trained. Use an adapter trained on this base."
+                )
 
 
 def parse_adapter_specs(specs: list[str]) -> list[tuple[str, str]]:

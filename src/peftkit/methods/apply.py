@@ -67,6 +67,11 @@ def attach_adapter(model, adapter_dir: str | Path, *, task: str):
     implementation where the method's entry has one for `task` (the folder is PEFT's format either way)."""
     from peft import PeftModel
 
+    from peftkit.methods.peft_config import read_peft_config
+
     entry = entry_for_adapter(Path(adapter_dir))
     own = entry.own_implementation(task) if entry else None
-    return own.load(model, Path(adapter_dir)) if own else PeftModel.from_pretrained(model, str(adapter_dir))
+    if own:
+        return own.load(model, Path(adapter_dir))
+    # The config object, not the file: a mean-pooled classifier's file carries a task type PEFT refuses on purpose.
+    return PeftModel.from_pretrained(model, str(adapter_dir), config=read_peft_config(Path(adapter_dir)))

@@ -200,7 +200,8 @@ def _train(
     )
 
     # 5. Final evaluation, adapter, metrics, plots and card.
-    results = {"train": result.summary(log.last_loss)}
+    # n: the training split after data.max_train_examples (the adapter card shows the run's own counts)
+    results = {"train": {"n": len(data["train"]), **result.summary(log.last_loss)}}
     if class_weights is not None:
         results["train"]["class_weights"] = dict(
             zip(labels, (round(w, 4) for w in class_weights), strict=True)

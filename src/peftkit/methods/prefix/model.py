@@ -214,11 +214,12 @@ def apply(model: nn.Module, config) -> PrefixTuningClassifier:
 
 def load(model: nn.Module, adapter_dir: Path) -> PrefixTuningClassifier:
     """`model` with the prefix-tuning adapter saved in `adapter_dir` (by peftkit or by PEFT), in eval mode."""
-    from peft import PrefixTuningConfig
     from safetensors.torch import load_file
 
+    from peftkit.methods.peft_config import read_peft_config
+
     settings = json.loads((adapter_dir / "adapter_config.json").read_text())
-    config = PrefixTuningConfig.from_pretrained(str(adapter_dir))
+    config = read_peft_config(adapter_dir)  # not from_pretrained: it refuses the mean-pooling mark on purpose
     config.inference_mode = True  # the saved prefix is the projection's output: a plain table
     config.modules_to_save = [
         m for m in dict.fromkeys(settings.get("modules_to_save") or []) if m not in HEADS
