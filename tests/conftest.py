@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import FILLER, NEGATIVE, POSITIVE, VOCAB, make_texts, write_card, write_recipe  # noqa: F401
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -19,38 +19,6 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(1)
-
-
-POSITIVE = ["good", "great", "fine", "superb", "lovely", "moving", "sharp", "witty"]
-NEGATIVE = ["bad", "awful", "dull", "boring", "weak", "messy", "flat", "tired"]
-FILLER = [
-    "the",
-    "a",
-    "film",
-    "movie",
-    "plot",
-    "actors",
-    "is",
-    "was",
-    "very",
-    "quite",
-    "and",
-    "story",
-    "script",
-]
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<eos>", *POSITIVE, *NEGATIVE, *FILLER]
-
-
-def make_texts(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """Short sentences whose label is told by one sentiment word among fillers."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = "pos" if i % 2 == 0 else "neg"
-        words = rng.choices(FILLER, k=rng.randint(2, 9))
-        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label == "pos" else NEGATIVE))
-        rows.append((" ".join(words), label))
-    return rows
 
 
 def _pretrain(model, tokenizer, steps: int = 60) -> None:
@@ -195,40 +163,6 @@ def no_dropout_copy(model: Path, dest: Path) -> Path:
     return dest
 
 
-def write_card(folder: Path, rows, *, name: str = "tiny", labels=("neg", "pos"), extra: str = "") -> Path:
-    """A CSV of (text, label) rows and a data card for it (split 0.2 test / 0.2 validation, seed 0)."""
-    import csv
-
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{name}.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["text", "label"])
-        w.writerows(rows)
-    card = folder / f"{name}.md"
-    card.write_text(
-        textwrap.dedent(f"""\
-        ---
-        license: cc0-1.0
-        language: [en]
-        task_categories: [text-classification]
-        pretty_name: Tiny {name}
-        peftkit:
-          task: classification
-          source:
-            file: {name}.csv
-          text_column: text
-          label_column: label
-          labels: [{", ".join(labels)}]
-          split: {{seed: 0, test: 0.2, validation: 0.2, stratify: true}}
-        {extra}---
-        # Tiny {name}
-
-        Synthetic sentences made by the tests.
-        """)
-    )
-    return card
-
-
 @pytest.fixture(params=["kernels", "torch"])
 def mask_backend(request, monkeypatch) -> str:
     """Run a test on both CPU back ends: peftkit's compiled kernels, and the pure-torch path used without them."""
@@ -269,36 +203,3 @@ def pretrained_llama(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_card(tmp_path_factory) -> Path:
     return write_card(tmp_path_factory.mktemp("data"), make_texts(200))
-
-
-def write_recipe(
-    path: Path,
-    *,
-    model: Path | str,
-    card: Path | str,
-    out: Path,
-    method: dict | None = None,
-    train: dict | None = None,
-    data: dict | None = None,
-    **sections,
-) -> Path:
-    """A recipe YAML for tiny runs (2 epochs, batch 8, no checkpoints, no tensorboard); dicts override defaults."""
-    import yaml
-
-    recipe = {
-        "model": {"source": str(model)},
-        "method": method or {"name": "lora"},
-        "data": {"card": str(card), "max_length": 32, **(data or {})},
-        "train": {
-            "epochs": 2,
-            "batch_size": 8,
-            "learning_rate": 0.005,
-            "output_dir": str(out),
-            "save_every": None,
-            "report_to": "none",
-            **(train or {}),
-        },
-        **sections,
-    }
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path

@@ -52,7 +52,8 @@ def source_checksum(card: DataCard) -> str:
 def check_card(card: DataCard) -> list[str]:
     """Differences between the card and its data (source, checksum, counts, labels, columns); [] = match."""
     try:
-        checksum, frames = _load_frames(card, verify_checksum=False)
+        checksum, raw = read_source(card, verify_checksum=False)
+        frames = _clean_frames(card, raw)
         counts = {name: len(df) for name, df in _split_frames(card, frames).items()}
     except PeftkitError as exc:
         # Changed data often breaks parsing too: say that it changed as well as what broke.
@@ -64,7 +65,7 @@ def check_card(card: DataCard) -> list[str]:
     problems = _checksum_problems(card, checksum)
     found = "{" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + "}"
     if card.counts is None:
-        problems.append(f"The card lists no counts; add `counts: {found}` to its `peftkit:` block.")
+        problems.append(f"This card has no counts yet; add `counts: {found}` to its `peftkit:` block.")
     else:
         for name in SPLITS:
             if card.counts.get(name) != counts[name]:
@@ -79,9 +80,14 @@ def check_card(card: DataCard) -> list[str]:
     return problems
 
 
+def split_counts(card: DataCard, raw: dict) -> dict[str, int]:
+    """Examples per split (train, validation, test) that the card makes of `raw` (from `read_source`)."""
+    return {name: len(df) for name, df in _split_frames(card, _clean_frames(card, raw)).items()}
+
+
 def _checksum_problems(card: DataCard, checksum: str | None) -> list[str]:
     if checksum and card.checksum is None:
-        return [f"The card has no checksum; add `checksum: {checksum}` to its `peftkit:` block."]
+        return [f"This card has no checksum yet; add `checksum: {checksum}` to its `peftkit:` block."]
     if checksum and checksum != card.checksum:
         return [f"checksum: the card says {card.checksum}, the data hashes to {checksum} (the data changed)."]
     return []
@@ -89,21 +95,30 @@ def _checksum_problems(card: DataCard, checksum: str | None) -> list[str]:
 
 def _load_frames(card: DataCard, verify_checksum: bool):
     """(checksum or None, {split: DataFrame with text[, label]}) for the splits the source provides."""
+    checksum, raw = read_source(card, verify_checksum=verify_checksum)
+    return checksum, _clean_frames(card, raw)
+
+
+def read_source(card: DataCard, *, verify_checksum: bool = True) -> tuple[str | None, dict]:
+    """(checksum or None for a hub source, {split: (where, DataFrame as parsed)}) for the splits the source
+    provides: the files as they are, before the card's columns, labels and split recipe are applied."""
     if card.source.kind == "hub":
-        checksum, raw = None, _read_hub(card)
-    else:
-        blobs = _read_files(card)
-        checksum = _checksum(blobs)
-        # Checked before parsing, so changed data is reported as such and not as a confusing label error.
-        if verify_checksum and card.checksum and checksum != card.checksum:
-            raise PeftkitError(
-                f"Data card {card.path}: the source data changed. The card's `peftkit.checksum` is "
-                f"{card.checksum} but the data now hashes to {checksum}. If the new data is what you want, "
-                f"run `peftkit data check {card.name}` and copy the new checksum and counts into the card; "
-                "otherwise restore the original files."
-            )
-        raw = {split: _parse(card, path, data) for split, (path, data) in blobs.items()}
-    return checksum, {split: _clean(card, df, where) for split, (where, df) in raw.items()}
+        return None, _read_hub(card)
+    blobs = _read_files(card)
+    checksum = _checksum(blobs)
+    # Checked before parsing, so changed data is reported as such and not as a confusing label error.
+    if verify_checksum and card.checksum and checksum != card.checksum:
+        raise PeftkitError(
+            f"Data card {card.path}: the source data changed. The card's `peftkit.checksum` is "
+            f"{card.checksum} but the data now hashes to {checksum}. If the new data is what you want, "
+            f"run `peftkit data check {card.name}` and copy the new checksum and counts into the card; "
+            "otherwise restore the original files."
+        )
+    return checksum, {split: _parse(card, path, data) for split, (path, data) in blobs.items()}
+
+
+def _clean_frames(card: DataCard, raw: dict) -> dict:
+    return {split: _clean(card, df, where) for split, (where, df) in raw.items()}
 
 
 def _source_paths(card: DataCard) -> dict[str, Path]:

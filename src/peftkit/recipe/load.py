@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from peftkit.errors import PeftkitError, did_you_mean
+from peftkit.recipe.paths import resolve_recipe_paths
 from peftkit.recipe.schema import Recipe
 
 # PyYAML follows YAML 1.1, where `5e-4` (no dot) is a string. Recipes write learning rates that way, so
@@ -50,7 +51,9 @@ def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Recip
     """Read a recipe YAML file, apply `key.sub=value` overrides, validate it and fill in defaults.
 
     Override values are read as YAML, so `null`, `16`, `5e-4` and `[a, b]` get the types they would have
-    in the file. `train.output_dir` defaults to `runs/<file stem>`. Any problem raises `PeftkitError`.
+    in the file. Local paths become absolute: those in the file read from its folder, those in overrides from
+    the current folder (`peftkit.recipe.paths`). `train.output_dir` defaults to `runs/<file stem>`, relative to the
+    current folder. Any problem raises `PeftkitError`.
     """
     path, shown = Path(path), str(path)
     data, lines = _parse(_read(path, shown), shown)
@@ -68,6 +71,7 @@ def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Recip
         recipe = Recipe.model_validate(data)
     except ValidationError as err:
         raise PeftkitError(_explain(err, shown, lines, applied)) from None
+    resolve_recipe_paths(recipe, path.parent, set(applied))
     if recipe.train.output_dir is None:
         recipe.train.output_dir = f"runs/{path.stem}"
     _check_method(recipe, f"recipe file '{shown}'")

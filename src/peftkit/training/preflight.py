@@ -2,8 +2,9 @@
 
 `preflight` refuses a recipe for any reason `train` would, in the order a user fixes them: the run folder, the
 logger, the data card against its data (checksum and counts), the model source and tokenizer, lengths, the
-method against the model's layers (on a weightless skeleton), pooling, metric names. What it loaded on the way
-(card, splits, source, config, tokenizer) is returned so that `train` reads nothing twice.
+method against the model's layers (on a weightless skeleton) or the adapter to continue (`method.init_from`),
+pooling, metric names, early stopping. What it loaded on the way (card, splits, source, config, tokenizer) is
+returned so that `train` reads nothing twice.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from peftkit.data.cards import DataCard, load_card
 from peftkit.data.sources import load_splits
-from peftkit.errors import PeftkitError
+from peftkit.errors import PeftkitError, did_you_mean
 from peftkit.inference.metrics import check_metric_names
 from peftkit.methods.checks import check_method_for_model
 from peftkit.models.load import load_config, load_tokenizer
@@ -35,6 +36,8 @@ class Preflight:
     source: ModelSource
     config: object | None
     tokenizer: object | None
+    init_from: Path | None = None
+    """The adapter folder `method.init_from` names, checked (None: a new adapter)."""
 
 
 def preflight(
@@ -59,13 +62,17 @@ def preflight(
         config = load_config(source, rc.cache_dir)
         tokenizer = load_tokenizer(source, rc.cache_dir)  # a decoder with neither pad nor eos is refused here
         check_max_length(recipe.data.max_length, config, rc.source)
+    init_from = check_continued_adapter(recipe, source, tokenizer, card) if recipe.method.init_from else None
+    if config is not None:
         settings = recipe.method.settings()
-        check_method_for_model(recipe.method.name, settings, config, rc.task, tc.gradient_checkpointing)
+        if init_from is None:  # a continued adapter was built on this very model (its fingerprint says so)
+            check_method_for_model(recipe.method.name, settings, config, rc.task, tc.gradient_checkpointing)
         check_pooling(
             rc.pooling, task=rc.task, settings=settings, config=config, source=f"model source '{rc.source}'"
         )
     check_metric_names(recipe.eval.metrics)
-    return Preflight(card, splits, source, config, tokenizer)
+    check_early_stopping(recipe)
+    return Preflight(card, splits, source, config, tokenizer, init_from)
 
 
 def validate_recipe(recipe: Recipe) -> list[str]:
@@ -78,6 +85,51 @@ def validate_recipe(recipe: Recipe) -> list[str]:
         f"model source: {source.spec} → {source.kind} {source.path or source.hub_id}",
         f"method: {recipe.method.name}",
     ]
+
+
+def check_continued_adapter(recipe: Recipe, source: ModelSource, tokenizer, card: DataCard) -> Path:
+    """Check `method.init_from` against the recipe; the recipe's method name becomes the adapter's."""
+    from peftkit.adapters.init_from import check_init_from
+    from peftkit.models.load import tokenizer_hash
+    from peftkit.models.sources import content_hash
+
+    method = recipe.method
+    adapter_dir, name = check_init_from(
+        method.init_from,
+        method_name=method.name if "name" in method.model_fields_set else None,
+        settings=method.settings(),
+        task=recipe.model.task,
+        labels=card.labels if recipe.model.task == "classification" else None,
+        pooling=recipe.model.pooling,
+        base_hash=content_hash(source),
+        tok_hash=tokenizer_hash(tokenizer) if tokenizer is not None else None,
+    )
+    method.name = name
+    return adapter_dir
+
+
+def check_early_stopping(recipe: Recipe) -> None:
+    """The watched metric must be one validation gives, and there must be evaluations to watch."""
+    tc = recipe.train
+    stopping = tc.early_stopping
+    if stopping is None:
+        return
+    if recipe.model.task == "causal_lm":
+        known = ["loss", "perplexity"]
+    else:
+        known = ["loss", "accuracy", "macro_f1", *(Path(m).stem for m in recipe.eval.metrics)]
+    if stopping.metric not in known:
+        raise PeftkitError(
+            f"train.early_stopping.metric: '{stopping.metric}' is not a validation result of this recipe."
+            f"{did_you_mean(stopping.metric, known)} Use one of: {', '.join(dict.fromkeys(known))} (add a metric "
+            f"to eval.metrics to watch it)."
+        )
+    if tc.eval_every is None and tc.max_steps is None and tc.epochs <= 1:
+        raise PeftkitError(
+            f"train.early_stopping: with train.eval_every unset and train.epochs: {tc.epochs:g}, the only "
+            f"validation is the final one, so there is nothing to stop early. Set train.eval_every (e.g. 50) to "
+            f"evaluate every N steps, or train for more than one epoch."
+        )
 
 
 def check_output_dir(out: Path, *, overwrite: bool, resume: bool, training: bool = True) -> None:
@@ -133,14 +185,21 @@ def check_counts(card: DataCard, found: dict[str, int]) -> None:
     if card.counts is None:
         return
     wrong = {name: n for name, n in found.items() if card.counts.get(name) != n}
-    if wrong:
-        said = ", ".join(f"{name} {card.counts.get(name)}" for name in wrong)
-        got = ", ".join(f"{name} {n}" for name, n in wrong.items())
+    if not wrong:
+        return
+    said = ", ".join(f"{name} {card.counts.get(name)}" for name in wrong)
+    got = ", ".join(f"{name} {n}" for name, n in wrong.items())
+    if card.checksum is None:  # the counts were never proven against any data: not a change, a first check
         raise PeftkitError(
-            f"data.card: the data no longer matches card '{card.name}' ({card.path}): the card's counts say "
-            f"{said}, the data gives {got}. Run `peftkit data check {card.name}` and update `counts` (and "
-            f"`checksum`) if the new data is what you want."
+            f"data.card: card '{card.name}' ({card.path}) has no checksum yet, and its counts ({said}) are not "
+            f"what the data gives ({got}). Run `peftkit data check {card.path}` and copy the `counts` and "
+            f"`checksum` it prints into the card (or remove `counts`)."
         )
+    raise PeftkitError(
+        f"data.card: the data no longer matches card '{card.name}' ({card.path}): the card's counts say "
+        f"{said}, the data gives {got}. Run `peftkit data check {card.name}` and update `counts` (and "
+        f"`checksum`) if the new data is what you want."
+    )
 
 
 def check_max_length(max_length: int, config, source_spec: str) -> None:
