@@ -9,6 +9,7 @@ A plain PEFT adapter carries no fingerprint: only its task and head size can be 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from peftkit.adapters.bundle import check_bundle, fingerprint_differences, is_head_weight, resolve_adapter_dir
@@ -57,6 +58,11 @@ def check_init_from(
         )
     if meta is None:
         _check_plain_head(where, shapes, labels)
+        warnings.warn(
+            f"{where} is a plain PEFT adapter (no peftkit_adapter.json): its base model and tokenizer could not "
+            f"be checked. Make sure model.source is the base it was trained on.",
+            stacklevel=2,
+        )
         return adapter_dir, name
     if task == "classification" and meta.get("labels") != labels:
         raise PeftkitError(

@@ -172,6 +172,8 @@ def card_text(draft: Draft, card_dir: Path) -> str:
     split = draft.split
     exclude = f"  exclude_labels: {_yaml_list(draft.exclude_labels)}\n" if draft.exclude_labels else ""
     table = "\n".join(f"| {name} | {n:,} |" for name, n in draft.label_counts.items())
+    stratify = str(split.stratify).lower()
+    split_text = f"{{seed: {split.seed}, test: {split.test}, validation: {split.validation}, stratify: {stratify}}}"
     return f"""---
 license: other  # the data's license (an SPDX id such as cc-by-4.0), or other
 language:
@@ -188,7 +190,7 @@ peftkit:
   text_column: {_yaml_text(draft.text_column)}
   label_column: {_yaml_text(draft.label_column)}
   labels: {_yaml_list(draft.labels)}
-{exclude}  split: {{seed: {split.seed}, test: {split.test}, validation: {split.validation}, stratify: {str(split.stratify).lower()}}}
+{exclude}  split: {split_text}
   counts: {{{", ".join(f"{k}: {v}" for k, v in draft.counts.items())}}}
   checksum: {draft.checksum}
 ---
