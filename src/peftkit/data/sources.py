@@ -233,7 +233,7 @@ def _clean(card: DataCard, df, where):
     keep = text.str.strip() != ""
     labels = None
     if card.label_column is not None:
-        labels = df[card.label_column].astype(str)
+        labels = label_text(df[card.label_column])
         keep &= ~labels.isin(card.exclude_labels)
     out = pd.DataFrame({"text": text[keep].tolist()})
     if out.empty:
@@ -252,6 +252,22 @@ def _clean(card: DataCard, df, where):
             )
         out["label"] = labels.map(card.label2id).tolist()
     return out
+
+
+def label_text(values):
+    """A label column as the text a card lists labels by: a missing value is '', a whole number has no '.0' (a
+    JSON column of ids with a null in it is read as floats)."""
+
+    import pandas as pd
+
+    def text(value) -> str:
+        if value is None or (not isinstance(value, str) and pd.api.types.is_scalar(value) and pd.isna(value)):
+            return ""
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+
+    return values.astype(object).map(text)
 
 
 def _split_frames(card: DataCard, frames: dict) -> dict:
