@@ -33,7 +33,7 @@ def register(sub) -> None:
     )
     dc.add_argument("cards", nargs="*", metavar="CARD", help="card names or .md paths (default: every card)")
     ds = dsub.add_parser("show", help="sizes, label distribution, text-length percentiles")
-    ds.add_argument("card", metavar="CARD")
+    ds.add_argument("card", metavar="CARD", help="a card name (in data_cards/) or a .md path")
     ds.add_argument("--model", metavar="SOURCE", help="also give lengths in tokens of this model's tokenizer")
     ds.add_argument("--json", action="store_true", help="print as JSON")
     d.set_defaults(handler=cmd_data)

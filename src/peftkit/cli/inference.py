@@ -6,7 +6,9 @@ import json
 import sys
 from pathlib import Path
 
+from peftkit.cli import add_verbose
 from peftkit.errors import PeftkitError
+from peftkit.quiet import quiet_libraries
 
 
 def register(sub) -> None:
@@ -22,6 +24,7 @@ def register(sub) -> None:
         help="write the confusion-matrix PNG here (default: RUN/plots/ when "
         "given a run folder; none for a bare adapter folder)",
     )
+    add_verbose(e)
     e.set_defaults(handler=cmd_eval)
 
     pr = sub.add_parser("predict", help="labels and probabilities for texts")
@@ -37,6 +40,7 @@ def register(sub) -> None:
     pr.add_argument("texts", nargs="*", help="texts to classify")
     pr.add_argument("--file", help="a text file (one text per line) or JSONL with a 'text' field")
     pr.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_verbose(pr)
     pr.set_defaults(handler=cmd_predict)
 
     g = sub.add_parser("generate", help="sample a continuation of a prompt from a causal-LM adapter")
@@ -47,6 +51,7 @@ def register(sub) -> None:
         "--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default: 0.8)"
     )
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    add_verbose(g)
     g.set_defaults(handler=cmd_generate)
 
     m = sub.add_parser("merge", help="merge a mergeable adapter into a full-precision copy of its base")
@@ -54,13 +59,15 @@ def register(sub) -> None:
     m.add_argument("--out", required=True, help="folder for the merged model (+ parity_report.json)")
     m.add_argument("--samples", type=int, default=64, help="sample inputs for the parity report (default 64)")
     m.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    add_verbose(m)
     m.set_defaults(handler=cmd_merge)
 
 
 def cmd_eval(args) -> int:
     from peftkit.inference.predict import evaluate_adapter
 
-    metrics = evaluate_adapter(args.adapter, data=args.data, split=args.split)
+    with quiet_libraries(args.verbose):
+        metrics = evaluate_adapter(args.adapter, data=args.data, split=args.split, progress=True)
     plots = (
         Path(args.plots)
         if args.plots
@@ -105,7 +112,9 @@ def cmd_predict(args) -> int:
         raise PeftkitError(
             "predict: no input. Give texts as arguments or --file F (one text per line or JSONL)."
         )
-    _print_predictions(texts, predict_texts(args.adapter, texts), as_json=args.json)
+    with quiet_libraries(args.verbose):
+        rows = predict_texts(args.adapter, texts)
+    _print_predictions(texts, rows, as_json=args.json)
     return 0
 
 
@@ -129,23 +138,26 @@ def _predict_routed(args) -> int:
             '{"adapter": NAME, "text": ...} (positional adapter and texts are for one adapter).'
         )
     rows = read_routed(args.file, [n for n, _ in pairs])
-    adapters = AdapterSet()
-    for name, path in pairs:
-        adapters.add(name, path)
-    _print_predictions([text for _, text in rows], adapters.route(rows), as_json=args.json)
+    with quiet_libraries(args.verbose):
+        adapters = AdapterSet()
+        for name, path in pairs:
+            adapters.add(name, path)
+        predictions = adapters.route(rows)
+    _print_predictions([text for _, text in rows], predictions, as_json=args.json)
     return 0
 
 
 def cmd_generate(args) -> int:
     from peftkit.inference.generate import generate_text
 
-    text = generate_text(
-        args.adapter,
-        args.prompt,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        seed=args.seed,
-    )
+    with quiet_libraries(args.verbose):
+        text = generate_text(
+            args.adapter,
+            args.prompt,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            seed=args.seed,
+        )
     print(args.prompt + text)
     return 0
 
@@ -153,6 +165,7 @@ def cmd_generate(args) -> int:
 def cmd_merge(args) -> int:
     from peftkit.inference.merge import merge_adapter
 
-    report = merge_adapter(args.adapter, args.out, n_samples=args.samples, overwrite=args.overwrite)
+    with quiet_libraries(args.verbose):
+        report = merge_adapter(args.adapter, args.out, n_samples=args.samples, overwrite=args.overwrite)
     print(json.dumps(report, indent=2))
     return 0

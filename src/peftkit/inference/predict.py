@@ -94,8 +94,11 @@ def _labelled_file(path: Path, labels: list[str]):
     return df["text"].astype(str).tolist(), ids
 
 
-def evaluate_adapter(adapter: str, *, data: str | None = None, split: str = "test", metrics=None) -> dict:
-    """Metrics of an adapter on a data card's split (default: the card it was trained on) or a labelled file."""
+def evaluate_adapter(
+    adapter: str, *, data: str | None = None, split: str = "test", metrics=None, progress: bool = False
+) -> dict:
+    """Metrics of an adapter on a data card's split (default: the card it was trained on) or a labelled file;
+    `progress` shows a progress bar over the batches."""
     from peftkit.adapters.bundle import load_adapter
     from peftkit.data.cards import load_card
     from peftkit.data.prepare import tokenize_texts
@@ -139,6 +142,7 @@ def evaluate_adapter(adapter: str, *, data: str | None = None, split: str = "tes
         padding_side=tok.padding_side,
         batch_size=64,
         task=meta["task"],
+        progress="eval" if progress else None,
     )
     if meta["task"] != "classification":
         import math

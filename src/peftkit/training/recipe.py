@@ -131,6 +131,7 @@ def train(
     if tracker is not None and resume:
         tracker.resume(read_log(out / LOG_FILE), start_step)
     log = RunLog(out, tc.report_to, start_step, accelerator.is_main_process)
+    bar = "validation" if progress else None  # the label of evaluation progress bars (None: no bars)
     eval_kwargs = dict(
         task=rc.task,
         tokenizer=tokenizer,
@@ -140,7 +141,7 @@ def train(
 
     def evaluate() -> dict:
         return evaluate_split(
-            model, data["validation"], labels=labels, metrics=recipe.eval.metrics, **eval_kwargs
+            model, data["validation"], labels=labels, metrics=recipe.eval.metrics, **eval_kwargs, progress=bar
         )
 
     def checkpoint(step: int) -> None:
@@ -181,7 +182,13 @@ def train(
     # 5. Final evaluation (of the best evaluation's weights with keep_best), adapter, metrics, plots and card.
     def final(name: str) -> dict:
         return evaluate_split(
-            model, data[name], labels=labels, metrics=recipe.eval.metrics, full=True, **eval_kwargs
+            model,
+            data[name],
+            labels=labels,
+            metrics=recipe.eval.metrics,
+            full=True,
+            **eval_kwargs,
+            progress=name if progress else None,
         )
 
     results = {"train": result.summary(log.last_loss)}
