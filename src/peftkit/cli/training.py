@@ -36,40 +36,25 @@ def register(sub) -> None:
     v.add_argument(
         "overrides", nargs="*", metavar="key=value", help="override recipe fields, e.g. data.card=my_card.md"
     )
+    v.add_argument(
+        "--recheck",
+        action="store_true",
+        help="run every check again, even those that passed before on the same files and versions",
+    )
     add_verbose(v)
     v.set_defaults(handler=cmd_validate)
 
 
 def cmd_train(args) -> int:
+    from peftkit.quiet import MESSAGES_FILE, quiet_libraries
     from peftkit.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)
     if args.processes is not None:
-        from peftkit.training.distributed import launch_training
-
-        flags = [
-            f
-            for f, on in (
-                ("--overwrite", args.overwrite),
-                ("--resume", args.resume),
-                ("--no-progress", args.no_progress),
-                ("--verbose", args.verbose),
-            )
-            if on
-        ]
-        return launch_training(
-            args.recipe,
-            [*args.overrides, *flags],
-            args.processes,
-            strategy=recipe.distributed.strategy,
-            accelerate_config=recipe.distributed.accelerate_config,
-            quantized=recipe.quantization is not None,
-        )
-    from peftkit.quiet import MESSAGES_FILE, quiet_libraries
-
+        return _launch(args, load_recipe(args.recipe, args.overrides))
     main_process = int(os.environ.get("RANK", "0")) == 0  # one log and one summary per run, not per process
-    out = Path(recipe.train.output_dir)
     with quiet_libraries(args.verbose) as messages:
+        recipe = load_recipe(args.recipe, args.overrides)
+        out = Path(recipe.train.output_dir)
         try:
             from peftkit.training.recipe import train
 
@@ -80,6 +65,30 @@ def cmd_train(args) -> int:
     if main_process:
         print("\n".join(run_summary(out)))
     return 0
+
+
+def _launch(args, recipe) -> int:
+    """`--processes N`: the same command in N processes through `accelerate launch`."""
+    from peftkit.training.distributed import launch_training
+
+    flags = [
+        flag
+        for flag, on in (
+            ("--overwrite", args.overwrite),
+            ("--resume", args.resume),
+            ("--no-progress", args.no_progress),
+            ("--verbose", args.verbose),
+        )
+        if on
+    ]
+    return launch_training(
+        args.recipe,
+        [*args.overrides, *flags],
+        args.processes,
+        strategy=recipe.distributed.strategy,
+        accelerate_config=recipe.distributed.accelerate_config,
+        quantized=recipe.quantization is not None,
+    )
 
 
 def run_summary(out: Path) -> list[str]:
@@ -123,12 +132,12 @@ def _megabytes(size: int) -> str:
 def cmd_validate(args) -> int:
     from peftkit.quiet import quiet_libraries
     from peftkit.recipe import load_recipe
+    from peftkit.training.preflight import validate_recipe
 
     with quiet_libraries(args.verbose, transformers=False):
-        recipe = load_recipe(args.recipe, args.overrides)
-        from peftkit.training.preflight import validate_recipe
-
-        lines = validate_recipe(recipe)
+        # The method's settings are checked with the model (or found in the memo): checking them imports PEFT.
+        recipe = load_recipe(args.recipe, args.overrides, check_method=False)
+        lines = validate_recipe(recipe, use_memo=not args.recheck, recipe_file=args.recipe)
     for line in lines:
         print(line)
     print(f"{args.recipe}: OK")

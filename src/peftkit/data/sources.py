@@ -107,14 +107,29 @@ def read_source(card: DataCard, *, verify_checksum: bool = True) -> tuple[str | 
     blobs = _read_files(card)
     checksum = _checksum(blobs)
     # Checked before parsing, so changed data is reported as such and not as a confusing label error.
-    if verify_checksum and card.checksum and checksum != card.checksum:
+    if verify_checksum:
+        _check_checksum(card, checksum)
+    return checksum, {split: _parse(card, path, data) for split, (path, data) in blobs.items()}
+
+
+def verify_checksum(card: DataCard) -> str | None:
+    """The data's checksum (None for a hub source), refused when the card records another one. Reads and hashes
+    the files without parsing them: milliseconds, no pandas."""
+    if card.source.kind == "hub":
+        return None
+    checksum = _checksum(_read_files(card))
+    _check_checksum(card, checksum)
+    return checksum
+
+
+def _check_checksum(card: DataCard, checksum: str) -> None:
+    if card.checksum and checksum != card.checksum:
         raise PeftkitError(
             f"Data card {card.path}: the source data changed. The card's `peftkit.checksum` is "
             f"{card.checksum} but the data now hashes to {checksum}. If the new data is what you want, "
             f"run `peftkit data check {card.name}` and copy the new checksum and counts into the card; "
             "otherwise restore the original files."
         )
-    return checksum, {split: _parse(card, path, data) for split, (path, data) in blobs.items()}
 
 
 def _clean_frames(card: DataCard, raw: dict) -> dict:

@@ -4,7 +4,9 @@
 logger, the data card against its data (checksum and counts), the model source and tokenizer, lengths, the
 method against the model's layers (on a weightless skeleton) or the adapter to continue (`method.init_from`),
 pooling, metric names, early stopping. What it loaded on the way (card, splits, source, config, tokenizer) is
-returned so that `train` reads nothing twice.
+returned so that `train` reads nothing twice. The slow groups (splitting the data; the model and method checks,
+which import torch, transformers and PEFT) are skipped by `validate` when they passed before on the same inputs
+(`training.preflight_memo`); the heavy libraries are imported only where those groups run.
 """
 
 from __future__ import annotations
@@ -13,77 +15,122 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from peftkit.adapters.bundle import resolve_adapter_dir
 from peftkit.data.cards import DataCard, load_card
-from peftkit.data.sources import load_splits
+from peftkit.data.sources import load_splits, verify_checksum
 from peftkit.errors import PeftkitError, did_you_mean
 from peftkit.inference.metrics import check_metric_names
-from peftkit.methods.checks import check_method_for_model
-from peftkit.models.load import load_config, load_tokenizer
-from peftkit.models.pooling import check_pooling
 from peftkit.models.sources import ModelSource, resolve_source
 from peftkit.recipe import Recipe
+from peftkit.recipe.load import check_recipe_method
 
 SPLITS = ("train", "validation", "test")
 
 
 @dataclass
 class Preflight:
-    """What the checks loaded: the card and its splits, the model source, config and tokenizer (None for a hub
-    source, whose files are only read when training downloads them)."""
+    """What the checks loaded: the card and its splits (None when the split sizes came from the memo), the model
+    source, config and tokenizer (None for a hub source, whose files are only read when training downloads them,
+    or when the model checks came from the memo)."""
 
     card: DataCard
-    splits: dict
+    splits: dict | None
+    counts: dict[str, int]
     source: ModelSource
     config: object | None
     tokenizer: object | None
     init_from: Path | None = None
     """The adapter folder `method.init_from` names, checked (None: a new adapter)."""
+    remembered: tuple[str, ...] = ()
+    """Which check groups ('data', 'model') were taken from the memo instead of run again."""
 
 
 def preflight(
-    recipe: Recipe, *, overwrite: bool = False, resume: bool = False, training: bool = True
+    recipe: Recipe,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    training: bool = True,
+    use_memo: bool = False,
+    recipe_file: str | None = None,
 ) -> Preflight:
     """Run every check; raise PeftkitError on the first problem. `training`: also check that the run folder may be
-    written (`overwrite` / `resume` as given to `train`)."""
+    written (`overwrite` / `resume` as given to `train`). `use_memo`: skip the slow check groups that passed
+    before on the very same inputs (`training.preflight_memo`); what passes is recorded either way.
+    `recipe_file`: the recipe was loaded with `check_method=False`; check its method settings with the model."""
+    from peftkit.training import preflight_memo as memo
+
     rc, tc = recipe.model, recipe.train
     check_output_dir(Path(tc.output_dir), overwrite=overwrite, resume=resume, training=training)
     check_report_to(tc.report_to)
     card = load_card(recipe.data.card)
     check_card_task(card, rc.task)
-    splits = load_splits(card)
-    check_counts(card, {name: len(splits[name]) for name in SPLITS})
-    if not len(splits["train"]):
+    data_key = memo.data_key(card, verify_checksum(card))
+    known = memo.recall(data_key) if use_memo else None
+    splits = None if known else load_splits(card)
+    counts = {name: known["counts"][name] if known else len(splits[name]) for name in SPLITS}
+    check_counts(card, counts)
+    if not counts["train"]:
         raise PeftkitError(
             f"data.card: card '{card.name}' gives an empty training split. Check its split settings."
         )
+    memo.remember(data_key, {"counts": counts})
     source = resolve_source(rc.source, rc.revision)
+    model_key = memo.model_key(recipe, card, source)
+    passed = memo.recall(model_key) if use_memo else None
+    if passed:
+        recipe.method.name = passed["method"]  # what init_from's adapter said, when it was checked
+        config = tokenizer = None
+        init_from = resolve_adapter_dir(recipe.method.init_from) if recipe.method.init_from else None
+    else:
+        if recipe_file is not None:
+            check_recipe_method(recipe, recipe_file)
+        config, tokenizer, init_from = check_model(recipe, source, card)
+        memo.remember(model_key, {"method": recipe.method.name})
+    check_metric_names(recipe.eval.metrics)
+    check_early_stopping(recipe)
+    remembered = tuple(name for name, hit in (("data", known), ("model", passed)) if hit)
+    return Preflight(card, splits, counts, source, config, tokenizer, init_from, remembered)
+
+
+def check_model(recipe: Recipe, source: ModelSource, card: DataCard):
+    """The model source's config and tokenizer, lengths, the method (or the adapter to continue) against the
+    model, pooling; returns (config, tokenizer, adapter folder to continue or None)."""
+    from peftkit.methods import check_method_settings
+    from peftkit.methods.checks import check_method_for_model
+    from peftkit.models.load import load_config, load_tokenizer
+    from peftkit.models.pooling import check_pooling
+
+    rc, tc = recipe.model, recipe.train
     config = tokenizer = None
     if source.kind != "hub":
         config = load_config(source, rc.cache_dir)
         tokenizer = load_tokenizer(source, rc.cache_dir)  # a decoder with neither pad nor eos is refused here
         check_max_length(recipe.data.max_length, config, rc.source)
     init_from = check_continued_adapter(recipe, source, tokenizer, card) if recipe.method.init_from else None
+    settings = recipe.method.settings()
+    if config is None or init_from is not None:  # a continued adapter was built on this very model
+        check_method_settings(recipe.method.name, settings)
+    else:
+        check_method_for_model(recipe.method.name, settings, config, rc.task, tc.gradient_checkpointing)
     if config is not None:
-        settings = recipe.method.settings()
-        if init_from is None:  # a continued adapter was built on this very model (its fingerprint says so)
-            check_method_for_model(recipe.method.name, settings, config, rc.task, tc.gradient_checkpointing)
         check_pooling(
             rc.pooling, task=rc.task, settings=settings, config=config, source=f"model source '{rc.source}'"
         )
-    check_metric_names(recipe.eval.metrics)
-    check_early_stopping(recipe)
-    return Preflight(card, splits, source, config, tokenizer, init_from)
+    return config, tokenizer, init_from
 
 
-def validate_recipe(recipe: Recipe) -> list[str]:
-    """`peftkit validate`: raise PeftkitError on the first problem; return lines describing what was checked."""
-    checked = preflight(recipe, training=False)
+def validate_recipe(recipe: Recipe, *, use_memo: bool = False, recipe_file: str | None = None) -> list[str]:
+    """`peftkit validate`: raise PeftkitError on the first problem; return lines describing what was checked.
+    `use_memo` / `recipe_file`: as for `preflight`."""
+    checked = preflight(recipe, training=False, use_memo=use_memo, recipe_file=recipe_file)
     source, card = checked.source, checked.card
-    counts = ", ".join(f"{name} {len(checked.splits[name]):,}" for name in SPLITS)
+    counts = ", ".join(f"{name} {n:,}" for name, n in checked.counts.items())
+    earlier = " (as checked before: nothing it depends on changed)"
     return [
-        f"data card: {card.name} ({card.path}): {counts}",
+        f"data card: {card.name} ({card.path}): {counts}" + (earlier if "data" in checked.remembered else ""),
         f"model source: {source.spec} → {source.kind} {source.path or source.hub_id}",
-        f"method: {recipe.method.name}",
+        f"method: {recipe.method.name}" + (earlier if "model" in checked.remembered else ""),
     ]
 
 
