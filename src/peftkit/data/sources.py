@@ -29,17 +29,23 @@ def load_splits(card: DataCard, *, verify_checksum: bool = True):
     """Read the card's data and return a DatasetDict with train / validation / test splits."""
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-    frames = _load_frames(card, verify_checksum)[1]
     features = {"text": Value("string")}
     if card.task == "classification":
         features["label"] = ClassLabel(names=card.labels)
-    splits = _split_frames(card, frames)
+    columns = load_columns(card, verify_checksum=verify_checksum)
     return DatasetDict(
-        {
-            name: Dataset.from_dict({col: df[col].tolist() for col in features}, features=Features(features))
-            for name, df in splits.items()
-        }
+        {name: Dataset.from_dict(split, features=Features(features)) for name, split in columns.items()}
     )
+
+
+def load_columns(card: DataCard, *, verify_checksum: bool = True) -> dict[str, dict[str, list]]:
+    """The splits as plain columns: split → {"text": [...], "label": [ids...]} (no `datasets` import, which
+    training does not need: it tokenizes the lists straight away)."""
+    frames = _load_frames(card, verify_checksum)[1]
+    names = ["text", "label"] if card.task == "classification" else ["text"]
+    return {
+        name: {col: df[col].tolist() for col in names} for name, df in _split_frames(card, frames).items()
+    }
 
 
 def source_checksum(card: DataCard) -> str:

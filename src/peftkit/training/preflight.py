@@ -17,7 +17,7 @@ from pathlib import Path
 
 from peftkit.adapters.bundle import resolve_adapter_dir
 from peftkit.data.cards import DataCard, load_card
-from peftkit.data.sources import load_splits, verify_checksum
+from peftkit.data.sources import load_columns, verify_checksum
 from peftkit.errors import PeftkitError, did_you_mean
 from peftkit.inference.metrics import check_metric_names
 from peftkit.models.sources import ModelSource, resolve_source
@@ -29,9 +29,9 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass
 class Preflight:
-    """What the checks loaded: the card and its splits (None when the split sizes came from the memo), the model
-    source, config and tokenizer (None for a hub source, whose files are only read when training downloads them,
-    or when the model checks came from the memo)."""
+    """What the checks loaded: the card and its splits as columns (`sources.load_columns`; None when the split
+    sizes came from the memo), the model source, config and tokenizer (None for a hub source, whose files are
+    only read when training downloads them, or when the model checks came from the memo)."""
 
     card: DataCard
     splits: dict | None
@@ -67,8 +67,8 @@ def preflight(
     check_card_task(card, rc.task)
     data_key = memo.data_key(card, verify_checksum(card))
     known = memo.recall(data_key) if use_memo else None
-    splits = None if known else load_splits(card)
-    counts = {name: known["counts"][name] if known else len(splits[name]) for name in SPLITS}
+    splits = None if known else load_columns(card)
+    counts = {name: known["counts"][name] if known else len(splits[name]["text"]) for name in SPLITS}
     check_counts(card, counts)
     if not counts["train"]:
         raise PeftkitError(
