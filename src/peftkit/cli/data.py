@@ -114,10 +114,14 @@ def cmd_init(args) -> int:
 
 
 def _validate(recipe_path: Path) -> None:
+    from peftkit.quiet import quiet_libraries
     from peftkit.recipe import load_recipe
     from peftkit.training.preflight import validate_recipe
 
-    validate_recipe(load_recipe(recipe_path))
+    with quiet_libraries(
+        transformers=False
+    ):  # what it proves is remembered: `peftkit validate` is then quick
+        validate_recipe(load_recipe(recipe_path, check_method=False), recipe_file=str(recipe_path))
 
 
 def cmd_cp(args) -> int:
