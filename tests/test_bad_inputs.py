@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from peftkit.cli import main
-from tests.conftest import make_texts, write_card, write_recipe
+from tests.helpers import make_texts, write_card, write_recipe
 
 
 def _run(argv, capsys):

@@ -8,7 +8,7 @@ import pytest
 
 from peftkit.bench.methods import run_bench
 from peftkit.cli import main
-from tests.conftest import write_recipe
+from tests.helpers import write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_bench_prefix_row_depends_on_the_pooling(tiny_bert, tiny_card, tmp_path)
     1e-2; under mean pooling, 20 prefixes and the head (there is no pooler) at lr 3e-2."""
     import transformers
 
-    from peftkit.bench.methods import _count, _recipe_for
+    from peftkit.bench.methods import count_params, recipe_for_method
     from peftkit.recipe import load_recipe
 
     path = str(write_recipe(tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run"))
@@ -105,8 +105,8 @@ def test_bench_prefix_row_depends_on_the_pooling(tiny_bert, tiny_card, tmp_path)
     h, layers = cfg.hidden_size, cfg.num_hidden_layers
     pooler, head = h * h + h, 2 * h + 2
     cls, mean = load_recipe(path), load_recipe(path, ["model.pooling=mean"])
-    assert _count(cls, "prefix_tuning")["trainable_params"] == 128 * layers * 2 * h + pooler + head
-    assert _count(mean, "prefix_tuning")["trainable_params"] == 20 * layers * 2 * h + head
-    assert _recipe_for(cls, "prefix_tuning").train.learning_rate == 1e-2
-    assert _recipe_for(mean, "prefix_tuning").train.learning_rate == 3e-2
-    assert _recipe_for(mean, "full").train.learning_rate == 5e-5
+    assert count_params(cls, "prefix_tuning")["trainable_params"] == 128 * layers * 2 * h + pooler + head
+    assert count_params(mean, "prefix_tuning")["trainable_params"] == 20 * layers * 2 * h + head
+    assert recipe_for_method(cls, "prefix_tuning").train.learning_rate == 1e-2
+    assert recipe_for_method(mean, "prefix_tuning").train.learning_rate == 3e-2
+    assert recipe_for_method(mean, "full").train.learning_rate == 5e-5

@@ -4,46 +4,11 @@ classification card is refused for a causal-LM recipe."""
 from __future__ import annotations
 
 import json
-import random
-import textwrap
 
 import pytest
 
 from peftkit.cli import main
-from tests.conftest import VOCAB, write_recipe
-
-SENTENCES = [
-    "the film was good and the story was superb",
-    "the plot is dull and the actors are weak",
-    "a movie that is quite witty and very sharp",
-    "the script was messy and the story was flat",
-]
-
-
-def write_lm_card(folder, n: int = 160):
-    """A causal-LM card over a CSV with one text column: the four sentences above, over and over."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(0)
-    lines = ["text"] + [rng.choice(SENTENCES) for _ in range(n)]
-    (folder / "lm.csv").write_text("\n".join(lines) + "\n")
-    card = folder / "lm.md"
-    card.write_text(
-        textwrap.dedent("""\
-        ---
-        license: cc0-1.0
-        language: [en]
-        task_categories: [text-generation]
-        pretty_name: Tiny repetitive corpus
-        peftkit:
-          task: causal_lm
-          source: {file: lm.csv}
-          text_column: text
-          split: {seed: 0, test: 0.2, validation: 0.2, stratify: false}
-        ---
-        # Tiny corpus
-        """)
-    )
-    return card
+from tests.helpers import VOCAB, write_lm_card, write_recipe
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from peftkit.cli import main
-from tests.conftest import write_recipe
+from tests.helpers import write_recipe
 
 
 @pytest.fixture(scope="module")

@@ -149,27 +149,44 @@ def test_switched_off_and_unbuildable_fall_back_without_leaving_files(monkeypatc
     assert kernels() is None
     monkeypatch.delenv("PEFTKIT_CPU_KERNELS")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    cpu_kernels._load.cache_clear()
+    cpu_kernels.forget_loaded()
     try:
         monkeypatch.setenv("CC", "no-such-compiler")
         assert kernels() is None
-        cpu_kernels._load.cache_clear()
+        cpu_kernels.forget_loaded()
         monkeypatch.setenv("CC", "false")  # a compiler that fails: no library, and no half-written file left
         assert kernels() is None
         assert list((tmp_path / "peftkit").iterdir()) == []
     finally:
-        cpu_kernels._load.cache_clear()
+        cpu_kernels.forget_loaded()
 
 
 def test_builds_once_into_the_cache(monkeypatch, tmp_path, lib):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    cpu_kernels._load.cache_clear()
+    cpu_kernels.forget_loaded()
     try:
         assert kernels() is not None
         built = list((tmp_path / "peftkit").iterdir())
         assert len(built) == 1 and built[0].suffix == ".so"
         stamp = built[0].stat().st_mtime_ns
-        cpu_kernels._load.cache_clear()
+        cpu_kernels.forget_loaded()
         assert kernels() is not None and built[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
     finally:
-        cpu_kernels._load.cache_clear()
+        cpu_kernels.forget_loaded()
+
+
+@pytest.mark.parametrize(
+    "out, x, words",
+    [
+        (torch.zeros(8, dtype=torch.float64), None, "out is a torch.float64"),
+        (torch.zeros(4, 4).t(), None, "expected torch.float32 (4, 4) on cpu, contiguous"),
+        (torch.zeros(8), torch.zeros(9), "x is a torch.float32 (9,) tensor"),
+    ],
+)
+def test_kernel_entry_refuses_what_it_would_read_wrongly(lib, out, x, words):
+    """A wrong dtype, shape or layout raises before any raw pointer reaches C, and nothing is written."""
+    before = out.clone()
+    with pytest.raises(RuntimeError, match="peftkit CPU kernel mask_apply") as err:
+        apply_mask(out, x, key=123, p=0.1)
+    assert words in str(err.value) and "PEFTKIT_CPU_KERNELS=0" in str(err.value)
+    assert torch.equal(out, before)

@@ -50,7 +50,7 @@ def test_training_uses_it_on_every_dropout(tiny_bert, tiny_card, tmp_path, monke
     from peftkit.cli import main
     from peftkit.cpu import dropout
     from peftkit.cpu import kernels as cpu_kernels
-    from tests.conftest import write_recipe
+    from tests.helpers import write_recipe
 
     calls, torch_dropouts = [], []
     real, real_key, real_dropout = dropout.keep_mask, cpu_kernels.draw_key, torch.nn.functional.dropout

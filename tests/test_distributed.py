@@ -18,8 +18,7 @@ from peftkit.errors import PeftkitError
 from peftkit.recipe import load_recipe
 from peftkit.training.distributed import check_distributed, launch_command, shard_steps
 from peftkit.training.recipe import train
-from tests.conftest import no_dropout_copy
-from tests.helpers import flipped, make_texts, write_recipe, write_split_card
+from tests.helpers import flipped, make_texts, no_dropout_copy, write_recipe, write_split_card
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -247,14 +246,14 @@ def test_launch_command_hands_off_to_accelerate():
 
 
 def test_deepspeed_config_fits_peftkits_loop():
-    from peftkit.training.distributed import _configure_deepspeed
+    from peftkit.training.distributed import configure_deepspeed
 
     ds = {
         "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False},
         "gradient_clipping": "auto",
         "train_batch_size": "auto",
     }
-    _configure_deepspeed(ds, 8, 1, 0.5, world=4)
+    configure_deepspeed(ds, 8, 1, 0.5, world=4)
     assert (
         ds["train_micro_batch_size_per_gpu"],
         ds["train_batch_size"],
@@ -265,9 +264,9 @@ def test_deepspeed_config_fits_peftkits_loop():
         ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     )  # else ZeRO-3 saves empties
     with pytest.raises(PeftkitError, match="has its own optimizer section.*Remove the optimizer section"):
-        _configure_deepspeed({"optimizer": {"type": "AdamW"}}, 8, 1, 1.0, world=1)
+        configure_deepspeed({"optimizer": {"type": "AdamW"}}, 8, 1, 1.0, world=1)
     with pytest.raises(PeftkitError, match="train.grad_accum_steps: peftkit accumulates"):
-        _configure_deepspeed({}, 8, 2, 1.0, world=1)
+        configure_deepspeed({}, 8, 2, 1.0, world=1)
 
 
 def test_quantized_model_goes_to_its_process_device():

@@ -12,7 +12,7 @@ from peftkit.adapters.bundle import META_FILE, load_adapter
 from peftkit.cli import main
 from peftkit.errors import PeftkitError
 from peftkit.inference.adapter_set import AdapterSet
-from tests.tiny_runs import train_tiny
+from tests.helpers import train_tiny
 
 
 @pytest.fixture(scope="module")

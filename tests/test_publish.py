@@ -16,7 +16,7 @@ import pytest
 from peftkit.cli import main
 from peftkit.errors import PeftkitError
 from peftkit.inference.plots import PIXELS
-from tests.conftest import write_recipe
+from tests.helpers import write_recipe
 
 PUBLISHED = {
     "README.md",
@@ -68,9 +68,9 @@ def test_plots_are_pngs_of_the_fixed_size(run):
 def test_plot_needs_no_display():
     import matplotlib
 
-    from peftkit.inference.plots import _pyplot
+    from peftkit.inference.plots import pyplot
 
-    _pyplot()
+    pyplot()
     assert matplotlib.get_backend().lower() == "agg"
 
 
@@ -93,15 +93,39 @@ def test_tensorboard_events_land_in_logs(run):
     assert [e.step for e in acc.Scalars("train/loss")] == [r["step"] for r in logged if "loss" in r]
 
 
-def test_tensorboard_is_the_default_and_none_writes_no_logs(tiny_bert, tiny_card, tmp_path):
-    from peftkit.recipe.schema import TrainSpec
-
-    assert TrainSpec().report_to == "tensorboard"
+def test_none_writes_no_tensorboard_logs(tiny_bert, tiny_card, tmp_path):
     recipe = write_recipe(
         tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run", train={"max_steps": 2}
     )
     assert main(["train", str(recipe), "--no-progress"]) == 0
     assert not (tmp_path / "run" / "logs").exists()
+    assert (tmp_path / "run" / "train_log.jsonl").is_file()
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_auto_logs_to_tensorboard_only_when_it_is_installed(
+    installed, tiny_bert, tiny_card, tmp_path, monkeypatch
+):
+    """tensorboard is an optional extra: the default `auto` uses it when present and never fails without it."""
+    import importlib.util
+
+    from peftkit.recipe.schema import TrainSpec
+
+    assert TrainSpec().report_to == "auto"
+    if not installed:
+        real = importlib.util.find_spec
+        monkeypatch.setattr(
+            importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a)
+        )
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        model=tiny_bert,
+        card=tiny_card,
+        out=tmp_path / "run",
+        train={"max_steps": 2, "report_to": "auto"},
+    )
+    assert main(["train", str(recipe), "--no-progress"]) == 0
+    assert (tmp_path / "run" / "logs").is_dir() == installed
     assert (tmp_path / "run" / "train_log.jsonl").is_file()
 
 
@@ -120,7 +144,7 @@ def test_report_to_a_missing_package_is_refused_before_writing(tiny_bert, tiny_c
     assert main(["train", str(recipe)]) == 2
     err = capsys.readouterr().err
     assert "train.report_to: 'wandb' needs the `wandb` package, which is not installed" in err
-    assert "train.report_to=tensorboard or none" in err
+    assert "train.report_to=auto or none" in err
     assert not (tmp_path / "run").exists()
 
 
@@ -268,7 +292,7 @@ def test_causal_lm_run_gets_a_text_generation_card(tiny_gpt2, tmp_path):
     """A causal LM run: loss curve, no confusion matrix, perplexity in the model-index, a generate snippet that runs."""
     from huggingface_hub import ModelCard
 
-    from tests.conftest import make_texts
+    from tests.helpers import make_texts
 
     (tmp_path / "lm.csv").write_text("text\n" + "".join(f"{t}\n" for t, _ in make_texts(60)))
     card = tmp_path / "lm.md"

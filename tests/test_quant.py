@@ -12,7 +12,7 @@ from peftkit.methods.apply import apply_method
 from peftkit.models.load import load_base_model
 from peftkit.models.quant import bnb_config, quantized_modules
 from peftkit.models.sources import resolve_source
-from tests.tiny_runs import train_tiny
+from tests.helpers import train_tiny
 
 
 def _quantized_step(model_dir, bits: int, optimizer: str = "adamw"):

@@ -1,4 +1,5 @@
-"""The README's recipe reference is the one the schema generates, so the docs cannot drift from the code."""
+"""The docs cannot drift from the code: the recipe reference is the one the schema generates, and the README names
+every command and the two set-up commands."""
 
 from __future__ import annotations
 
@@ -6,15 +7,17 @@ from pathlib import Path
 
 from peftkit.recipe.jsonschema import recipe_reference_markdown
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+REFERENCE = ROOT / "docs" / "recipe-reference.md"
 
 
-def test_readme_recipe_reference_is_current():
-    text = README.read_text()
+def test_recipe_reference_is_current():
+    text = REFERENCE.read_text()
     start = text.index("<!-- recipe-reference:start -->\n") + len("<!-- recipe-reference:start -->\n")
     end = text.index("<!-- recipe-reference:end -->")
     assert text[start:end] == recipe_reference_markdown(), (
-        "run `peftkit schema --markdown` and paste it into README"
+        "run `peftkit schema --markdown` and paste it into docs/recipe-reference.md"
     )
 
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from peftkit.recipe import load_recipe
 from peftkit.training.loop import TrainCallback
 from peftkit.training.recipe import train
-from tests.conftest import write_recipe
+from tests.helpers import write_recipe
 
 
 class Interrupted(Exception):

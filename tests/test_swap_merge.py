@@ -12,8 +12,7 @@ from peftkit.adapters.bundle import load_adapter
 from peftkit.cli import main
 from peftkit.inference.adapter_set import AdapterSet
 from peftkit.inference.merge import REPORT_FILE, merge_adapter
-from tests.conftest import make_texts, write_card
-from tests.tiny_runs import train_tiny
+from tests.helpers import make_texts, train_tiny, write_card
 
 TEXTS = [t for t, _ in make_texts(12, seed=7)]
 
@@ -275,7 +274,7 @@ def test_serve_bench_compare_qlora_over_seeds(monkeypatch, capsys, tmp_path):
     assert [round(r["delta_pt"], 6) for r in result["runs"]] == [-1.0, 0.0]
     assert result["mean_delta_pt"] == pytest.approx(-0.5)
     assert result["stdev_delta_pt"] == pytest.approx(0.7071, abs=1e-4)
-    sb._print_training(result)
+    sb.print_training_comparison(result)
     assert "over 2 seed(s): mean -0.50 pt (sd 0.71 pt)" in capsys.readouterr().out.replace("−", "-")
 
 

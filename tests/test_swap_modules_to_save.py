@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from peftkit.adapters.bundle import load_adapter
 from peftkit.inference.adapter_set import AdapterSet
+from tests.helpers import train_tiny
 from tests.test_swap_merge import TEXTS, _alone, _logits
-from tests.tiny_runs import train_tiny
 
 # The plain adapter is loaded before and after the pooler-saving ones, so a pooler leaking either way shows.
 ORDER = ("lora", "lora_pooler", "prefix_pooler", "lora_again")

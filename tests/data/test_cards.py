@@ -197,8 +197,6 @@ def test_shipped_card_fields():
 def test_import_stays_cheap():
     heavy = "{'pandas', 'datasets', 'sklearn', 'huggingface_hub'}"
     code = f"import sys, peftkit.data.cards, peftkit.data.sources; print(sorted({heavy} & set(sys.modules)))"
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONPATH": src}
-    )
+    # -B: the child writes no __pycache__ into the source tree
+    out = subprocess.run([sys.executable, "-B", "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

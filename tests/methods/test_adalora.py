@@ -7,7 +7,7 @@ import json
 
 from peftkit.recipe import load_recipe
 from peftkit.training.recipe import train
-from tests.conftest import write_recipe
+from tests.helpers import write_recipe
 
 
 def test_adalora_prunes_to_budget_in_training(tiny_bert, tiny_card, tmp_path):

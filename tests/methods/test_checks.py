@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from peftkit.cli import main
-from tests.conftest import write_recipe
+from tests.helpers import write_recipe
 
 # `validate` checks the card against its data, so it needs a card with counts and checksum: the shipped one.
 RT_CARD = Path(__file__).resolve().parents[2] / "data_cards" / "rotten_tomatoes.md"

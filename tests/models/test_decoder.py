@@ -12,7 +12,7 @@ from peftkit.methods.apply import apply_method
 from peftkit.models.decoder import backbone
 from peftkit.models.load import load_base_model, load_tokenizer
 from peftkit.models.sources import resolve_source
-from tests.conftest import build_tiny_decoder, make_texts
+from tests.helpers import build_tiny_decoder, make_texts
 
 
 def _model(folder, method="lora", settings=None):
@@ -97,7 +97,7 @@ def test_decoder_without_pad_or_eos_is_refused(tmp_path):
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
 def cls_run(request, pretrained_gpt2, pretrained_llama, tiny_card, tmp_path_factory):
     from peftkit.cli import main
-    from tests.conftest import write_recipe
+    from tests.helpers import write_recipe
 
     tmp = tmp_path_factory.mktemp(f"cls-{request.param}")
     model = pretrained_gpt2 if request.param == "gpt2" else pretrained_llama
@@ -128,8 +128,7 @@ def test_decoder_classification_train_then_predict(cls_run, capsys):
 
 def test_validate_refuses_a_decoder_without_pad_or_eos(tmp_path, capsys):
     from peftkit.cli import main
-    from tests.conftest import write_recipe
-    from tests.models._helpers import write_checked_card
+    from tests.helpers import write_checked_card, write_recipe
 
     folder = build_tiny_decoder(tmp_path / "no-eos", "llama", eos=None)
     card = write_checked_card(tmp_path / "data", make_texts(60))

@@ -79,7 +79,7 @@ def tiny_gguf(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _forget_verified(monkeypatch):
     # Each test sees the cache as a fresh process would.
-    monkeypatch.setattr(peftkit_gguf, "_verified", {})
+    peftkit_gguf.forget_verified()
 
 
 def _logits(folder_or_model, ids):
@@ -109,8 +109,8 @@ def test_converts_once_into_an_hf_folder(tiny_gguf, tmp_path, monkeypatch):
     assert tok(" good go")["input_ids"] == [262, 260] and tok.eos_token == "<eos>"
 
     # Reused: the second call converts nothing.
-    monkeypatch.setattr(peftkit_gguf, "_convert", lambda *a: pytest.fail("converted again"))
-    monkeypatch.setattr(peftkit_gguf, "_verified", {})
+    monkeypatch.setattr(peftkit_gguf, "convert_gguf", lambda *a: pytest.fail("converted again"))
+    peftkit_gguf.forget_verified()
     assert converted_folder(tiny_gguf) == folder
 
 
@@ -124,7 +124,7 @@ def test_damaged_cache_is_rebuilt(damage, tiny_gguf, tmp_path):
         (folder / MARKER).unlink()
     else:
         (folder / MARKER).write_text("{not json")
-    peftkit_gguf._verified.clear()
+    peftkit_gguf.forget_verified()
     with pytest.warns(UserWarning, match="incomplete or corrupt"):
         again = converted_folder(tiny_gguf, cache_dir=tmp_path)
     assert again == folder
@@ -137,7 +137,7 @@ def test_failed_conversion_leaves_nothing(tiny_gguf, tmp_path, monkeypatch):
         (out / "config.json").write_text("{}")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(peftkit_gguf, "_convert", boom)
+    monkeypatch.setattr(peftkit_gguf, "convert_gguf", boom)
     with pytest.raises(PeftkitError, match="could not be converted.*disk full"):
         converted_folder(tiny_gguf, cache_dir=tmp_path)
     assert [p.name for p in (tmp_path / "gguf").iterdir()] == [".lock"]
@@ -165,8 +165,7 @@ def test_corrupt_gguf(kind, tiny_gguf, tmp_path):
 
 @pytest.fixture(scope="module")
 def checked_card(tmp_path_factory):
-    from tests.conftest import make_texts
-    from tests.models._helpers import write_checked_card
+    from tests.helpers import make_texts, write_checked_card
 
     return write_checked_card(tmp_path_factory.mktemp("card"), make_texts(200))
 
@@ -176,7 +175,7 @@ def test_recipe_trains_and_predicts_from_a_gguf_source(
 ):
     from peftkit.cli import main
     from peftkit.models.sources import content_hash, resolve_source
-    from tests.conftest import write_recipe
+    from tests.helpers import write_recipe
 
     tiny_card = checked_card
     monkeypatch.setenv("PEFTKIT_CACHE", str(tmp_path / "cache"))
@@ -197,7 +196,7 @@ def test_recipe_trains_and_predicts_from_a_gguf_source(
 
 def test_validate_reports_a_truncated_gguf(tiny_gguf, checked_card, tmp_path, monkeypatch, capsys):
     from peftkit.cli import main
-    from tests.conftest import write_recipe
+    from tests.helpers import write_recipe
 
     bad = tmp_path / "half.gguf"
     bad.write_bytes(tiny_gguf.read_bytes()[:60000])
@@ -206,3 +205,14 @@ def test_validate_reports_a_truncated_gguf(tiny_gguf, checked_card, tmp_path, mo
     assert main(["validate", str(recipe)]) == 2
     err = capsys.readouterr().err
     assert "half.gguf' is corrupt or truncated" in err and "Traceback" not in err
+
+
+def test_missing_gguf_package_says_how_to_install_it(tiny_gguf, monkeypatch):
+    """`gguf` is an optional extra: without it a GGUF source is refused with the install command."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf → ImportError, as when it is not installed
+    with pytest.raises(PeftkitError) as err:
+        peftkit_gguf.check_gguf(tiny_gguf)
+    assert "needs the optional `gguf` package" in str(err.value)
+    assert "pip install 'peftkit[gguf]'" in str(err.value)

@@ -13,7 +13,7 @@ from peftkit.models.pooling import MeanPooler
 from peftkit.models.sources import resolve_source
 from peftkit.recipe import load_recipe
 from peftkit.training.recipe import train
-from tests.conftest import make_texts, write_recipe
+from tests.helpers import make_texts, write_recipe
 
 TEXTS = ["good film", "the plot was very dull and the actors were tired", "a witty and sharp story"]
 

@@ -34,7 +34,7 @@ def test_the_eight_methods_are_shipped():
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_shipped_recipe(path, tiny_bert, tiny_llama, tiny_card, tmp_path):
     from peftkit.training.preflight import validate_recipe
-    from tests.test_causal_lm import write_lm_card
+    from tests.helpers import write_lm_card
 
     text = path.read_text()
     assert text.startswith("#") and "peftkit train recipes/" + path.name in text, (

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from peftkit.errors import PeftkitError
 
-DEFAULT_METHODS = ("lora", "dora", "ia3", "prefix_tuning", "houlsby", "full")
 # Settings a method needs when it is not the recipe's own (PEFT has no default for num_virtual_tokens). Prefix
 # tuning can only steer attention, so what it needs depends on how the head reads the sequence (`model.pooling`).
 # Measured on MiniLM, 1,281 validation snippets, 2,000-example budget, seeds 42 / 7 (full fine-tuning: [CLS] 0.753 /
@@ -102,7 +101,7 @@ def run_bench(
             say(f"bench: {name} …", flush=True)
             row = {"name": name, "kind": kind, "method": method}
             try:
-                row.update(_count(recipe, method))
+                row.update(count_params(recipe, method))
                 row.update(
                     _child(
                         pool,
@@ -156,7 +155,7 @@ def _environment() -> dict:
     }
 
 
-def _recipe_for(recipe, method: str):
+def recipe_for_method(recipe, method: str):
     """The recipe with `method`: its own settings when it is the recipe's method, peftkit's defaults otherwise."""
     from peftkit.recipe.schema import MethodSpec
 
@@ -170,7 +169,7 @@ def _recipe_for(recipe, method: str):
     return r
 
 
-def _count(recipe, method: str) -> dict:
+def count_params(recipe, method: str) -> dict:
     """Parameter and matmul-weight counts of the base model with `method` applied (no training)."""
     from peftkit.bench.flops import matmul_params
     from peftkit.data.cards import load_card
@@ -179,7 +178,7 @@ def _count(recipe, method: str) -> dict:
     from peftkit.models.load import load_model_and_tokenizer
     from peftkit.models.sources import resolve_source
 
-    r = _recipe_for(recipe, method)
+    r = recipe_for_method(recipe, method)
     check_method_settings(method, r.method.settings())  # an unknown method stops here, as a skipped row
     source = resolve_source(r.model.source, r.model.revision)
     labels = load_card(r.data.card).labels if r.model.task == "classification" else None
@@ -253,7 +252,7 @@ def run_row(spec: dict) -> dict:
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     datasets.disable_progress_bars()
-    recipe = _recipe_for(load_recipe(spec["recipe"], spec["overrides"]), spec["method"])
+    recipe = recipe_for_method(load_recipe(spec["recipe"], spec["overrides"]), spec["method"])
     if spec["budget"]:
         recipe.data.max_train_examples = spec["budget"]
     recipe.data.max_test_examples = 1  # bench compares on the validation subset; test stays for the user

@@ -14,8 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-PADDINGS = ("pad128", "dynamic")
-
 
 def run_peer(recipe, padding: str, train_limit: int | None) -> dict:
     """Train and evaluate the peer pipeline for `recipe`'s method; return the bench row's measured values."""

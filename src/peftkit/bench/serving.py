@@ -140,7 +140,7 @@ def compare_qlora_training(
     """Train the fp32 and the QLoRA recipe once per seed (the recipes' own seed when `seeds` is empty).
 
     One seed's test accuracy moves by about a point with the seed (and with any small change to the weights, such
-    as a different quantization block size), so the accuracy target is judged on the mean difference over seeds.
+    as a different quantization block size), so the accuracy difference is judged by its mean over seeds.
     """
     runs = []
     for seed in seeds or [None]:
@@ -163,7 +163,7 @@ def compare_qlora_training(
     }
 
 
-def _print_training(result: dict) -> None:
+def print_training_comparison(result: dict) -> None:
     """One row per seed and recipe, each seed's difference, then the mean over the seeds."""
     print(
         f"{'seed':>5s} {'recipe':45s} {'accuracy':>8s} {'macro_f1':>8s} {'peak RSS MiB':>12s} {'examples/s':>10s}"
@@ -181,8 +181,7 @@ def _print_training(result: dict) -> None:
         )
     spread = "" if result["stdev_delta_pt"] is None else f" (sd {result['stdev_delta_pt']:.2f} pt)"
     print(
-        f"QLoRA − LoRA accuracy over {len(result['runs'])} seed(s): mean {result['mean_delta_pt']:+.2f} pt{spread} "
-        f"(target ≥ −0.5)"
+        f"QLoRA − LoRA accuracy over {len(result['runs'])} seed(s): mean {result['mean_delta_pt']:+.2f} pt{spread}"
     )
 
 
@@ -210,14 +209,14 @@ def run_serve_bench(
     out: dict = {}
     if compare_qlora:
         out["training"] = compare_qlora_training(list(compare_qlora), list(overrides or []), seeds)
-        _print_training(out["training"])
+        print_training_comparison(out["training"])
         if not named_specs:
             first = out["training"]["runs"][0]
             named_specs = [f"lora={first['fp32']['adapter']}", f"qlora={first['qlora']['adapter']}"]
     pairs = parse_adapter_specs(named_specs)
     figs = serving_figures(pairs, n_texts=n_texts)
     out["serving"] = figs
-    print(f"swap (activate) median: {figs['swap_activate_ms'] * 1000:.1f} µs (target ≤ 5 ms)")
+    print(f"swap (activate) median: {figs['swap_activate_ms'] * 1000:.1f} µs")
     if "one_text_request_ms_after_swap" in figs:
         print(
             f"one-text request: {figs['one_text_request_ms_same_adapter']:.2f} ms same adapter, "
@@ -225,7 +224,7 @@ def run_serve_bench(
         )
     print(
         f"batch of {figs['n_texts']}: base {figs['batch_ms_base']:.1f} ms, adapter active "
-        f"{figs['batch_ms_adapter_active']:.1f} ms ({figs['adapter_over_base']:.2f}× base, target ≤ 1.15×), merged "
+        f"{figs['batch_ms_adapter_active']:.1f} ms ({figs['adapter_over_base']:.2f}× base), merged "
         f"{figs['batch_ms_merged']:.1f} ms ({figs['merged_over_base']:.2f}× base)"
     )
     mem = [k for k in figs if k.startswith("rss_mb_") and k.endswith("_adapters")]

@@ -149,7 +149,7 @@ def _kernel_forward(ctx, q, k, v, mask, scale, p):
     """The kernel's forward: scores, mask, softmax, dropout and ·v per (batch, head), q/k/v read in place."""
     import torch
 
-    from peftkit.cpu.kernels import kernels, mask_args, strides
+    from peftkit.cpu.kernels import expect, kernels, mask_args, strides
 
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     (b, h, sq, d), sk = q.shape, k.shape[2]
@@ -161,6 +161,9 @@ def _kernel_forward(ctx, q, k, v, mask, scale, p):
         )  # the kernel reads float32; broadcast dims: stride 0
     probs, out = q.new_empty(b, h, sq, sk), q.new_empty(b, sq, h, d)
     ms = (0, 0, 0) if mask is None else (mask.stride(0), mask.stride(2), mask.stride(3))
+    _check_attention("attn_forward", q, k, v, probs, out)
+    if mask is not None:
+        expect("attn_forward", "mask", mask, (b, 1, sq, sk), contiguous=False)
     kernels().attn_forward(
         q.data_ptr(),
         k.data_ptr(),
@@ -193,6 +196,7 @@ def _kernel_backward(ctx, grad):
     g = grad.contiguous()
     (b, h, sq, d), sk = q.shape, k.shape[2]
     dq, dk, dv = g.new_empty(b, sq, h, d), g.new_empty(b, sk, h, d), g.new_empty(b, sk, h, d)
+    _check_attention("attn_backward", q, k, v, probs, g)
     kernels().attn_backward(
         q.data_ptr(),
         k.data_ptr(),
@@ -215,3 +219,15 @@ def _kernel_backward(ctx, grad):
         *mask_args(ctx.key, ctx.p),
     )
     return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
+
+
+def _check_attention(kernel: str, q, k, v, probs, out) -> None:
+    """q (B, H, Sq, D), k and v (B, H, Sk, D) with a dense last dimension; probabilities (B, H, Sq, Sk) and the
+    output (or its gradient) (B, Sq, H, D) contiguous: what the attention kernels index by."""
+    from peftkit.cpu.kernels import expect
+
+    (b, h, sq, d), sk = q.shape, k.shape[2]
+    for name, t, shape in (("q", q, (b, h, sq, d)), ("k", k, (b, h, sk, d)), ("v", v, (b, h, sk, d))):
+        expect(kernel, name, t, shape, contiguous=False)
+    expect(kernel, "probabilities", probs, (b, h, sq, sk))
+    expect(kernel, "output", out, (b, sq, h, d))

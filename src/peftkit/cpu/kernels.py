@@ -42,6 +42,12 @@ def kernels():
     return _load()
 
 
+def forget_loaded() -> None:
+    """Drop the loaded library, so the next `kernels()` loads or builds it again (after a change of
+    `PEFTKIT_CPU_KERNELS`, `$CC` or the cache folder)."""
+    _load.cache_clear()
+
+
 @functools.cache
 def _load():
     import torch  # noqa: F401  (loaded first: the kernels then share torch's libgomp and its thread pool)
@@ -200,8 +206,33 @@ def strides(*values: int):
     return (ctypes.c_int64 * len(values))(*values)
 
 
+def expect(kernel: str, name: str, t, shape: tuple, *, dtype=None, contiguous: bool = True) -> None:
+    """Refuse, before a kernel reads raw pointers, a tensor it would read wrongly or out of bounds: not on the CPU,
+    not `dtype` (float32 by default), not of `shape` (None entries match anything), or not contiguous (with
+    `contiguous=False`, only its last dimension must be)."""
+    import torch
+
+    dtype = dtype or torch.float32
+    dense = t.is_contiguous() if contiguous else t.stride(-1) == 1
+    if (
+        t.device.type != "cpu"
+        or t.dtype != dtype
+        or t.dim() != len(shape)
+        or any(want is not None and got != want for got, want in zip(t.shape, shape, strict=False))
+        or not dense
+    ):
+        raise RuntimeError(
+            f"peftkit CPU kernel {kernel}: {name} is a {t.dtype} {tuple(t.shape)} tensor on {t.device} with strides "
+            f"{t.stride()}; expected {dtype} {shape} on cpu, {'contiguous' if contiguous else 'last dim dense'}. "
+            f"This is a bug in peftkit: set PEFTKIT_CPU_KERNELS=0 to train on the pure-torch path meanwhile."
+        )
+
+
 def apply_mask(out, x, key: int, p: float):
     """out = x ⊙ mask(key, p) (out may be x), or the mask itself into `out` when x is None; returns out.
     Contiguous float32 CPU tensors."""
+    expect("mask_apply", "out", out, tuple(out.shape))
+    if x is not None:
+        expect("mask_apply", "x", x, tuple(out.shape))
     _load().mask_apply(out.data_ptr(), None if x is None else x.data_ptr(), out.numel(), *mask_args(key, p))
     return out

@@ -105,6 +105,7 @@ def _function():
                 low = x2.new_empty(x2.shape[0], a.shape[0])
                 # d/8 bytes a row, so backward need not hash the mask again
                 bits = torch.empty(x2.shape[0], (x2.shape[1] + 7) // 8, dtype=torch.uint8) if p else None
+                _check_lora("lora_forward", x2, a, b, low, bias, bits, y=y)
                 kernels().lora_forward(
                     x2.data_ptr(),
                     x2.shape[0],
@@ -144,6 +145,7 @@ def _function():
                 g2 = g2.contiguous()
                 g_x = torch.mm(g2, weight) if need_x else None
                 g_a, g_b = torch.empty_like(a), torch.empty_like(b)
+                _check_lora("lora_backward", x2, a, b, low, None, bits, y=g2, g_x=g_x)
                 kernels().lora_backward(
                     x2.data_ptr(),
                     g2.data_ptr(),
@@ -197,3 +199,26 @@ def use_fast_lora(model) -> int:
             module.forward = types.MethodType(_fast_forward, module)
             n += 1
     return n
+
+
+def _check_lora(kernel: str, x, a, b, low, bias, bits, *, y, g_x=None) -> None:
+    """The shapes the LoRA kernels index by: x (n, d), A (r, d), B (out, r), low (n, r), y (n, out), bias (out,),
+    mask bits (n, ⌈d/8⌉) and the input gradient (n, d), all contiguous CPU tensors."""
+    import torch
+
+    from peftkit.cpu.kernels import expect
+
+    (n, d), r, width = x.shape, a.shape[0], b.shape[0]
+    for name, t, shape in (
+        ("x", x, (n, d)),
+        ("A", a, (r, d)),
+        ("B", b, (width, r)),
+        ("low", low, (n, r)),
+        ("y", y, (n, width)),
+        ("bias", bias, (width,)),
+        ("input gradient", g_x, (n, d)),
+    ):
+        if t is not None:
+            expect(kernel, name, t, shape)
+    if bits is not None:
+        expect(kernel, "mask bits", bits, (n, (d + 7) // 8), dtype=torch.uint8)

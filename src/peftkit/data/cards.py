@@ -196,9 +196,11 @@ def _mapping(path: Path, key: str, value) -> dict:
     return value
 
 
-def _string(path: Path, key: str, value, required: bool = True) -> str | None:
-    if value is None and not required:
-        return None
+def _optional_string(path: Path, key: str, value) -> str | None:
+    return None if value is None else _string(path, key, value)
+
+
+def _string(path: Path, key: str, value) -> str:
     if value is None:
         raise _fail(
             path, key, "is missing", f"Add `{key.split('.')[-1]}: ...` to the card's `peftkit:` block."
@@ -315,7 +317,7 @@ def _parse_block(path: Path, block, metadata: dict, prose: str) -> DataCard:
         task=task,
         source=_parse_source(path, block["source"]),
         text_column=_string(path, "text_column", block.get("text_column")),
-        label_column=_string(path, "label_column", block.get("label_column"), required=False),
+        label_column=_optional_string(path, "label_column", block.get("label_column")),
         labels=_names(path, "labels", block.get("labels")),
         exclude_labels=_names(path, "exclude_labels", block.get("exclude_labels")),
         format=fmt,

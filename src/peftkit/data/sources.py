@@ -145,6 +145,7 @@ def _clean_frames(card: DataCard, raw: dict) -> dict:
 def _source_paths(card: DataCard) -> dict[str, Path]:
     src = card.source
     if src.kind == "package":
+        assert src.package is not None and src.path is not None  # the card parser requires both
         root = package_dir(src.package)
         if root is None:
             raise PeftkitError(
@@ -154,7 +155,9 @@ def _source_paths(card: DataCard) -> dict[str, Path]:
             )
         return {"train": root / src.path}
     if src.kind == "file":
+        assert src.file is not None
         return {"train": card.path.parent / src.file}
+    assert src.files is not None
     return {split: card.path.parent / f for split, f in src.files.items()}
 
 
@@ -263,6 +266,7 @@ def _clean(card: DataCard, df, where):
             "texts and `exclude_labels`). Check the source file, `text_column` and `exclude_labels`."
         )
     if card.task == "classification":
+        assert labels is not None  # classification cards name a label column (the card parser checks)
         labels = labels[keep]
         unknown = labels[~labels.isin(card.labels)].value_counts()
         if len(unknown):

@@ -19,7 +19,7 @@ MARKED_POINTS = 60
 LOSS_PNG, EVAL_PNG, CONFUSION_PNG = "loss.png", "eval_metrics.png", "confusion_matrix.png"
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)  # no display: never open a window, never need a GUI toolkit
@@ -33,7 +33,7 @@ def _save(fig, path: Path) -> Path:
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
 
@@ -51,7 +51,7 @@ def plot_loss(rows: list[dict], path: Path) -> Path | None:
     evals = [(r["step"], r["eval/loss"]) for r in rows if "eval/loss" in r]
     if not train:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=FIGSIZE)
     # Markers while the points are few: a run logged once or twice draws no line at all without them.
     marker = "o" if len(train) <= MARKED_POINTS else None
@@ -70,7 +70,7 @@ def plot_eval_metrics(rows: list[dict], path: Path) -> Path | None:
     names = sorted({k for r in rows for k in r if k.startswith("eval/") and k != "eval/loss"})
     if not names:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=FIGSIZE)
     for name in names:
         points = [(r["step"], r[name]) for r in rows if name in r]
@@ -88,7 +88,7 @@ def plot_confusion(
     """Rows: true label, columns: predicted label; each cell shows its count."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     m = np.asarray(matrix)
     fig, ax = plt.subplots(figsize=FIGSIZE)
     im = ax.imshow(m, cmap="Blues")

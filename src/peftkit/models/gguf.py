@@ -29,6 +29,12 @@ _verified: dict[str, tuple] = {}  # folder → marker (mtime, size), so one proc
 _digests: dict[tuple, str] = {}  # (gguf path, size, mtime) → sha256: train resolves the folder three times
 
 
+def forget_verified() -> None:
+    """Forget which converted folders this process has verified, so the next use checks them again (as a new
+    process would)."""
+    _verified.clear()
+
+
 def check_gguf(path: str | Path) -> Path:
     """The GGUF file, or a PeftkitError saying it is missing, not a GGUF file, or truncated/corrupt."""
     path = Path(path).expanduser()
@@ -44,9 +50,8 @@ def check_gguf(path: str | Path) -> Path:
             f"GGUF file '{path}' is not a GGUF file (it starts with {head!r}, not b'GGUF'). Point "
             f"model.source at a real .gguf file, or at a transformers folder."
         )
+    GGUFReader = require_gguf(path)  # noqa: N806  (a class)
     try:
-        from gguf import GGUFReader
-
         GGUFReader(str(path))  # parses every header and tensor extent: catches truncated files
     except Exception as exc:  # the reader raises ValueError, IndexError, ... on damaged files
         raise PeftkitError(
@@ -54,6 +59,19 @@ def check_gguf(path: str | Path) -> Path:
             f"it again or reinstall the package that ships it."
         ) from None
     return path
+
+
+def require_gguf(path: Path):
+    """The `gguf` package's reader class, or a PeftkitError saying how to install the optional package."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise PeftkitError(
+            f"model source '{path}' is a GGUF file, and reading GGUF files needs the optional `gguf` package, "
+            f"which is not installed. Install it with `pip install 'peftkit[gguf]'` (or `pip install gguf`), or "
+            f"point model.source at a transformers folder."
+        ) from None
+    return GGUFReader
 
 
 def converted_folder(gguf_path: str | Path, cache_dir: str | Path | None = None) -> Path:
@@ -111,7 +129,7 @@ def _build(path: Path, digest: str, target: Path) -> None:
 
     with atomic_dir(target) as tmp:
         try:
-            _convert(path, tmp)
+            convert_gguf(path, tmp)
         except Exception as exc:  # transformers' GGUF loader raises many types for files it cannot read
             raise PeftkitError(
                 f"GGUF file '{path}' could not be converted to a transformers model ({type(exc).__name__}: {exc}). "
@@ -124,7 +142,7 @@ def _build(path: Path, digest: str, target: Path) -> None:
     _verified.pop(str(target), None)
 
 
-def _convert(path: Path, out: Path) -> None:
+def convert_gguf(path: Path, out: Path) -> None:
     """Dequantize into float32 and save model + tokenizer as a plain HF folder."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -133,7 +151,7 @@ def _convert(path: Path, out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     # The weights are dequantized already; drop the GGUF "quantizer" so save_pretrained writes plain tensors
     # and the saved config does not ask for a gguf file.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.name_or_path = path.stem

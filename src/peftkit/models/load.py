@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 from peftkit.errors import PeftkitError
 from peftkit.models.decoder import install_decoder_hooks, is_decoder
@@ -47,6 +48,7 @@ def hf_folder(source: ModelSource, cache_dir: str | None = None) -> str:
     if source.kind == "gguf":
         from peftkit.models.gguf import converted_folder
 
+        assert source.path is not None  # a GGUF source is a local file
         return str(converted_folder(source.path, cache_dir=cache_dir))
     return source.load_id
 
@@ -110,15 +112,16 @@ def load_base_model(
     device = device or pick_device()
     torch_dtype = resolve_dtype(dtype, device)
     kwargs: dict = {"revision": source.revision, "dtype": torch_dtype}
+    cls: Any = AutoModelForCausalLM
     if task == "classification":
+        if not labels:
+            raise ValueError("load_base_model: a classification model needs its label names")
         cls = AutoModelForSequenceClassification
         kwargs.update(
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={name: i for i, name in enumerate(labels)},
         )
-    else:
-        cls = AutoModelForCausalLM
     if pad_token_id is not None:
         kwargs["pad_token_id"] = pad_token_id
     if quantization:

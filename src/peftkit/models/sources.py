@@ -1,6 +1,6 @@
 """Model sources: one resolver from a recipe's `model.source` string to a place weights can be read from.
 
-Syntax (documented in the README):
+Syntax (documented in docs/data-and-models.md):
 - `./folder`, `/abs/folder`, `path:folder`  a local transformers folder (config.json + weights);
 - `package:NAME[/SUBPATH]`                   weights shipped inside an installed Python package (the package is
                                              found with importlib, never imported; `get_model_path()`-style
@@ -34,7 +34,7 @@ class ModelSource:
     @property
     def load_id(self) -> str:
         """What `from_pretrained` takes."""
-        return self.hub_id if self.kind == "hub" else str(self.path)
+        return str(self.hub_id if self.kind == "hub" else self.path)
 
 
 def _package_dir(name: str, spec: str) -> Path:
@@ -129,12 +129,12 @@ def content_hash(source: ModelSource) -> str:
     if source.kind == "hub":
         # Hub weights live in the cache once downloaded; the id + revision is the identity we can give cheaply.
         return "hub:" + hashlib.sha256(f"{source.hub_id}@{source.revision or 'main'}".encode()).hexdigest()
+    path = source.path
+    assert path is not None  # every source but a hub id has a local path
     files = (
-        [source.path]
-        if source.path.is_file()
-        else sorted(
-            p for p in source.path.iterdir() if p.name == "config.json" or p.suffix in WEIGHT_SUFFIXES
-        )
+        [path]
+        if path.is_file()
+        else sorted(p for p in path.iterdir() if p.name == "config.json" or p.suffix in WEIGHT_SUFFIXES)
     )
     h = hashlib.sha256()
     for f in files:

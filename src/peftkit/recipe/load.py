@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import re
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -89,7 +90,7 @@ def recipe_to_yaml(recipe: Recipe) -> str:
     `load_recipe` of a file holding this text gives back an equal recipe.
     """
     dumped = recipe.model_dump(mode="json")
-    out = {"description": recipe.description} if recipe.description else {}
+    out: dict[str, Any] = {"description": recipe.description} if recipe.description else {}
     for section in ("model", "method", "data", "train", "eval", "distributed", "quantization"):
         if dumped[section] is not None:
             out[section] = dumped[section]
@@ -167,8 +168,9 @@ def _record_lines(node: yaml.Node, prefix: tuple, lines: dict[tuple, int], shown
             _record_lines(value, path, lines, shown)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            lines[(*prefix, i)] = item.start_mark.line + 1
-            _record_lines(item, (*prefix, i), lines, shown)
+            key = (*prefix, i)
+            lines[key] = item.start_mark.line + 1
+            _record_lines(item, key, lines, shown)
 
 
 def _apply_overrides(data: dict, overrides: Iterable[str]) -> dict[tuple, str]:
@@ -223,7 +225,7 @@ def _where(loc: tuple, shown: str, lines: dict[tuple, int], applied: dict[tuple,
     return 1e9, shown
 
 
-def _describe(error: dict) -> str:
+def _describe(error: Mapping[str, Any]) -> str:
     loc, kind, value = tuple(error["loc"]), error["type"], error.get("input")
     key = _dotted(loc)
     if kind == "extra_forbidden":

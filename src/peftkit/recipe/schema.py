@@ -2,7 +2,7 @@
 
 A recipe is YAML with five sections (model, method, data, train, eval) and an optional quantization
 block. The docstring under each field is its help text: the JSON Schema, `peftkit validate` and the
-README's recipe reference come from here. Unknown keys are errors (`extra="forbid"`), except inside
+recipe reference (docs/recipe-reference.md) come from here. Unknown keys are errors (`extra="forbid"`), except inside
 `method`, whose settings are checked against the chosen method's own config (see `peftkit.methods`).
 """
 
@@ -166,8 +166,10 @@ class TrainSpec(_Section):
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory (not with prefix tuning)."""
 
-    report_to: Literal["tensorboard", "wandb", "none"] = "tensorboard"
-    """Where training curves go besides `metrics.json`: tensorboard logs in the run folder, wandb, or nowhere."""
+    report_to: Literal["auto", "tensorboard", "wandb", "none"] = "auto"
+    """Where training curves go besides `train_log.jsonl` and `metrics.json`: tensorboard logs in the run folder
+    (`pip install 'peftkit[tensorboard]'`), wandb (`pip install wandb`), or nowhere. `auto`: tensorboard when it is
+    installed, else nowhere."""
 
 
 class EvalSpec(_Section):

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from peftkit.errors import PeftkitError
 
-STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3")
 # accelerate's distributed_type names (config file `distributed_type:`) → our strategy family.
 _CONFIG_TYPES = {
     "MULTI_GPU": "ddp",
@@ -291,7 +290,7 @@ def make_accelerator(
             f"processes needs GPUs. Or use distributed.strategy: ddp."
         )
     if accelerator.state.deepspeed_plugin is not None:
-        _configure_deepspeed(
+        configure_deepspeed(
             accelerator.state.deepspeed_plugin.deepspeed_config,
             batch_size,
             grad_accum_steps,
@@ -301,7 +300,7 @@ def make_accelerator(
     return accelerator
 
 
-def _configure_deepspeed(
+def configure_deepspeed(
     ds: dict, batch_size: int, grad_accum_steps: int, max_grad_norm: float | None, world: int
 ) -> None:
     """Fit a DeepSpeed config to peftkit's loop: its batch, its clipping, its torch optimizer and scheduler, and

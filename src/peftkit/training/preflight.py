@@ -204,10 +204,10 @@ def check_output_dir(out: Path, *, overwrite: bool, resume: bool, training: bool
 
 def check_report_to(report_to: str) -> None:
     """Refuse a logger whose package is missing before the run folder is touched."""
-    if report_to != "none" and importlib.util.find_spec(report_to) is None:
+    if report_to not in ("auto", "none") and importlib.util.find_spec(report_to) is None:
         raise PeftkitError(
             f"train.report_to: '{report_to}' needs the `{report_to}` package, which is not installed. "
-            f"Install it (pip install {report_to}) or set train.report_to=tensorboard or none."
+            f"Install it (pip install {report_to}) or set train.report_to=auto or none."
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -23,6 +24,8 @@ class RunLog:
             lines = self.path.read_text().splitlines()
             kept = [line for line in lines if json.loads(line)["step"] <= start_step]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        if report_to == "auto":
+            report_to = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
         if report_to == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 

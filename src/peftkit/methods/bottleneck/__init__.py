@@ -1,7 +1,7 @@
 """Bottleneck adapters (houlsby / pfeiffer / parallel): config, layer, tuner, and their one registration with PEFT."""
 
 from peftkit.methods.bottleneck.config import BottleneckConfig
-from peftkit.methods.bottleneck.model import BottleneckModel, adapters_per_layer, default_targets, hidden_size
+from peftkit.methods.bottleneck.model import BottleneckModel, default_targets, hidden_size
 from peftkit.methods.bottleneck.register import PEFT_TYPE, register_with_peft
 
 register_with_peft(BottleneckConfig, BottleneckModel)
@@ -10,7 +10,6 @@ __all__ = [
     "PEFT_TYPE",
     "BottleneckConfig",
     "BottleneckModel",
-    "adapters_per_layer",
     "default_targets",
     "hidden_size",
 ]

@@ -95,7 +95,7 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         raise PeftkitError(MERGE_REFUSAL)
 
     def unmerge(self):
-        pass
+        """Nothing to undo: merging is always refused (PEFT calls this when it unloads or switches adapters)."""
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
         base = self.base_layer

@@ -40,11 +40,6 @@ _FAMILY = {
 _PLACES = {"houlsby": ("attn", "ffn"), "pfeiffer": ("ffn",), "parallel": ("ffn_block",)}
 
 
-def adapters_per_layer(variant: str) -> int:
-    """How many adapters each selected transformer layer gets."""
-    return len(_PLACES[variant])
-
-
 def default_targets(variant: str, model_type: str, layers: list[int] | None = None) -> str | None:
     """The target regex for `variant` on `model_type`, or None for an architecture peftkit has no map for."""
     family = _FAMILY.get(model_type)
