@@ -51,7 +51,8 @@ def draft_card(data_file: str | os.PathLike, *, text_column: str, label_column: 
         raise PeftkitError(
             f"init: data file '{data_file}' does not exist. Give the path of a CSV, JSONL or Parquet file."
         )
-    if _format_of(path) is None:
+    fmt = _format_of(path)
+    if fmt is None:
         raise PeftkitError(
             f"init: cannot tell the format of '{path.name}' from its extension. Use one of "
             f"{', '.join('.' + f for f in FORMATS)} (csv and jsonl may be .gz or .bz2 compressed)."
@@ -69,13 +70,14 @@ def draft_card(data_file: str | os.PathLike, *, text_column: str, label_column: 
         checksum, raw = read_source(card)
     except PeftkitError as exc:  # the parser's own words, without the card a user has not got yet
         raise PeftkitError(
-            f"init: could not read '{data_file}' as {_format_of(path)}: {exc.__cause__ or exc}. Check that the "
-            f"file is valid {_format_of(path).upper()} (one header row for CSV, one JSON object per line for JSONL)."
+            f"init: could not read '{data_file}' as {fmt}: {exc.__cause__ or exc}. Check that the file is valid "
+            f"{fmt.upper()} (one header row for CSV, one JSON object per line for JSONL)."
         ) from None
     ((_, frame),) = raw.values()
     _check_columns(path, frame, text_column=text_column, label_column=label_column)
     labels, missing, label_counts = _propose_labels(path, frame, text_column, label_column)
     card = replace(card, labels=labels, exclude_labels=missing)
+    assert checksum is not None  # a local file always has one
     draft = Draft(name, path, text_column, label_column, labels, missing, {}, checksum, label_counts)
     try:
         draft.counts = split_counts(card, raw)
@@ -269,9 +271,10 @@ def write_project(
     card_path, recipe_path = out / f"{draft.name}.md", out / f"{draft.name}.yaml"
     check_free(card_path, recipe_path, overwrite=overwrite)
     source = resolve_source(model)
-    if source.kind in ("path", "gguf") and not Path(model.removeprefix("path:")).expanduser().is_absolute():
+    local = source.kind in ("path", "gguf") and source.path is not None
+    if local and not Path(model.removeprefix("path:")).expanduser().is_absolute():
         # the recipe reads relative paths from its own folder: re-aim a path given from the current folder
-        relative = Path(os.path.relpath(source.path, out.resolve())).as_posix()
+        relative = Path(os.path.relpath(str(source.path), str(out.resolve()))).as_posix()
         model = relative if relative.startswith("..") else f"./{relative}"
     limit = _position_limit(source.path)
     text = recipe_text(
