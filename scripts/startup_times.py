@@ -26,10 +26,15 @@ RECIPE = ROOT / "recipes" / "minilm-lora-rotten_tomatoes.yaml"
 TEXT = "a sharp, witty and moving film"
 
 
-def run(argv: list[str], src: Path, *, until_file: Path | None = None) -> tuple[float, float]:
+def run(
+    argv: list[str], src: Path, *, until_file: Path | None = None, cache: Path | None = None
+) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of `python -m peftkit ARGV` with `src` first on the path: until it exits, or
-    until `until_file` has a line (then the process is stopped)."""
+    until `until_file` has a line (then the process is stopped). `cache`: an empty peftkit cache to start from."""
     env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
+    if cache is not None:
+        shutil.rmtree(cache, ignore_errors=True)
+        env["PEFTKIT_CACHE"] = str(cache)
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "peftkit", *argv],
@@ -57,7 +62,7 @@ def run(argv: list[str], src: Path, *, until_file: Path | None = None) -> tuple[
 
 
 def commands(tmp: Path, adapter_run: Path) -> dict:
-    """name → (argv, file whose first line ends the measurement or None)."""
+    """name → (argv, file whose first line ends the measurement or None, empty cache folder or None)."""
     train_dir = tmp / "train-run"
     train = [
         "train",
@@ -69,9 +74,10 @@ def commands(tmp: Path, adapter_run: Path) -> dict:
         "--no-progress",
     ]
     return {
-        "validate": (["validate", str(RECIPE)], None),
-        "predict (one text)": (["predict", str(adapter_run), TEXT], None),
-        "train (first step)": (train, train_dir / "train_log.jsonl"),
+        "validate": (["validate", str(RECIPE)], None, None),
+        "validate, empty cache": (["validate", str(RECIPE)], None, tmp / "empty-cache"),
+        "predict (one text)": (["predict", str(adapter_run), TEXT], None, None),
+        "train (first step)": (train, train_dir / "train_log.jsonl", None),
     }
 
 
@@ -88,6 +94,13 @@ def make_adapter(tmp: Path, src: Path) -> Path:
     ]
     run(["train", str(RECIPE), *overrides, "--no-progress"], src)
     return out
+
+
+def _fresh(until: Path | None) -> Path | None:
+    """The file that ends a measurement, its run folder removed first."""
+    if until is not None:
+        shutil.rmtree(until.parent, ignore_errors=True)
+    return until
 
 
 def line(samples: list[tuple[float, float]]) -> str:
@@ -108,20 +121,21 @@ def main() -> None:
         trees = {"this tree": ROOT / "src"}
         if args.baseline:
             trees = {"baseline": args.baseline.resolve(), **trees}
-        # Interleave the trees command by command, so that both see the same machine load.
-        found = {label: {} for label in trees}
-        for name in commands(tmp, adapter_run):
+        # One untimed run of each command fills the OS file cache (and this tree's memo); then the trees take
+        # turns run by run, so that both see the same machine load.
+        found: dict[str, dict[str, list]] = {label: {} for label in trees}
+        started = os.getloadavg()
+        for name, (argv, until, cache) in commands(tmp, adapter_run).items():
             for label, src in trees.items():
-                argv, until = commands(tmp, adapter_run)[name]
-                samples = []
-                for _ in range(args.repeat):
-                    if until is not None:
-                        shutil.rmtree(until.parent, ignore_errors=True)
-                    samples.append(run(argv, src, until_file=until))
-                found[label][name] = samples
+                found[label][name] = []
+                run(argv, src, until_file=_fresh(until), cache=cache)
+            for _ in range(args.repeat):
+                for label, src in trees.items():
+                    found[label][name].append(run(argv, src, until_file=_fresh(until), cache=cache))
     load = os.getloadavg()
     print(
-        f"{args.repeat} runs each, {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
+        f"{args.repeat} runs each, {os.cpu_count()} CPUs, 1-minute load average {started[0]:.1f} at the start, "
+        f"{load[0]:.1f} at the end"
     )
     print(f"{'':22s} {'':12s} {'wall s':>13s}   {'CPU s':>13s}")
     print(f"{'command':22s} {'tree':12s} {'min':>6s} {'median':>6s}   {'min':>6s} {'median':>6s}")
