@@ -345,3 +345,19 @@ def flipped(rows, share: float) -> list[tuple[str, str]]:
     every = round(1 / share)
     swap = {"neg": "pos", "pos": "neg"}
     return [(text, swap[label] if i % every == 0 else label) for i, (text, label) in enumerate(rows)]
+
+
+class Interrupted(Exception):
+    """What `interrupt_at` raises: the run ends as a kill would end it."""
+
+
+def interrupt_at(k: int):
+    """A training callback that stops the run after step `k`, as a kill would (no final evaluation, no adapter)."""
+    from peftkit.training.loop import TrainCallback
+
+    class InterruptAt(TrainCallback):
+        def on_step(self, step: int, loss: float) -> None:
+            if step == k:
+                raise Interrupted(step)
+
+    return InterruptAt()

@@ -10,9 +10,8 @@ from safetensors.torch import load_file
 
 from peftkit.cli import main
 from peftkit.recipe import load_recipe
-from peftkit.training.loop import TrainCallback
 from peftkit.training.recipe import train
-from tests.helpers import flipped, make_texts, write_recipe, write_split_card
+from tests.helpers import Interrupted, flipped, interrupt_at, make_texts, write_recipe, write_split_card
 
 
 @pytest.fixture(scope="module")
@@ -88,19 +87,6 @@ def test_keep_best_false_keeps_the_last_step_and_says_so(tmp_path, tiny_bert, pe
     assert f"was at step {best['step']}; this adapter is from the last step, {last}" in card
 
 
-class Interrupted(Exception):
-    pass
-
-
-class InterruptAt(TrainCallback):
-    def __init__(self, k: int):
-        self.k = k
-
-    def on_step(self, step: int, loss: float) -> None:
-        if step == self.k:
-            raise Interrupted(step)
-
-
 def test_resumed_run_stops_and_keeps_what_the_uninterrupted_run_does(tmp_path, tiny_bert, peaking_card):
     """Stopped at step 21 (checkpoint at 20, two evaluations after the best one already logged): the resumed run
     must count those two, stop at the same step, and keep the same best weights."""
@@ -111,7 +97,7 @@ def test_resumed_run_stops_and_keeps_what_the_uninterrupted_run_does(tmp_path, t
 
     recipe = load_recipe(_recipe(tmp_path, "cut", tiny_bert, peaking_card, **kw))
     with pytest.raises(Interrupted):
-        train(recipe, progress=False, callbacks=[InterruptAt(21)])
+        train(recipe, progress=False, callbacks=[interrupt_at(21)])
     train(recipe, resume=True, progress=False)
 
     got = json.loads((tmp_path / "cut" / "metrics.json").read_text())["best"]
