@@ -28,8 +28,8 @@ def add_verbose(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verbose",
         action="store_true",
-        help="show the libraries' messages (transformers' load report, warnings) instead of keeping them in the "
-        "run's messages.log",
+        help="show the libraries' own messages (transformers' load report, warnings); otherwise they stay off "
+        "the console (train keeps them in the run's messages.log)",
     )
 
 

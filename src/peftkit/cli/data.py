@@ -118,9 +118,8 @@ def _validate(recipe_path: Path) -> None:
     from peftkit.recipe import load_recipe
     from peftkit.training.preflight import validate_recipe
 
-    with quiet_libraries(
-        transformers=False
-    ):  # what it proves is remembered: `peftkit validate` is then quick
+    # What the validation proves is remembered (`training.preflight_memo`): `peftkit validate` is then quick.
+    with quiet_libraries(transformers=False):
         validate_recipe(load_recipe(recipe_path, check_method=False), recipe_file=str(recipe_path))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def run_summary(out: Path) -> list[str]:
     adapter = out / "adapter"
     weights = sorted(adapter.glob("*.safetensors"))
     size = sum(p.stat().st_size for p in weights)
-    params = sum(_count(shape) for p in weights for shape in safetensors_shapes(p).values())
+    params = sum(math.prod(shape) for p in weights for shape in safetensors_shapes(p).values())
     lines = [f"run folder: {out}", f"adapter:    {adapter} ({_megabytes(size)}, {params:,} parameters)"]
     for split in ("test", "validation"):
         if metrics.get(split):
@@ -116,13 +117,6 @@ def run_summary(out: Path) -> list[str]:
             f"best:       validation {best['metric']} {best['value']:.4f} at step {best['step']} ({kept}{stop})"
         )
     return lines
-
-
-def _count(shape: list[int]) -> int:
-    n = 1
-    for dim in shape:
-        n *= dim
-    return n
 
 
 def _megabytes(size: int) -> str:

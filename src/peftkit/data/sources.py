@@ -282,7 +282,6 @@ def _clean(card: DataCard, df, where):
 def label_text(values):
     """A label column as the text a card lists labels by: a missing value is '', a whole number has no '.0' (a
     JSON column of ids with a null in it is read as floats)."""
-
     import pandas as pd
 
     def text(value) -> str:
