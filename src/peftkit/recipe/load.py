@@ -79,7 +79,7 @@ def load_recipe(
     resolve_recipe_paths(recipe, path.parent, set(applied))
     if recipe.train.output_dir is None:
         recipe.train.output_dir = f"runs/{path.stem}"
-    if check_method:
+    if check_method and not recipe.method.init_from:  # a continued adapter's method is known once it is read
         check_recipe_method(recipe, shown)
     return recipe
 

@@ -83,7 +83,7 @@ def preflight(
         config = tokenizer = None
         init_from = resolve_adapter_dir(recipe.method.init_from) if recipe.method.init_from else None
     else:
-        if recipe_file is not None:
+        if recipe_file is not None and not recipe.method.init_from:
             check_recipe_method(recipe, recipe_file)
         config, tokenizer, init_from = check_model(recipe, source, card)
         memo.remember(model_key, {"method": recipe.method.name})
