@@ -12,9 +12,10 @@ from peftkit.quiet import MESSAGES_FILE, quiet_libraries
 from tests.helpers import write_recipe
 
 
-def test_library_messages_are_collected_and_peftkit_warnings_shown(capsys, recwarn):
+def test_library_messages_are_collected_and_peftkit_warnings_shown(capsys, recwarn, caplog):
     import peftkit.quiet as own
 
+    caplog.set_level(logging.WARNING, logger="transformers")  # whatever verbosity an earlier test left behind
     before = logging.getLogger("transformers").handlers[:]
     with quiet_libraries(transformers=False) as messages:
         warnings.simplefilter("always")
@@ -35,7 +36,8 @@ def test_library_messages_are_collected_and_peftkit_warnings_shown(capsys, recwa
     assert verbose.lines == []
 
 
-def test_train_console_is_quiet_and_ends_with_a_summary(tmp_path, tiny_bert, tiny_card, capfd):
+def test_train_console_is_quiet_and_ends_with_a_summary(tmp_path, tiny_bert, tiny_card, capfd, caplog):
+    caplog.set_level(logging.WARNING, logger="transformers")  # a fresh process's verbosity
     recipe = write_recipe(tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run")
     assert main(["train", str(recipe), "--no-progress"]) == 0
     out, err = capfd.readouterr()
