@@ -97,7 +97,7 @@ def test_init_from_starts_from_the_adapters_weights(tmp_path, tiny_bert, tiny_ca
         ({"name": "ia3"}, ["is a lora adapter, but the recipe says method.name: ia3", "Remove method.name"]),
         (
             {"num_virtual_tokens": 8},
-            ["method 'lora' has no setting 'num_virtual_tokens'"],
+            ["'lora' has no setting 'num_virtual_tokens'"],
         ),  # lora: the adapter's
     ],
 )
