@@ -8,6 +8,7 @@ import pytest
 
 from peftkit.bench.methods import run_bench
 from peftkit.cli import main
+from peftkit.errors import PeftkitError
 from tests.helpers import write_recipe
 
 
@@ -71,7 +72,9 @@ def test_bench_markdown_table(bench):
     assert len(table) == 1 + 4  # header + the four rows that ran
     for line in table[1:]:
         assert "—" not in line  # every column filled
-    assert "--methods lora,full,nosuch --budget 80 --peer`" in md  # the command that reproduces it
+    assert (
+        "--methods lora,full,nosuch --budget 80 --peer --device cpu`" in md
+    )  # the command that reproduces it
     assert "| full | 5e-05 |" in md  # full fine-tuning gets its own learning rate
     assert "peer_dynamic (lora): **" in md and "nosuch: skipped" in md and "(4·N + 2·N_train)·T" in md
     assert "before the first row and after every row" in md and "| peak GFLOP/s | MFU % |" in md
@@ -110,3 +113,19 @@ def test_bench_prefix_row_depends_on_the_pooling(tiny_bert, tiny_card, tmp_path)
     assert recipe_for_method(cls, "prefix_tuning").train.learning_rate == 1e-2
     assert recipe_for_method(mean, "prefix_tuning").train.learning_rate == 3e-2
     assert recipe_for_method(mean, "full").train.learning_rate == 5e-5
+
+
+def test_bench_device_and_unquantized_row_refusals(tiny_bert, tiny_card, tmp_path, capsys):
+    import torch
+
+    recipe = write_recipe(tmp_path / "r.yaml", model=tiny_bert, card=tiny_card, out=tmp_path / "run")
+    if not torch.cuda.is_available():
+        assert main(["bench", str(recipe), "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "--device cuda: no CUDA GPU is visible" in err and "--device cpu" in err
+    assert main(["bench", str(recipe), "--unquantized-row"]) == 2
+    err = capsys.readouterr().err
+    assert "--unquantized-row: recipe" in err and "has no quantization block" in err
+    with pytest.raises(PeftkitError, match="--device: unknown device 'tpu'"):
+        run_bench(str(recipe), methods=["lora"], device="tpu", output=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

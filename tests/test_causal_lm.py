@@ -81,3 +81,25 @@ def test_causal_lm_recipe_refuses_a_classification_card(tiny_gpt2, tiny_card, tm
         assert "is a classification card but model.task is causal_lm" in err, command
         assert "task: causal_lm" in err and "rotten_tomatoes_text" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_causal_lm_merge_is_proved_by_plain_transformers_and_export_refuses(lm_run, tmp_path, capsys):
+    """A causal LM merges into a folder `AutoModelForCausalLM` reads with the same next-token logits (checked in a
+    process without peftkit); ONNX export refuses it, saying why, before loading anything."""
+    from peftkit.inference.merge import merge_adapter
+
+    if (
+        json.loads((lm_run / "adapter" / "peftkit_adapter.json").read_text())["base_model"]["model_type"]
+        != "llama"
+    ):
+        pytest.skip("one decoder is enough here: llama, the family of the shipped SmolLM2")
+    report = merge_adapter(
+        lm_run, tmp_path / "merged", texts=["the film was", "a good"], progress=lambda m: None
+    )
+    [check] = report["plain_loaders"]
+    assert check["loader"] == "transformers" and check["outcome"] == "parity", check
+    assert check["agree"] == 2 and check["max_abs_logit_diff"] <= 1e-4
+    assert main(["export", str(lm_run), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "is a causal_lm adapter; ONNX export covers classification only" in err
+    assert "decoding loop with a key/value cache" in err and not (tmp_path / "onnx").exists()

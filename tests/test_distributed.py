@@ -144,6 +144,8 @@ def test_two_processes_match_one_and_resume(tmp_path, tiny_bert, tiny_card, chil
     assert m2["test"]["loss"] == pytest.approx(m1["test"]["loss"], abs=1e-5)
     assert m2["train"]["examples"] == m1["train"]["examples"] == 2 * 51
     assert not list((tmp_path / "two").rglob("*.tmp"))
+    # every run folder was replaced in one piece: no partial folder, no lock left behind
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".*.lock"))
 
     # Checkpoints hold each process's RNG state, and they differ (each process draws its own dropout masks).
     from peftkit.training.checkpoints import latest_checkpoint
@@ -203,7 +205,8 @@ def _sharded_vs_one(tmp_path, tiny_bert, tiny_card, strategy: str, processes: in
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_one_cpu_process_saves_the_whole_adapter(tmp_path, tiny_bert, tiny_card, child_env, stage):
     # DeepSpeed runs on CPU in one process (accelerate refuses more); ZeRO-3 leaves empty partitions in the module
-    # outside a gather, so this checks the save gathers the adapter. (FSDP: GPU only, see gpu_check_accelerate.py.)
+    # outside a gather, so this checks the save gathers the adapter. (FSDP: GPU only, see
+    # tests/gpu/accelerate_checks.py.)
     a, b = _sharded_vs_one(tmp_path, tiny_bert, tiny_card, f"deepspeed_zero{stage}", 1)
     assert len(b) == len(a) > 0 and all(v.numel() for v in b.values())
     assert _max_diff(a, b) <= 1e-5

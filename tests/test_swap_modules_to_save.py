@@ -51,9 +51,8 @@ def _saved_pooler(adapter_dir) -> torch.Tensor | None:
 
 def test_extra_modules_really_trained_and_matter(runs, tiny_bert):
     """Without this the parity test below could not tell a dropped or leaked pooler from the right one."""
-    from peft.utils import ModulesToSaveWrapper
-
-    base_pooler = load_file(str(tiny_bert / "model.safetensors"))["pooler.dense.weight"]
+    base_weights = load_file(str(tiny_bert / "model.safetensors"))
+    base_pooler = base_weights["pooler.dense.weight"]
     for name in ("lora_pooler", "prefix_pooler"):
         saved = _saved_pooler(runs[name])
         assert saved is not None, f"{name}: no pooler saved"
@@ -61,9 +60,14 @@ def test_extra_modules_really_trained_and_matter(runs, tiny_bert):
         # The trained pooler moves the logits: put the base pooler back in its place and they change.
         loaded = load_adapter(runs[name])
         own = _logits(loaded)
-        for m in loaded.model.modules():
-            if isinstance(m, ModulesToSaveWrapper) and type(m.original_module).__name__ == "BertPooler":
-                m.modules_to_save["default"].load_state_dict(m.original_module.state_dict())
+        # PEFT's trained copy sits in a ModulesToSaveWrapper; peftkit's prefix tuning keeps it as bert.pooler
+        trained = [
+            m
+            for n, m in loaded.model.named_modules()
+            if n.endswith(("bert.pooler.modules_to_save.default", "base_model.bert.pooler"))
+        ]
+        assert len(trained) == 1, name
+        trained[0].dense.load_state_dict({"weight": base_pooler, "bias": base_weights["pooler.dense.bias"]})
         assert np.abs(_logits(loaded) - own).max() > 1e-2  # seen: 0.043 (lora), 0.037 (prefix)
     assert _saved_pooler(runs["lora"]) is None
 

@@ -16,6 +16,15 @@ class PeftkitError(Exception):
     exit_code = 2
 
 
+def shorten(value, limit: int = 80) -> str:
+    """`value` as text for a message, on one line and cut to about `limit` characters with what was left out said:
+    a message never echoes a long input back (a 5 MB line in a data file stays a few words)."""
+    text = " ".join(str(value).split())
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 1]}… ({len(text):,} characters)"
+
+
 def _edit_distance(a: str, b: str) -> int:
     """Optimal-string-alignment distance: typos, including swapped neighbours ('lroa' → 'lora'), cost 1."""
     d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
@@ -31,8 +40,9 @@ def _edit_distance(a: str, b: str) -> int:
 def did_you_mean(word: str, choices) -> str:
     """' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
     word = str(word)
-    choices = [str(c) for c in choices]
-    if not choices:
+    # Names are short: comparing long strings costs quadratic time (a 5 MB "column name" took minutes).
+    choices = [str(c) for c in choices if len(str(c)) <= 100]
+    if not choices or len(word) > 100:
         return ""
     best = min(
         choices,

@@ -109,11 +109,12 @@ def test_refused_before_loading(case, command, request, tiny_card, tmp_path, cap
 
 
 def test_conv1d_list_matches_peft(tiny_gpt2):
-    """CONV1D_OK is a probe of PEFT itself: an allowed method wraps Conv1D, a refused one really fails there."""
+    """The registry's `conv1d` facts are a probe of PEFT itself: an allowed method wraps Conv1D, a refused one
+    really fails there."""
     from peft import get_peft_model
 
     from peftkit.methods.apply import build_peft_config
-    from peftkit.methods.checks import CONV1D_OK
+    from peftkit.methods.registry import get_method
     from peftkit.models.load import load_base_model
     from peftkit.models.sources import resolve_source
 
@@ -130,10 +131,10 @@ def test_conv1d_list_matches_peft(tiny_gpt2):
             model, build_peft_config(name, settings, task="classification", model_type="gpt2")
         )
 
-    assert {"lora", "vera"} <= CONV1D_OK
+    assert get_method("lora").conv1d and get_method("vera").conv1d
     wrap("vera")
     for name in ("loha", "lokr", "boft"):
-        assert name not in CONV1D_OK
+        assert not get_method(name).conv1d
         with pytest.raises((TypeError, ValueError, NotImplementedError)):
             wrap(name)
 

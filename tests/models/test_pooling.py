@@ -13,7 +13,7 @@ from peftkit.models.pooling import MeanPooler
 from peftkit.models.sources import resolve_source
 from peftkit.recipe import load_recipe
 from peftkit.training.recipe import train
-from tests.helpers import make_texts, write_recipe
+from tests.helpers import write_recipe
 
 TEXTS = ["good film", "the plot was very dull and the actors were tired", "a witty and sharp story"]
 
@@ -88,11 +88,10 @@ def test_mean_pooling_refusals(tiny_gpt2, tiny_bert, tmp_path, capsys):
     assert not (tmp_path / "out").exists() and not (tmp_path / "g").exists()
 
 
-def test_mean_pooled_adapter_loads_merges_publishes_and_refuses_a_mixed_swap(tiny_bert, tiny_card, tmp_path):
+def test_mean_pooled_adapter_loads_publishes_and_refuses_a_mixed_swap(tiny_bert, tiny_card, tmp_path):
     from peftkit.adapters.bundle import load_adapter
     from peftkit.adapters.card import snippets
     from peftkit.inference.adapter_set import AdapterSet
-    from peftkit.inference.merge import merge_adapter
 
     def run(name, overrides):
         recipe = write_recipe(
@@ -110,19 +109,13 @@ def test_mean_pooled_adapter_loads_merges_publishes_and_refuses_a_mixed_swap(tin
     loaded = load_adapter(mean)
     assert isinstance(loaded.model.base_model.model.bert.pooler, MeanPooler)
 
-    texts = [t for t, _ in make_texts(8, seed=3)]
-    report = merge_adapter(mean, tmp_path / "merged", texts=texts, progress=lambda m: None)
-    assert report["vs_adapter_on_full_precision_base"]["max_abs_logit_diff"] <= 1e-5
-    assert "apply_pooling" in report["pooling"]
-    assert json.loads((tmp_path / "merged" / "config.json").read_text())["peftkit_pooling"] == "mean"
-    merged, _ = _load(tmp_path / "merged", "model")  # the recorded pooling wins over the default
-    assert isinstance(merged.bert.pooler, MeanPooler)
-
+    # Its merged form (a sentence-transformers folder) is checked in tests/test_interop.py.
     _, plain = snippets(
         base="/models/minilm", adapter="adapter", task="classification", labels=["neg", "pos"], pooling="mean"
     )
     compile(plain, "snippet", "exec")
-    assert plain.index("apply_pooling(model, 'mean')") < plain.index("PeftModel.from_pretrained")
+    assert "import peftkit" not in plain and "from peftkit" not in plain
+    assert "PeftModel" not in plain and "SentenceTransformer('merged')" in plain
 
     adapters = AdapterSet()
     adapters.add("mean", mean)

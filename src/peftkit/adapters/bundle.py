@@ -2,23 +2,33 @@
 
 A bundle is what `peft.PeftModel.from_pretrained` reads (adapter_config.json, adapter_model.safetensors) and a
 small metadata file: base model identity (source + content hash), tokenizer hash, task, labels, method, recipe
-hash, versions, and the sha256 of each weight file. Loading compares the fingerprint before any weight is used.
+hash, versions, the sha256 of each weight file, and a fingerprint over the parts a load depends on
+(`peftkit.adapters.fingerprint`). Loading checks all of it before any weight is used; an adapter without a
+fingerprint loads only when the caller accepts an unverified adapter.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from peftkit.errors import PeftkitError
-from peftkit.fileio import atomic_dir
+from peftkit.adapters.fingerprint import (
+    META_FILE,
+    check_fingerprint,
+    fingerprint,
+    is_verifiable,
+    note_unverified,
+    unverified_meta,
+    unverified_refusal,
+)
+from peftkit.errors import PeftkitError, shorten
+from peftkit.fileio import atomic_dir, safetensors_header
 from peftkit.fileio import file_sha256 as _hex_sha256
+from peftkit.methods.peft_config import mark_pooling, unmarked
 from peftkit.models.load import HEAD_MODULES
 
-META_FILE = "peftkit_adapter.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: with a fingerprint
 
 
 def file_sha256(path: Path) -> str:
@@ -55,6 +65,7 @@ def save_adapter(model, out_dir: str | Path, meta: dict, state_dict: dict | None
             tmp, safe_serialization=True, **({} if state_dict is None else {"state_dict": state_dict})
         )
         check_adapter_weights(tmp)
+        mark_pooling(tmp, meta.get("pooling", "model"))
         weights = sorted(p for p in tmp.iterdir() if p.suffix == ".safetensors")
         full = {
             "format": FORMAT_VERSION,
@@ -62,6 +73,7 @@ def save_adapter(model, out_dir: str | Path, meta: dict, state_dict: dict | None
             "versions": versions(),
             "files": {p.name: file_sha256(p) for p in weights},
         }
+        full["fingerprint"] = fingerprint(full)
         (tmp / META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
     return out_dir
 
@@ -111,13 +123,28 @@ def read_meta(adapter_dir: str | Path) -> dict | None:
     meta_path = adapter_dir / META_FILE
     if not meta_path.is_file():
         return None
+    return _read_json(adapter_dir, META_FILE)
+
+
+def read_adapter_config(adapter_dir: Path) -> dict:
+    """adapter_config.json as a dict, or a PeftkitError saying the file is damaged."""
+    return unmarked(_read_json(adapter_dir, "adapter_config.json"))
+
+
+def _read_json(adapter_dir: Path, name: str) -> dict:
     try:
-        return json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
+        value = json.loads((adapter_dir / name).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PeftkitError(
-            f"adapter '{adapter_dir}': {META_FILE} is not valid JSON ({exc}). The bundle is corrupt; "
-            f"re-export it from its run folder."
+            f"adapter '{adapter_dir}': {name} is not valid JSON ({shorten(exc, 120)}). The adapter folder is damaged: "
+            f"copy it again, or re-export it from its run folder."
         ) from None
+    if not isinstance(value, dict):
+        raise PeftkitError(
+            f"adapter '{adapter_dir}': {name} holds a JSON {type(value).__name__}, not an object. The adapter folder "
+            f"is damaged: copy it again, or re-export it from its run folder."
+        )
+    return value
 
 
 def resolve_adapter_dir(path: str | Path) -> Path:
@@ -151,31 +178,19 @@ def check_files(adapter_dir: Path, meta: dict) -> None:
 
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:
     """Tensor name → shape from a safetensors header, after checking the file is complete (no weight is read)."""
-    import struct
-
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
-        try:
-            header = json.loads(fh.read(n)) if n is not None and 8 + n <= size else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            header = None
-    ends = [t["data_offsets"][1] for k, t in (header or {}).items() if k != "__metadata__"]
-    if header is None or 8 + n + max(ends, default=0) != size:
-        expected = (
-            f"{8 + n + max(ends, default=0)} bytes" if header is not None else "a valid safetensors header"
-        )
+    try:
+        header = safetensors_header(path)
+    except ValueError as exc:
         raise PeftkitError(
-            f"adapter file '{path}' is truncated or corrupt (expected {expected}, found {size} bytes). "
-            f"Copy it again or re-export the adapter from its run folder."
-        )
+            f"adapter file '{path}' is truncated or corrupt ({exc}). Copy it again or re-export the adapter from "
+            f"its run folder."
+        ) from None
     return {k: t["shape"] for k, t in header.items() if k != "__metadata__"}
 
 
 def check_consistency(adapter_dir: Path, meta: dict, shapes: dict[str, list[int]]) -> None:
     """The metadata's task and label count must agree with the adapter's own config and head weights."""
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config = read_adapter_config(adapter_dir)
     task_type = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}.get(meta.get("task"))
     if config.get("task_type") and task_type and config["task_type"] != task_type:
         raise PeftkitError(
@@ -183,14 +198,20 @@ def check_consistency(adapter_dir: Path, meta: dict, shapes: dict[str, list[int]
             f"{META_FILE}), found {config['task_type']} in adapter_config.json. The files come from different "
             f"adapters; re-export it from its run folder."
         )
-    rows = {shape[0] for key, shape in shapes.items() if is_head_weight(key)}
+    rows = head_rows(shapes)
     labels = meta.get("labels")
-    if labels and rows and rows != {len(labels)}:
+    if labels and rows is not None and rows != len(labels):
         raise PeftkitError(
             f"adapter '{adapter_dir}': label set does not match the head: expected {len(labels)} labels "
-            f"({', '.join(labels)}) in {META_FILE}, found a head with {sorted(rows)[0]} outputs. The files come from "
-            f"different adapters; re-export it from its run folder."
+            f"({', '.join(map(str, labels))[:200]}) in {META_FILE}, found a head with {rows} outputs. The files "
+            f"come from different adapters; re-export it from its run folder."
         )
+
+
+def head_rows(shapes: dict[str, list[int]]) -> int | None:
+    """Outputs of the classification head among an adapter's tensors (one row per label), or None without one."""
+    rows = sorted({shape[0] for key, shape in shapes.items() if is_head_weight(key) and shape})
+    return rows[0] if rows else None
 
 
 def is_head_weight(key: str) -> bool:
@@ -218,11 +239,14 @@ def check_expected(adapter_dir: Path, meta: dict, *, task: str | None, labels: l
 
 
 def check_bundle(adapter_dir: Path) -> tuple[dict | None, dict[str, list[int]]]:
-    """Every check that needs no model: metadata, checksums, complete safetensors files, consistent task/labels.
+    """Every check that needs no model: metadata, fingerprint, checksums, complete safetensors files, consistent
+    task/labels.
 
-    Returns (metadata or None for a plain PEFT adapter, tensor shapes of the adapter weights).
+    Returns (metadata or None for a plain PEFT adapter, tensor shapes of the adapter weights). Metadata without a
+    fingerprint (`fingerprint.is_verifiable`) is returned as it is: the caller decides whether to load it unverified.
     """
     meta = read_meta(adapter_dir)
+    read_adapter_config(adapter_dir)
     if meta is not None:
         check_files(adapter_dir, meta)
     weights = sorted(adapter_dir.glob("*.safetensors"))
@@ -236,6 +260,8 @@ def check_bundle(adapter_dir: Path) -> tuple[dict | None, dict[str, list[int]]]:
         shapes.update(safetensors_shapes(w))
     if meta is not None:
         check_consistency(adapter_dir, meta, shapes)
+        if is_verifiable(meta):  # after the concrete checks above, whose messages say more
+            check_fingerprint(adapter_dir, meta)
     return meta, shapes
 
 
@@ -251,6 +277,11 @@ class LoadedAdapter:
     @property
     def labels(self) -> list[str] | None:
         return self.meta.get("labels")
+
+    @property
+    def verified(self) -> bool:
+        """False for an adapter loaded without a fingerprint (`allow_unverified`)."""
+        return self.meta.get("verified", True)
 
 
 def fingerprint_differences(meta: dict, *, base_hash: str, tok_hash: str) -> list[str]:
@@ -275,27 +306,42 @@ def load_adapter(
     task: str | None = None,
     labels: list[str] | None = None,
     quantization: dict | None = None,
+    allow_unverified: bool = False,
 ) -> LoadedAdapter:
     """Load base model + adapter, checking the fingerprint first. `base_source` overrides the recorded base.
 
     `task` / `labels`: what the caller needs; an adapter for another task or label set is refused.
     `quantization`: load the base quantized (a recipe quantization block); default full precision.
+    `allow_unverified`: load an adapter without a fingerprint (see `peftkit.adapters.fingerprint`), with `labels` as
+    its label names when given; its `meta["verified"]` is then False. Without it such an adapter is refused.
     """
-    from peft import PeftModel
-
-    import peftkit.methods.bottleneck  # noqa: F401  (registers peftkit's own PEFT types before reading configs)
     from peftkit.models.load import load_model_and_tokenizer, load_tokenizer, tokenizer_hash
     from peftkit.models.sources import content_hash, resolve_source
 
     adapter_dir = resolve_adapter_dir(path)
-    meta, _ = check_bundle(adapter_dir)
-    if meta is None:
-        return _load_plain_peft(adapter_dir, base_source, device, dtype)
+    meta, shapes = check_bundle(adapter_dir)
+    verified = is_verifiable(meta)
+    if not verified:
+        if not allow_unverified:
+            raise unverified_refusal(adapter_dir, meta)
+        meta = unverified_meta(
+            adapter_dir,
+            read_adapter_config(adapter_dir),
+            head_rows(shapes),
+            meta,
+            labels=labels,
+            base_source=base_source,
+        )
+        note_unverified(adapter_dir, meta)
     check_expected(adapter_dir, meta, task=task, labels=labels)
     source = resolve_source(base_source or meta["base_model"]["source"])
     cache_dir = meta["base_model"].get("cache_dir")
     tokenizer = load_tokenizer(source, cache_dir)
-    diffs = fingerprint_differences(meta, base_hash=content_hash(source), tok_hash=tokenizer_hash(tokenizer))
+    diffs = (
+        fingerprint_differences(meta, base_hash=content_hash(source), tok_hash=tokenizer_hash(tokenizer))
+        if verified
+        else []
+    )
     if diffs:
         raise PeftkitError(
             f"adapter '{adapter_dir}' was trained on a different base than '{source.spec}': "
@@ -313,37 +359,22 @@ def load_adapter(
         cache_dir=cache_dir,
         tokenizer=tokenizer,
     )
-    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    model = attach_adapter(base, adapter_dir, source.spec, task=meta["task"])
     model.eval()
-    return LoadedAdapter(model, tokenizer, meta, adapter_dir)
+    return LoadedAdapter(model, tokenizer, {**meta, "verified": verified}, adapter_dir)
 
 
-def _load_plain_peft(adapter_dir: Path, base_source: str | None, device, dtype) -> LoadedAdapter:
-    from peft import PeftConfig, PeftModel
+def attach_adapter(base, adapter_dir: Path, base_spec: str, *, task: str):
+    """`base` with the adapter in `adapter_dir` applied (`peftkit.methods.apply.attach_adapter`: PEFT's loader, or
+    peftkit's own implementation of the method), with PEFT's errors (an unknown method, weights of another shape)
+    turned into one paragraph."""
+    from peftkit.methods.apply import attach_adapter as apply_saved
 
-    import peftkit.methods.bottleneck  # noqa: F401
-    from peftkit.models.load import load_config, load_model_and_tokenizer
-    from peftkit.models.sources import resolve_source
-
-    config = PeftConfig.from_pretrained(str(adapter_dir))
-    source = resolve_source(base_source or config.base_model_name_or_path)
-    warnings.warn(
-        f"adapter '{adapter_dir}' has no {META_FILE}: a plain PEFT adapter, so nothing could be checked "
-        f"(base model, tokenizer, labels). Make sure '{source.spec}' is the base it was trained on.",
-        stacklevel=2,
-    )
-    task = "classification" if str(config.task_type) in ("SEQ_CLS", "TaskType.SEQ_CLS") else "causal_lm"
-    labels = None
-    if task == "classification":
-        cfg = load_config(source)
-        labels = [cfg.id2label[i] for i in sorted(cfg.id2label)]
-    base, tokenizer = load_model_and_tokenizer(source, task=task, labels=labels, dtype=dtype, device=device)
-    model = PeftModel.from_pretrained(base, str(adapter_dir))
-    model.eval()
-    meta = {
-        "task": task,
-        "labels": labels,
-        "base_model": {"source": source.spec},
-        "method": str(config.peft_type),
-    }
-    return LoadedAdapter(model, tokenizer, meta, adapter_dir)
+    try:
+        return apply_saved(base, adapter_dir, task=task)
+    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
+        raise PeftkitError(
+            f"adapter '{adapter_dir}': PEFT could not apply it to base '{base_spec}' ({type(exc).__name__}: "
+            f"{shorten(exc, 300)}). Its adapter_config.json or weights do not fit this base: load it with the base "
+            f"it was trained on, or copy the adapter again if it was damaged."
+        ) from None

@@ -1,8 +1,10 @@
 """The adapter card: `README.md` in Hugging Face model-card format, written into a run's adapter folder.
 
-Metadata: `base_model`, `library_name: peft`, `pipeline_tag`, `tags`, `datasets`, `license` and a
-`model-index` holding the run's validation and test results. Body: what the adapter does, how to load it
-with peftkit and with plain peft, the training recipe, a data card summary, the metrics and the plots.
+Metadata: `base_model` (the base's Hub id: `--base-model`, or the id peftkit knows for a hub source or a
+package-shipped model; left out when none is known, since the Hub accepts only model ids there), `library_name:
+peft`, `pipeline_tag`, `tags`, `datasets`, `license` and a `model-index` holding the run's validation and test
+results. Body: what the adapter does, how to load it with peftkit and without it, the training recipe, a data
+card summary with the example counts of this run, the metrics and the plots.
 
 Nothing machine-specific goes into a card meant for publishing: local model folders and data card paths
 are shown by name (`portable_source`), and `publish` renders the card again for the published folder.
@@ -17,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from peftkit.fileio import atomic_write_text
+from peftkit.models.sources import known_hub_id
 
 CARD_FILE = "README.md"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -116,9 +119,10 @@ def snippets(
     plain_base: str | None = None,
     pooling: str = "model",
 ) -> tuple[str, str]:
-    """(peftkit snippet, plain peft snippet) that load `adapter` on `base` (plain peft: `plain_base`) once.
+    """(peftkit snippet, snippet without peftkit) that load `adapter` on `base` (plain peft: `plain_base`) once.
 
-    An adapter trained with `model.pooling: mean` needs that pooling on the plain base too (one peftkit call).
+    An adapter trained with `model.pooling: mean` cannot be read by plain transformers (it would pool [CLS]) and
+    plain PEFT refuses it; its second snippet shows the merged sentence-transformers folder instead.
     """
     plain_base = plain_base or base
     example = "a sharp, witty and moving film"
@@ -133,26 +137,21 @@ def snippets(
             f"from peftkit import load_adapter\n\nadapter = {adapter!r}\n"
             f"loaded = load_adapter(adapter, base_source={base!r})\nprint(loaded.model)\n"
         )
-    if plain_base.startswith("package:"):
-        # the model folder inside the installed package
-        base_line = f"base = str(resolve_source({plain_base!r}).path)\n"
-        head = "from peftkit.models.sources import resolve_source\n"
-    else:
-        base_line = f"base = {plain_base!r}\n"
-        head = ""
+    if task == "classification" and pooling == "mean":
+        return ours, _MEAN_POOLED.format(adapter=adapter, labels=labels, example=example)
     auto = TASK_TAGS[task][1]
     plain = (
-        f"import torch\nfrom peft import PeftModel\nfrom transformers import {auto}, AutoTokenizer\n"
-        f"{head}\n{base_line}"
+        f"import torch\nfrom peft import PeftModel\nfrom transformers import {auto}, AutoTokenizer\n\n"
+        f"base = {plain_base!r}\n"
     )
     if task == "classification":
         plain += (
             f"labels = {labels!r}\n"
+            "tokenizer = AutoTokenizer.from_pretrained(base)\n"
             f"model = {auto}.from_pretrained(base, num_labels=len(labels), id2label=dict(enumerate(labels)),\n"
-            f"    label2id={{name: i for i, name in enumerate(labels)}})\n"
-            + (_MEAN_POOLING if pooling == "mean" else "")
-            + f"model = PeftModel.from_pretrained(model, {adapter!r}).eval()\n"
-            "tokenizer = AutoTokenizer.from_pretrained(base)\nwith torch.no_grad():\n"
+            f"    label2id={{name: i for i, name in enumerate(labels)}}, pad_token_id=tokenizer.pad_token_id)\n"
+            f"model = PeftModel.from_pretrained(model, {adapter!r}).eval()\n"
+            "with torch.no_grad():\n"
             f"    logits = model(**tokenizer([{example!r}], return_tensors='pt')).logits\n"
             "print(labels[int(logits.argmax(-1))])\n"
         )
@@ -166,9 +165,16 @@ def snippets(
     return ours, plain
 
 
-_MEAN_POOLING = (
-    "from peftkit.models.pooling import apply_pooling\n\n"
-    "apply_pooling(model, 'mean')  # trained reading the mean of the tokens, not [CLS]\n"
+# The second snippet of a mean-pooled classifier: its merged form, in the loader that pools the same way.
+_MEAN_POOLED = (
+    "# Trained reading the mean of the tokens (model.pooling: mean). Plain transformers would read the [CLS]\n"
+    "# token instead, so PEFT refuses this adapter with an error rather than load a different model. Merge it\n"
+    "# into a sentence-transformers folder (`peftkit merge {adapter} --out merged`), whose loader pools the same\n"
+    "# way, or export it to ONNX (`peftkit export {adapter} --format onnx --out onnx`).\n"
+    "from sentence_transformers import SentenceTransformer\n\n"
+    "labels = {labels!r}\n"
+    "logits = SentenceTransformer('merged').encode([{example!r}])\n"
+    "print(labels[int(logits[0].argmax())])\n"
 )
 
 
@@ -220,34 +226,42 @@ def _metrics_table(metrics: dict) -> str:
 
 
 def render_card(
-    run_dir: str | Path, *, adapter_ref: str, plots_prefix: str = "../plots/", base_model: str | None = None
+    run_dir: str | Path,
+    *,
+    adapter_ref: str,
+    plots_prefix: str = "../plots/",
+    base_model: str | None = None,
+    name: str | None = None,
 ) -> str:
     """The adapter card text for a run; `adapter_ref` is what the snippets load (a folder or a hub repo id).
 
     `base_model`: the base's Hub id, for the metadata and the plain-peft snippet, when the run used a local
-    folder or package (the peftkit snippet keeps the run's source: its fingerprint is checked on load).
+    folder or package (the peftkit snippet keeps the run's source: its fingerprint is checked on load). `name`:
+    the run's name (default: the folder's).
     """
     from huggingface_hub import ModelCard, ModelCardData
 
     run_dir = Path(run_dir)
+    name = name or run_dir.name
     meta = json.loads((run_dir / "adapter" / "peftkit_adapter.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
     recipe_text = portable_recipe((run_dir / "recipe.resolved.yaml").read_text())
     recipe = yaml.safe_load(recipe_text)
     task, method, labels = meta["task"], meta["method"], meta.get("labels")
     base = portable_source(meta["base_model"]["source"])
+    hub_base = base_model or known_hub_id(meta["base_model"]["source"])
     card = _card_summary(meta.get("data_card") or recipe["data"]["card"])
     dataset = card.source.hub if card and card.source.kind == "hub" else recipe["data"]["card"]
     dataset_name = (card.metadata.get("pretty_name") if card else None) or dataset
     license_ = _base_license(meta["base_model"]["source"]) or "other"
     data = ModelCardData(
-        base_model=base_model or base,
+        base_model=hub_base,
         library_name="peft",
         pipeline_tag=TASK_TAGS[task][0],
         license=license_,
         tags=["peft", "peftkit", method, TASK_TAGS[task][0]],
         datasets=[dataset],
-        model_name=f"{run_dir.name}",
+        model_name=name,
         eval_results=_eval_results(metrics, task, dataset, dataset_name) or None,
     )
     ours, plain = snippets(
@@ -255,7 +269,7 @@ def render_card(
         adapter=adapter_ref,
         task=task,
         labels=labels,
-        plain_base=base_model,
+        plain_base=hub_base,
         pooling=meta.get("pooling", "model"),
     )
     what = (
@@ -264,32 +278,32 @@ def render_card(
         else "adapts the base model's text generation to the data below"
     )
     parts = [
-        f"# {run_dir.name}",
+        f"# {name}",
         f"A **{method}** adapter for `{base}`, trained with peftkit on "
         f"**{dataset_name}**. It {what}. The adapter alone is small: the base model is loaded separately.",
         "## How to load it",
         "With peftkit (checks that the base model and tokenizer are the ones it was trained on):",
         f"```python\n{ours}```",
-        "With plain peft and transformers:",
+        "Without peftkit:" if meta.get("pooling") == "mean" else "With plain peft and transformers:",
         f"```python\n{plain}```",
         "## Training recipe",
         "Reproduce with `peftkit train recipe.resolved.yaml` (the resolved recipe, every default written out; point "
         "`model.source` and `data.card` at your copies):",
         f"```yaml\n{recipe_text}```",
         "## Data",
-        _data_section(card, dataset_name),
+        _data_section(card, dataset_name, run_counts(metrics, recipe, card)),
         "## Results",
         *_best_line(metrics),
         _metrics_table(metrics),
         "## Plots",
         *[
-            f"![{alt}]({plots_prefix}{name})"
-            for alt, name in (
+            f"![{alt}]({plots_prefix}{png})"
+            for alt, png in (
                 ("training loss", "loss.png"),
                 ("validation metrics", "eval_metrics.png"),
                 ("confusion matrix", "confusion_matrix.png"),
             )
-            if (run_dir / "plots" / name).is_file()
+            if (run_dir / "plots" / png).is_file()
         ],
         "## Framework versions",
         ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()),
@@ -299,12 +313,32 @@ def render_card(
     return text
 
 
-def _data_section(card, dataset_name: str) -> str:
+def run_counts(metrics: dict, recipe: dict, card) -> dict[str, int]:
+    """Examples this run used per split (after the recipe's max_*_examples), not the data card's full sizes."""
+    counts = {}
+    for split, limit in (
+        ("train", "max_train_examples"),
+        ("validation", "max_eval_examples"),
+        ("test", "max_test_examples"),
+    ):
+        n = (metrics.get(split) or {}).get("n")
+        if n is None and card is not None and split in (card.counts or {}):  # runs that did not record it
+            cap = recipe["data"].get(limit)
+            n = card.counts[split] if cap is None else min(cap, card.counts[split])
+        if n is not None:
+            counts[split] = n
+    return counts
+
+
+def _data_section(card, dataset_name: str, counts: dict[str, int]) -> str:
+    used = ", ".join(f"{k} {v:,}" for k, v in counts.items())
     if card is None:
-        return f"Data card `{dataset_name}` (not found when this card was written)."
+        return f"Data card `{dataset_name}` (not found when this card was written). Examples used: {used}."
     head = f"Data card **{card.name}** ({dataset_name}), license `{card.metadata.get('license', 'unknown')}`."
-    if card.counts:
-        head += " Examples: " + ", ".join(f"{k} {v:,}" for k, v in card.counts.items()) + "."
+    if used:
+        head += f" Examples used by this run: {used}."
+    if card.counts and card.counts != counts:
+        head += " The card's full splits: " + ", ".join(f"{k} {v:,}" for k, v in card.counts.items()) + "."
     if card.labels:
         head += " Labels (id order): " + ", ".join(f"`{name}`" for name in card.labels) + "."
     # The prose's first paragraph (headings and tables skipped) says what the data is.
@@ -315,9 +349,11 @@ def _data_section(card, dataset_name: str) -> str:
     return "\n\n".join([head, *paragraphs[:1], tail])
 
 
-def write_adapter_card(run_dir: str | Path) -> Path:
-    """Write RUN/adapter/README.md (replacing the stub peft writes); returns its path."""
+def write_adapter_card(run_dir: str | Path, *, final_dir: str | Path | None = None) -> Path:
+    """Write RUN/adapter/README.md (replacing the stub peft writes); returns its path. `final_dir`: where the run
+    folder will live once finished, when it is written elsewhere first (training writes into NAME.partial)."""
     run_dir = Path(run_dir)
+    final = Path(final_dir or run_dir)
     path = run_dir / "adapter" / CARD_FILE
-    atomic_write_text(path, render_card(run_dir, adapter_ref=str(run_dir / "adapter")))
+    atomic_write_text(path, render_card(run_dir, adapter_ref=str(final / "adapter"), name=final.name))
     return path

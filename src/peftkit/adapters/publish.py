@@ -4,27 +4,20 @@ The folder holds what someone else needs and nothing from this machine: the PEFT
 with `PeftModel.from_pretrained(base, folder)`), `peftkit_adapter.json`, the adapter card (`README.md`),
 `plots/`, the resolved recipe, `metrics.json` and the data card (`data_card.md`). Files that record local
 paths (adapter_config.json's `base_model_name_or_path`, peftkit_adapter.json's base source, cache dir and
-data card, the recipe's paths) are rewritten to portable names; anything else that still names a local
-absolute path is refused, and then nothing is written.
+data card, the recipe's paths) are rewritten to portable names; any other absolute path, in any field of any
+published file (`peftkit.adapters.path_leaks`), is refused with the fields listed, and then nothing is written.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
+from peftkit.adapters.path_leaks import find_absolute_paths
 from peftkit.errors import PeftkitError
-from peftkit.fileio import atomic_dir
-
-TEXT_SUFFIXES = (".json", ".md", ".yaml", ".yml", ".txt", ".jsonl")
-# Absolute paths under the usual per-machine roots; URLs ('https://x/home/...') are not matched.
-_LOCAL_PATH = re.compile(
-    r"(?<![\w./:-])(?:/(?:home|Users|tmp|root|mnt|private|var/folders|work)/[^\s\"'`<>)]*"
-    r"|[A-Za-z]:\\(?:Users|Documents and Settings)\\[^\s\"'`<>)]*)"
-)
+from peftkit.fileio import atomic_dir, reported_write_failures
 
 
 def _check_run(run: Path) -> None:
@@ -53,31 +46,6 @@ def _portable_meta(meta: dict) -> dict:
     return meta
 
 
-def _local_paths(run: Path, meta: dict) -> list[str]:
-    """Absolute paths of this machine that a published file must not contain, longest first."""
-    paths = {run.resolve(), Path.cwd(), Path.home(), Path(tempfile.gettempdir()).resolve()}
-    source = Path(meta["base_model"]["source"].removeprefix("path:")).expanduser()
-    if source.exists():
-        paths.add(source.resolve())
-    return sorted({str(p) for p in paths if len(p.parts) > 2}, key=len, reverse=True)
-
-
-def find_leaks(folder: Path, local_paths: list[str]) -> list[str]:
-    """'file: path' for every local absolute path found in a text file or a safetensors header under `folder`."""
-    leaks = []
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if f.suffix in TEXT_SUFFIXES:
-            text = f.read_text(encoding="utf-8", errors="replace")
-        elif f.suffix == ".safetensors":
-            with open(f, "rb") as fh:  # the JSON header: 8-byte length, then the header itself
-                text = fh.read(8 + int.from_bytes(fh.read(8), "little"))[8:].decode("utf-8", "replace")
-        else:
-            continue
-        hits = [p for p in local_paths if p in text] + _LOCAL_PATH.findall(text)
-        leaks += [f"{f.relative_to(folder)}: {hit}" for hit in dict.fromkeys(hits)]
-    return leaks
-
-
 def publish_run(
     run: str | Path, to: str | Path, *, adapter_ref: str | None = None, base_model: str | None = None
 ) -> Path:
@@ -88,6 +56,7 @@ def publish_run(
     """
     from peftkit.adapters.bundle import META_FILE
     from peftkit.adapters.card import CARD_FILE, is_hub_id, portable_recipe, portable_source, render_card
+    from peftkit.models.sources import known_hub_id
 
     run, to = Path(run), Path(to)
     _check_run(run)
@@ -102,12 +71,13 @@ def publish_run(
             f"or remove the old one first."
         )
     meta = json.loads((run / "adapter" / META_FILE).read_text())
-    with atomic_dir(to) as tmp:
+    with reported_write_failures("publish --to", to), atomic_dir(to) as tmp:
         for f in (run / "adapter").iterdir():
             if f.is_file() and f.name not in (CARD_FILE, META_FILE, "adapter_config.json"):
                 shutil.copy2(f, tmp / f.name)
         config = json.loads((run / "adapter" / "adapter_config.json").read_text())
-        config["base_model_name_or_path"] = base_model or portable_source(meta["base_model"]["source"])
+        source = meta["base_model"]["source"]  # AutoPeftModel loads the base from here: a Hub id when known
+        config["base_model_name_or_path"] = base_model or known_hub_id(source) or portable_source(source)
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (tmp / META_FILE).write_text(json.dumps(_portable_meta(meta), indent=2, sort_keys=True) + "\n")
         (tmp / "recipe.resolved.yaml").write_text(portable_recipe((run / "recipe.resolved.yaml").read_text()))
@@ -120,12 +90,14 @@ def publish_run(
         (tmp / CARD_FILE).write_text(
             render_card(run, adapter_ref=adapter_ref or to.name, plots_prefix="plots/", base_model=base_model)
         )
-        leaks = find_leaks(tmp, _local_paths(run, meta))
+        leaks = find_absolute_paths(tmp)
         if leaks:
             raise PeftkitError(
-                f"publish: refusing to write '{to}': published files would contain local absolute paths "
-                f"({'; '.join(leaks[:5])}{' …' if len(leaks) > 5 else ''}). Remove the paths from those files "
-                f"(for a data card, from its prose or front matter) and publish again. Nothing was written."
+                f"publish: refusing to write '{to}': published files would contain absolute paths of this machine "
+                f"({'; '.join(leaks[:8])}{f'; … ({len(leaks)} in all)' if len(leaks) > 8 else ''}). Rewrite those "
+                f"fields without the path (a name, or a path relative to the data card) where they come from: the "
+                f"run's recipe.resolved.yaml (README.md shows the recipe too) or the data card's front matter and "
+                f"prose; then publish again. Nothing was written."
             )
     return to
 
@@ -147,6 +119,7 @@ def push_to_hub(
     """Publish `run` into a temporary folder and upload it to the Hub repo `repo_id`; returns the repo URL."""
     from peftkit.adapters.card import is_hub_id, portable_source
     from peftkit.fileio import hub_offline
+    from peftkit.models.sources import known_hub_id
 
     if hub_offline():
         raise PeftkitError(
@@ -159,9 +132,8 @@ def push_to_hub(
             f"publish --hub: '{repo_id}' is not a Hub repo id. Write it as `user/name` or `org/name`."
         )
     _check_run(Path(run))
-    base = base_model or portable_source(
-        json.loads((Path(run) / "adapter" / "peftkit_adapter.json").read_text())["base_model"]["source"]
-    )
+    source = json.loads((Path(run) / "adapter" / "peftkit_adapter.json").read_text())["base_model"]["source"]
+    base = base_model or known_hub_id(source) or portable_source(source)
     if not is_hub_id(base):
         # The Hub rejects a model card whose base_model is not a model id.
         raise PeftkitError(

@@ -54,16 +54,21 @@ FORMULA = (
 )
 
 
-def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 matmul throughput (FLOP/s) of a `size`² × `size`² product with torch's current thread setting."""
+def matmul_peak(size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    """Best matmul throughput (FLOP/s) of a `size`² × `size`² product: fp32 with torch's current thread setting on
+    CPU, bf16 on a GPU (what training there computes in)."""
     import torch
 
-    a = torch.randn(size, size)
-    b = torch.randn(size, size)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     torch.mm(a, b)  # warm-up: first call allocates and picks kernels
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
         torch.mm(a, b)
+        sync()
         best = min(best, time.perf_counter() - t)
     return 2.0 * size**3 / best

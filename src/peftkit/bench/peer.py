@@ -3,8 +3,12 @@
 transformers `Trainer` + peft `get_peft_model`, on the same model, data subset, epochs, batch size, learning
 rate, schedule and PEFT config as the peftkit row. Two padding styles:
 - `pad128`: transformers' text-classification example defaults (every example padded to `max_length`);
-- `dynamic`: the PEFT docs' `DataCollatorWithPadding` (each random batch padded to its longest member).
-A recipe with `model.pooling: mean` gets the same mean pooling in the peer (peftkit's pooler swap).
+- `dynamic`: the PEFT docs' `DataCollatorWithPadding` (each batch padded to its longest member), with the recipe's
+  length grouping (`train_sampling_strategy="group_by_length"`) when the recipe groups by length.
+A recipe with `model.pooling: mean` gets the same mean pooling in the peer (peftkit's pooler swap). On a GPU the
+peer is what a careful user writes there: the weights in the recipe's dtype (bf16 by default) with `bf16=True`,
+SDPA attention (transformers' default), the fused AdamW (`adamw_torch_fused`, as peftkit), and for a recipe with a
+`quantization` block the same bitsandbytes 4-bit base, `prepare_model_for_kbit_training` and 8-bit optimizer.
 """
 
 from __future__ import annotations
@@ -14,8 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
+# peftkit's `train.optimizer` → the Trainer's `optim` for the same optimizer.
+TRAINER_OPTIMIZERS = {
+    "adamw": "adamw_torch_fused",
+    "adamw_8bit": "adamw_bnb_8bit",
+    "paged_adamw_8bit": "paged_adamw_8bit",
+}
 
-def run_peer(recipe, padding: str, train_limit: int | None) -> dict:
+
+def run_peer(recipe, padding: str, train_limit: int | None, device: str = "cpu") -> dict:
     """Train and evaluate the peer pipeline for `recipe`'s method; return the bench row's measured values."""
     import numpy as np
     import torch
@@ -31,7 +42,7 @@ def run_peer(recipe, padding: str, train_limit: int | None) -> dict:
     from peftkit.data.sources import load_splits
     from peftkit.inference.metrics import classification_metrics
     from peftkit.methods.apply import apply_method
-    from peftkit.models.load import hf_folder
+    from peftkit.models.load import hf_folder, quant_device_map, resolve_dtype
     from peftkit.models.sources import resolve_source
 
     rc, tc, dc = recipe.model, recipe.train, recipe.data
@@ -42,6 +53,8 @@ def run_peer(recipe, padding: str, train_limit: int | None) -> dict:
     val_ds = val_ds.select(range(min(dc.max_eval_examples or len(val_ds), len(val_ds))))
     folder = hf_folder(resolve_source(rc.source, rc.revision), rc.cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:  # decoders: pad with eos, as every decoder classification example does
+        tokenizer.pad_token = tokenizer.eos_token
 
     def tokenize(batch):
         if padding == "pad128":
@@ -54,11 +67,31 @@ def run_peer(recipe, padding: str, train_limit: int | None) -> dict:
     padded_tokens = int(sum(len(m) for m in train_tok["attention_mask"]))
 
     torch.manual_seed(tc.seed)
+    dtype = resolve_dtype(rc.dtype, device)
+    load_kwargs = {}
+    if recipe.quantization:
+        from peftkit.models.quant import bnb_config
+
+        q = recipe.quantization
+        load_kwargs = {
+            "quantization_config": bnb_config(
+                task=rc.task,
+                device=device,
+                bits=q.bits,
+                quant_type=q.quant_type,
+                double_quant=q.double_quant,
+                compute_dtype=q.compute_dtype,
+            ),
+            "device_map": quant_device_map(device),
+        }
     model = AutoModelForSequenceClassification.from_pretrained(
         folder,
         num_labels=len(card.labels),
         id2label=dict(enumerate(card.labels)),
         label2id={name: i for i, name in enumerate(card.labels)},
+        pad_token_id=tokenizer.pad_token_id,
+        dtype=dtype,
+        **load_kwargs,
     )
     if (
         rc.pooling != "model"
@@ -66,6 +99,10 @@ def run_peer(recipe, padding: str, train_limit: int | None) -> dict:
         from peftkit.models.pooling import apply_pooling
 
         apply_pooling(model, rc.pooling)
+    if recipe.quantization:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=tc.gradient_checkpointing)
     # The same PEFT config peftkit builds (get_peft_model inside apply_method), so the two compute the same thing.
     model = apply_method(model, name=recipe.method.name, settings=recipe.method.settings(), task=rc.task)
     steps = math.ceil(len(train_tok) / tc.batch_size) * tc.epochs
@@ -84,7 +121,14 @@ def run_peer(recipe, padding: str, train_limit: int | None) -> dict:
             report_to="none",
             save_strategy="no",
             logging_steps=tc.log_every,
-            use_cpu=True,
+            use_cpu=device == "cpu",
+            bf16=dtype == torch.bfloat16,
+            optim=TRAINER_OPTIMIZERS[tc.optimizer],
+            # (a quantized base gets it from prepare_model_for_kbit_training above)
+            activation_checkpointing=tc.gradient_checkpointing and not recipe.quantization,
+            train_sampling_strategy="group_by_length"
+            if dc.group_by_length and padding == "dynamic"
+            else "random",
             dataloader_num_workers=0,
             disable_tqdm=True,
         )

@@ -50,7 +50,7 @@ def serving_figures(named: list[tuple[str, str]], *, n_texts: int = 64, repeats:
     from peftkit.data.prepare import tokenize_texts
     from peftkit.inference.adapter_set import AdapterSet
     from peftkit.inference.forward import forward_split
-    from peftkit.inference.merge import _sample_texts
+    from peftkit.inference.merge import sample_texts
 
     res: dict = {"rss_mb_start": round(rss_mb(), 1)}
     adapters = AdapterSet()
@@ -59,7 +59,7 @@ def serving_figures(named: list[tuple[str, str]], *, n_texts: int = 64, repeats:
         gc.collect()
         res[f"rss_mb_{i + 1}_adapters"] = round(rss_mb(), 1)
     first = adapters.entries[named[0][0]]
-    texts = _sample_texts(first.meta, n_texts)
+    texts = sample_texts(first.meta, n_texts)
     tok = adapters.tokenizer
     ids = tokenize_texts(tok, texts, first.meta.get("max_length", 128))
 

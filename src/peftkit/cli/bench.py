@@ -28,6 +28,19 @@ def register(sub) -> None:
         "--peer", action="store_true", help="add transformers Trainer + peft rows (pad-to-128, dynamic)"
     )
     b.add_argument("--output", help="folder for bench.md and bench.json (default: bench/<recipe name>)")
+    b.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where every row trains: cuda adds peak GPU memory per row (bf16 by default); cpu on a GPU machine "
+        "is a dry run of the same rows (default: %(default)s, the GPU when one is visible)",
+    )
+    b.add_argument(
+        "--unquantized-row",
+        action="store_true",
+        help="for a recipe with a quantization block: add the same method on the unquantized base (the memory "
+        "reference for QLoRA)",
+    )
     b.set_defaults(handler=cmd_bench)
 
     m = sub.add_parser("methods", help="trainable parameters and adapter size per shipped recipe's method")
@@ -100,6 +113,8 @@ def cmd_bench(args) -> int:
         peer=args.peer,
         output=args.output,
         overrides=args.overrides,
+        device=args.device,
+        unquantized_row=args.unquantized_row,
     )
     print((out / "bench.md").read_text())
     print(f"wrote {out / 'bench.md'} and {out / 'bench.json'}")

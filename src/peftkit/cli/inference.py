@@ -1,4 +1,4 @@
-"""Using adapters: `eval`, `predict`, `generate`, `merge`."""
+"""Using adapters: `eval`, `predict`, `generate`, `merge`, `export`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ def register(sub) -> None:
         "given a run folder; none for a bare adapter folder)",
     )
     add_verbose(e)
+    _adapter_load_options(e)
     e.set_defaults(handler=cmd_eval)
 
     pr = sub.add_parser("predict", help="labels and probabilities for texts")
@@ -41,6 +42,7 @@ def register(sub) -> None:
     pr.add_argument("--file", help="a text file (one text per line) or JSONL with a 'text' field")
     pr.add_argument("--json", action="store_true", help="one JSON object per line")
     add_verbose(pr)
+    _adapter_load_options(pr)
     pr.set_defaults(handler=cmd_predict)
 
     g = sub.add_parser("generate", help="sample a continuation of a prompt from a causal-LM adapter")
@@ -52,6 +54,7 @@ def register(sub) -> None:
     )
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     add_verbose(g)
+    _adapter_load_options(g, labels=False)
     g.set_defaults(handler=cmd_generate)
 
     m = sub.add_parser("merge", help="merge a mergeable adapter into a full-precision copy of its base")
@@ -60,14 +63,58 @@ def register(sub) -> None:
     m.add_argument("--samples", type=int, default=64, help="sample inputs for the parity report (default 64)")
     m.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     add_verbose(m)
+    _adapter_load_options(m)
     m.set_defaults(handler=cmd_merge)
+
+    x = sub.add_parser(
+        "export", help="export a classification adapter to ONNX (merged, pooling and head in the graph)"
+    )
+    x.add_argument("adapter", help="run folder or adapter folder")
+    x.add_argument("--format", required=True, choices=["onnx"], help="export format (onnx)")
+    x.add_argument("--out", required=True, help="folder for model.onnx, the tokenizer and parity_report.json")
+    x.add_argument(
+        "--samples", type=int, help="test texts in the parity check (default: the whole test split)"
+    )
+    x.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    add_verbose(x)
+    x.set_defaults(handler=cmd_export)
+
+
+def _adapter_load_options(parser, *, labels: bool = True) -> None:
+    """--unverified / --labels / --base: the explicit way to use an adapter without a fingerprint."""
+    parser.add_argument(
+        "--unverified",
+        action="store_true",
+        help="accept an adapter without a fingerprint (a plain PEFT adapter): its base, tokenizer and labels "
+        "cannot be checked, and the output says so",
+    )
+    if labels:
+        parser.add_argument(
+            "--labels",
+            type=lambda text: [name.strip() for name in text.split(",")],
+            metavar="A,B,...",
+            help="label names in id order: those of an unverified adapter (default LABEL_0, LABEL_1, ...); "
+            "for a fingerprinted one, the labels it must have",
+        )
+    parser.add_argument(
+        "--base",
+        metavar="SOURCE",
+        help="base model source (default: the one the adapter records); a fingerprinted adapter is still "
+        "checked against it",
+    )
+
+
+def _load_kwargs(args) -> dict:
+    return dict(allow_unverified=args.unverified, labels=getattr(args, "labels", None), base_source=args.base)
 
 
 def cmd_eval(args) -> int:
     from peftkit.inference.predict import evaluate_adapter
 
     with quiet_libraries(args.verbose):
-        metrics = evaluate_adapter(args.adapter, data=args.data, split=args.split, progress=True)
+        metrics = evaluate_adapter(
+            args.adapter, data=args.data, split=args.split, progress=True, **_load_kwargs(args)
+        )
     plots = (
         Path(args.plots)
         if args.plots
@@ -113,7 +160,7 @@ def cmd_predict(args) -> int:
             "predict: no input. Give texts as arguments or --file F (one text per line or JSONL)."
         )
     with quiet_libraries(args.verbose):
-        rows = predict_texts(args.adapter, texts)
+        rows = predict_texts(args.adapter, texts, **_load_kwargs(args))
     _print_predictions(texts, rows, as_json=args.json)
     return 0
 
@@ -125,7 +172,8 @@ def _print_predictions(texts, rows, *, as_json: bool) -> None:
             print(json.dumps({"text": text, **row}))
         else:
             who = f"{row['adapter']}\t" if "adapter" in row else ""
-            print(f"{who}{row['label']}\t{row['probabilities'][row['label']]:.3f}\t{text}")
+            mark = "\t(unverified)" if row.get("unverified") else ""
+            print(f"{who}{row['label']}\t{row['probabilities'][row['label']]:.3f}\t{text}{mark}")
 
 
 def _predict_routed(args) -> int:
@@ -137,11 +185,16 @@ def _predict_routed(args) -> int:
             "predict --adapter NAME=PATH: give the inputs as --file F.jsonl whose lines are "
             '{"adapter": NAME, "text": ...} (positional adapter and texts are for one adapter).'
         )
+    if args.labels or args.base:
+        raise PeftkitError(
+            "predict --adapter NAME=PATH: --labels and --base describe one adapter; with several, train them with "
+            "peftkit (fingerprinted) or predict with each unverified adapter on its own."
+        )
     rows = read_routed(args.file, [n for n, _ in pairs])
     with quiet_libraries(args.verbose):
         adapters = AdapterSet()
         for name, path in pairs:
-            adapters.add(name, path)
+            adapters.add(name, path, allow_unverified=args.unverified)
         predictions = adapters.route(rows)
     _print_predictions([text for _, text in rows], predictions, as_json=args.json)
     return 0
@@ -157,6 +210,8 @@ def cmd_generate(args) -> int:
             max_new_tokens=args.max_new_tokens,
             temperature=args.temperature,
             seed=args.seed,
+            allow_unverified=args.unverified,
+            base_source=args.base,
         )
     print(args.prompt + text)
     return 0
@@ -166,6 +221,29 @@ def cmd_merge(args) -> int:
     from peftkit.inference.merge import merge_adapter
 
     with quiet_libraries(args.verbose):
-        report = merge_adapter(args.adapter, args.out, n_samples=args.samples, overwrite=args.overwrite)
+        report = merge_adapter(
+            args.adapter, args.out, n_samples=args.samples, overwrite=args.overwrite, **_load_kwargs(args)
+        )
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from peftkit.inference.export import export_onnx
+
+    with quiet_libraries(args.verbose):
+        report = export_onnx(args.adapter, args.out, n_samples=args.samples, overwrite=args.overwrite)
+    latency = report["latency_ms"]
+    print(f"ONNX export: {args.out}/model.onnx ({report['graph']} graph)")
+    print(
+        f"parity on {report['parity']['n']} test texts: labels agree {report['parity']['agree']}/"
+        f"{report['parity']['n']}, max |logit diff| {report['parity']['max_abs_logit_diff']:.2e}"
+    )
+    print(f"CPU latency, median ms per call ({latency['threads']} threads):")
+    print(f"  {'batch':>5}  {'onnxruntime':>11}  {'torch':>9}  speed-up")
+    for batch in (1, 64):
+        row = latency[f"batch_{batch}"]
+        print(
+            f"  {batch:>5}  {row['onnxruntime']:>11.2f}  {row['torch']:>9.2f}  {row['torch'] / row['onnxruntime']:.2f}x"
+        )
     return 0

@@ -49,6 +49,7 @@ def register(sub) -> None:
 def cmd_train(args) -> int:
     from peftkit.quiet import MESSAGES_FILE, quiet_libraries
     from peftkit.recipe import load_recipe
+    from peftkit.training.run_folder import staging_dir
 
     if args.processes is not None:
         return _launch(args, load_recipe(args.recipe, args.overrides))
@@ -56,13 +57,16 @@ def cmd_train(args) -> int:
     with quiet_libraries(args.verbose) as messages:
         recipe = load_recipe(args.recipe, args.overrides)
         out = Path(recipe.train.output_dir)
+        finished = False
         try:
             from peftkit.training.recipe import train
 
             train(recipe, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
-        finally:  # a failed run keeps what the libraries said too, when it got as far as its folder
-            if main_process and out.is_dir():
-                messages.write(out / MESSAGES_FILE)
+            finished = True
+        finally:  # a failed run that can be resumed keeps what the libraries said, beside its checkpoint
+            folder = out if finished else staging_dir(out)
+            if main_process and folder.is_dir():
+                messages.write(folder / MESSAGES_FILE)
     if main_process:
         print("\n".join(run_summary(out)))
     return 0

@@ -30,11 +30,18 @@ NAME = "peftkit_cpu"
 
 
 def use_cpu_attention(model) -> bool:
-    """Switch an encoder that uses SDPA to the lean training attention; False (nothing changes) otherwise."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
+    """Switch an encoder that uses SDPA to the lean training attention; False (nothing changes) otherwise, with a
+    warning where the installed transformers lacks what it plugs into (`peftkit.cpu.upstream`)."""
+    from peftkit.cpu.upstream import warn_off
     from peftkit.models.decoder import is_decoder
+
+    try:
+        from transformers import AttentionInterface
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: F401 (used per call)
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    except ImportError as exc:
+        warn_off("training attention", f"transformers: {exc}")
+        return False
 
     config = model.config
     if config._attn_implementation != "sdpa" or is_decoder(config) or config.is_encoder_decoder:

@@ -189,16 +189,21 @@ def use_fast_lora(model) -> int:
     """Give every plain PEFT LoRA `Linear` layer of `model` the lean forward; returns how many layers got it.
 
     Only the exact class `peft.tuners.lora.layer.Linear` is touched (bitsandbytes / other LoRA layer classes keep
-    PEFT's forward). Safe to call twice.
+    PEFT's forward). Safe to call twice. Where PEFT's layer lacks an attribute this forward reads, no layer is
+    touched and a warning says which (`peftkit.cpu.upstream`).
     """
     from peft.tuners.lora.layer import Linear
 
-    n = 0
-    for module in model.modules():
-        if type(module) is Linear:
-            module.forward = types.MethodType(_fast_forward, module)
-            n += 1
-    return n
+    from peftkit.cpu.upstream import LORA_ATTRIBUTES, warn_off
+
+    layers = [m for m in model.modules() if type(m) is Linear]
+    missing = [a for a in LORA_ATTRIBUTES if layers and not hasattr(layers[0], a)]
+    if missing:
+        warn_off("fused LoRA layer", f"peft's LoRA Linear has no attribute {missing[0]!r}")
+        return 0
+    for module in layers:
+        module.forward = types.MethodType(_fast_forward, module)
+    return len(layers)
 
 
 def _check_lora(kernel: str, x, a, b, low, bias, bits, *, y, g_x=None) -> None:

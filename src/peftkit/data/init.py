@@ -69,11 +69,12 @@ def draft_card(data_file: str | os.PathLike, *, text_column: str, label_column: 
     try:
         checksum, raw = read_source(card)
     except PeftkitError as exc:  # the parser's own words, without the card a user has not got yet
+        said = str(exc).removeprefix(f"Data card {card.path}: ")
         raise PeftkitError(
-            f"init: could not read '{data_file}' as {fmt}: {exc.__cause__ or exc}. Check that the file is valid "
-            f"{fmt.upper()} (one header row for CSV, one JSON object per line for JSONL)."
+            f"init: {said}. Check that the file is valid {fmt.upper()} (one header row for CSV, one JSON object "
+            f"per line for JSONL)."
         ) from None
-    ((_, frame),) = raw.values()
+    ((_, frame, _),) = raw.values()
     _check_columns(path, frame, text_column=text_column, label_column=label_column)
     labels, missing, label_counts = _propose_labels(path, frame, text_column, label_column)
     card = replace(card, labels=labels, exclude_labels=missing)

@@ -101,4 +101,7 @@ def collate_split(split: TokenizedSplit, idx: list[int], pad_id: int, padding_si
     batch = collate([split.ids[i] for i in idx], pad_id, padding_side, labels=labels)
     if split.labels is None:
         batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    if getattr(device, "type", str(device).split(":")[0]) == "cuda":
+        # pinned host memory, copied without waiting: the host builds the next batch while the GPU computes
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
     return {k: v.to(device) for k, v in batch.items()}

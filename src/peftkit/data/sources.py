@@ -19,7 +19,8 @@ import io
 from pathlib import Path
 
 from peftkit.data.cards import FORMATS, SPLITS, DataCard
-from peftkit.errors import PeftkitError, did_you_mean
+from peftkit.data.lines import decompress, first_bad_json_line, line_of_row
+from peftkit.errors import PeftkitError, did_you_mean, shorten
 from peftkit.fileio import hub_offline, package_dir
 
 _COMPRESSION = {".bz2": "bz2", ".gz": "gzip"}
@@ -106,8 +107,9 @@ def _load_frames(card: DataCard, verify_checksum: bool):
 
 
 def read_source(card: DataCard, *, verify_checksum: bool = True) -> tuple[str | None, dict]:
-    """(checksum or None for a hub source, {split: (where, DataFrame as parsed)}) for the splits the source
-    provides: the files as they are, before the card's columns, labels and split recipe are applied."""
+    """(checksum or None for a hub source, {split: (where, DataFrame as parsed, locate)}) for the splits the
+    source provides: the files as they are, before the card's columns, labels and split recipe are applied
+    (`locate(row)`: the file line of a row, or None)."""
     if card.source.kind == "hub":
         return None, _read_hub(card)
     blobs = _read_files(card)
@@ -139,7 +141,7 @@ def _check_checksum(card: DataCard, checksum: str) -> None:
 
 
 def _clean_frames(card: DataCard, raw: dict) -> dict:
-    return {split: _clean(card, df, where) for split, (where, df) in raw.items()}
+    return {split: _clean(card, *parsed) for split, parsed in raw.items()}
 
 
 def _source_paths(card: DataCard) -> dict[str, Path]:
@@ -208,8 +210,12 @@ def _parse(card: DataCard, path: Path, data: bytes):
                 buffer, lines=fmt == "jsonl", compression=compression, dtype=False, convert_dates=False
             )
     except Exception as exc:  # pandas raises many types (ParserError, ValueError, OSError, ...)
-        raise PeftkitError(f"Data card {card.path}: could not read {path} as {fmt}: {exc}") from exc
-    return path, df
+        line = first_bad_json_line(decompress(data, compression)) if fmt == "jsonl" else None
+        where = f" (line {line[0]}: {line[1]})" if line else ""
+        raise PeftkitError(
+            f"Data card {card.path}: could not read {path} as {fmt}{where}: {shorten(exc, 300)}"
+        ) from None
+    return path, df, lambda row: line_of_row(decompress(data, compression), fmt, row)
 
 
 def _read_hub(card: DataCard) -> dict:
@@ -237,20 +243,24 @@ def _read_hub(card: DataCard) -> dict:
         raise PeftkitError(
             f"Data card {card.path}: hub dataset '{hub}' has no train split (it has {list(dd)})."
         )
-    return {split: (f"{hub} [{split}]", dd[split].to_pandas()) for split in SPLITS if split in dd}
+    return {split: (f"{hub} [{split}]", dd[split].to_pandas(), None) for split in SPLITS if split in dd}
 
 
-def _clean(card: DataCard, df, where):
-    """Check columns, drop excluded labels and empty texts, map labels to ids; returns text[, label]."""
+def _clean(card: DataCard, where, df, locate=None):
+    """Check columns, drop excluded labels and empty texts, map labels to ids; returns text[, label].
+    `locate(row)`: the file line of a data row, for messages (None: not a file)."""
     import pandas as pd
 
     for key in ("text_column", "label_column"):
         col = getattr(card, key)
         if col is not None and col not in df.columns:
             found = [str(c) for c in df.columns]
+            shown = ", ".join(shorten(c, 40) for c in found[:20]) + (
+                f", … ({len(found)} in all)" if len(found) > 20 else ""
+            )
             raise PeftkitError(
                 f"Data card {card.path}: `peftkit.{key}` is '{col}', but {where} has no such column "
-                f"(columns found: {', '.join(found)}).{did_you_mean(col, found)} Fix `{key}` in the card."
+                f"(columns found: {shown}).{did_you_mean(col, found)} Fix `{key}` in the card."
             )
     text = df[card.text_column]
     text = text.where(text.notna(), "").astype(str)
@@ -268,12 +278,16 @@ def _clean(card: DataCard, df, where):
     if card.task == "classification":
         assert labels is not None  # classification cards name a label column (the card parser checks)
         labels = labels[keep]
-        unknown = labels[~labels.isin(card.labels)].value_counts()
+        wrong = ~labels.isin(card.labels)
+        unknown = labels[wrong].value_counts()
         if len(unknown):
-            listed = ", ".join(f"'{name}' ({n} rows)" for name, n in unknown.items())
+            listed = ", ".join(f"'{shorten(name, 40)}' ({n} rows)" for name, n in list(unknown.items())[:10])
+            listed += f", … ({len(unknown)} in all)" if len(unknown) > 10 else ""
+            line = locate(int(labels[wrong].index[0])) if locate else None
             raise PeftkitError(
-                f"Data card {card.path}: {where} has labels the card does not list: {listed}. Add them to "
-                "`peftkit.labels` (in id order) or to `peftkit.exclude_labels` to drop those rows."
+                f"Data card {card.path}: {where} has labels the card does not list: {listed}"
+                + (f" (the first on line {line})" if line else "")
+                + ". Add them to `peftkit.labels` (in id order) or to `peftkit.exclude_labels` to drop those rows."
             )
         out["label"] = labels.map(card.label2id).tolist()
     return out

@@ -3,7 +3,8 @@
 PEFT keeps one adapter type per model (`Cannot combine adapters with different peft types`) and one head
 shape per model. peftkit sidesteps both without a second copy of the base weights: each adapter gets its own
 *module skeleton* of the base — a deep copy in which every parameter and buffer is the same tensor object as
-in the base — with its own head of the right size, and is loaded with plain `PeftModel.from_pretrained`.
+in the base — with its own head of the right size, and is loaded with `peftkit.methods.apply.attach_adapter`
+(plain `PeftModel.from_pretrained`, or peftkit's own implementation where a method has one).
 LoRA-style adapters inject their layers into their own skeleton, prompt-learning adapters wrap theirs,
 peftkit's bottleneck adapters do whichever they do: none of them can see another. So each adapter gives
 exactly the logits it gives when loaded alone, the base's weights sit in memory once, and a swap is a
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,12 +112,34 @@ class AdapterSet:
     def names(self) -> list[str]:
         return list(self.entries)
 
-    def add(self, name: str, path: str | Path) -> SwapEntry:
-        """Check and load the adapter at `path` under `name` (refused if the fingerprint does not match)."""
-        from peft import PeftModel
+    def add(
+        self,
+        name: str,
+        path: str | Path,
+        *,
+        allow_unverified: bool = False,
+        labels: list[str] | None = None,
+    ) -> SwapEntry:
+        """Check and load the adapter at `path` under `name` (refused if the fingerprint does not match).
 
-        import peftkit.methods.bottleneck  # noqa: F401  (registers peftkit's own PEFT types before reading configs)
-        from peftkit.adapters.bundle import check_bundle, resolve_adapter_dir
+        An adapter without a fingerprint is refused unless `allow_unverified` (see `peftkit.adapters.fingerprint`);
+        `labels` then names its labels, and its predictions carry `"unverified": True`. For a fingerprinted
+        adapter, `labels` are the ones it must have (as for `load_adapter`).
+        """
+        from peftkit.adapters.bundle import (
+            attach_adapter,
+            check_bundle,
+            check_expected,
+            head_rows,
+            read_adapter_config,
+            resolve_adapter_dir,
+        )
+        from peftkit.adapters.fingerprint import (
+            is_verifiable,
+            note_unverified,
+            unverified_meta,
+            unverified_refusal,
+        )
 
         if name in self.entries:
             raise PeftkitError(
@@ -125,8 +147,15 @@ class AdapterSet:
             )
         adapter_dir = resolve_adapter_dir(path)
         meta, shapes = check_bundle(adapter_dir)
-        if meta is None:
-            meta = self._plain_meta(adapter_dir, shapes)
+        if is_verifiable(meta):
+            check_expected(adapter_dir, meta, task=None, labels=labels)
+            meta = {**meta, "verified": True}
+        elif allow_unverified:
+            config = read_adapter_config(adapter_dir)
+            meta = unverified_meta(adapter_dir, config, head_rows(shapes), meta, labels=labels)
+            note_unverified(adapter_dir, meta)
+        else:
+            raise unverified_refusal(adapter_dir, meta)
         if self.base is None:
             self._load_base(meta)
         self._check_fingerprint(adapter_dir, meta)
@@ -137,7 +166,7 @@ class AdapterSet:
         elif self.task == "classification" and labels:
             skeleton.config.id2label = dict(enumerate(labels))
             skeleton.config.label2id = {lab: i for i, lab in enumerate(labels)}
-        model = PeftModel.from_pretrained(skeleton, str(adapter_dir))
+        model = attach_adapter(skeleton, adapter_dir, self.base_spec, task=self.task)
         model.eval()
         entry = SwapEntry(name, model, labels, meta, adapter_dir)
         self.entries[name] = entry
@@ -185,11 +214,13 @@ class AdapterSet:
         probs = np.exp(logits - logits.max(-1, keepdims=True))
         probs /= probs.sum(-1, keepdims=True)
         labels = self.entries[name].labels
+        mark = {} if self.entries[name].meta.get("verified", True) else {"unverified": True}
         return [
             {
                 "adapter": name,
                 "label": labels[int(p.argmax())],
                 "probabilities": {lab: round(float(v), 6) for lab, v in zip(labels, p, strict=True)},
+                **mark,
             }
             for p in probs
         ]
@@ -208,7 +239,7 @@ class AdapterSet:
     # -- loading -------------------------------------------------------------------------------------------------
 
     def _load_base(self, meta: dict) -> None:
-        from peftkit.models.load import load_config, load_model_and_tokenizer, load_tokenizer, tokenizer_hash
+        from peftkit.models.load import load_model_and_tokenizer, load_tokenizer, tokenizer_hash
         from peftkit.models.sources import content_hash, resolve_source
 
         source = resolve_source(self.base_source or meta["base_model"]["source"])
@@ -217,14 +248,10 @@ class AdapterSet:
         self.task = meta["task"]
         self.base_hash, self.tok_hash = content_hash(source), tokenizer_hash(self.tokenizer)
         self.base_spec = source.spec
-        labels = meta.get("labels")
-        if self.task == "classification" and not labels:  # a plain PEFT adapter without a saved head
-            cfg = load_config(source, cache_dir)
-            labels = meta["labels"] = [cfg.id2label[i] for i in sorted(cfg.id2label)]
         self.base, _ = load_model_and_tokenizer(
             source,
             task=self.task,
-            labels=labels,
+            labels=meta.get("labels"),
             pooling=meta.get("pooling", "model"),
             dtype=self.dtype,
             device=self.device,
@@ -239,9 +266,9 @@ class AdapterSet:
         from peftkit.adapters.bundle import fingerprint_differences
 
         diffs = (
-            []
-            if meta.get("plain")
-            else fingerprint_differences(meta, base_hash=self.base_hash, tok_hash=self.tok_hash)
+            fingerprint_differences(meta, base_hash=self.base_hash, tok_hash=self.tok_hash)
+            if meta["verified"]
+            else []  # nothing recorded to compare: the caller accepted that (allow_unverified)
         )
         if meta["task"] != self.task:
             diffs.append(f"task: expected {self.task}, found {meta['task']}")
@@ -253,25 +280,6 @@ class AdapterSet:
                 + "; ".join(diffs)
                 + ". Serve it with the base it was trained on, in a separate set."
             )
-
-    def _plain_meta(self, adapter_dir: Path, shapes: dict) -> dict:
-        from peftkit.adapters.bundle import META_FILE, is_head_weight
-
-        config = json.loads((adapter_dir / "adapter_config.json").read_text())
-        warnings.warn(
-            f"adapter '{adapter_dir}' has no {META_FILE}: a plain PEFT adapter, so nothing could be "
-            f"checked (base model, tokenizer, labels).",
-            stacklevel=3,
-        )
-        task = "classification" if config.get("task_type") == "SEQ_CLS" else "causal_lm"
-        rows = [s[0] for k, s in shapes.items() if is_head_weight(k)]
-        labels = [f"LABEL_{i}" for i in range(rows[0])] if rows else None
-        return {
-            "task": task,
-            "labels": labels,
-            "plain": True,
-            "base_model": {"source": config.get("base_model_name_or_path")},
-        }
 
 
 def parse_adapter_specs(specs: list[str]) -> list[tuple[str, str]]:

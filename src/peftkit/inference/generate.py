@@ -14,8 +14,11 @@ def generate_text(
     top_p: float = 0.95,
     seed: int = 0,
     loaded=None,
+    allow_unverified: bool = False,
+    base_source: str | None = None,
 ) -> str:
-    """The generated continuation of `prompt` (without the prompt). `temperature` 0 means greedy decoding."""
+    """The generated continuation of `prompt` (without the prompt). `temperature` 0 means greedy decoding.
+    `allow_unverified`, `base_source`: as for `load_adapter`."""
     import torch
 
     from peftkit.adapters.bundle import load_adapter
@@ -28,12 +31,22 @@ def generate_text(
         raise PeftkitError(
             f"--temperature: {temperature} is negative; use 0 for greedy decoding or a value > 0."
         )
-    loaded = loaded or load_adapter(adapter)
+    loaded = loaded or load_adapter(adapter, allow_unverified=allow_unverified, base_source=base_source)
     if loaded.meta["task"] != "causal_lm":
         raise PeftkitError(
             f"generate: adapter '{adapter}' is a {loaded.meta['task']} adapter; generate needs a "
             f"causal_lm adapter (use `peftkit predict` for classification)."
         )
+    if loaded.meta.get("method") == "prefix_tuning":
+        from peftkit.methods.prefix import peft_generation_drops_prefix
+
+        if peft_generation_drops_prefix():
+            raise PeftkitError(
+                f"generate: adapter '{adapter}' is a prefix_tuning adapter, and with transformers 5.24 or later and "
+                f"peft 0.21 PEFT's generation drops the learned prefixes (the text would come from the base model "
+                f"alone). Generate with transformers 5.23 (pip install transformers==5.23.0), or train a LoRA "
+                f"adapter; training and `peftkit eval` (perplexity) are not affected."
+            )
     tok, model = loaded.tokenizer, loaded.model
     ids = tok(prompt, add_special_tokens=True)["input_ids"]
     if not ids:  # an empty prompt starts from the start-of-text token

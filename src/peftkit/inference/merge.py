@@ -1,34 +1,27 @@
-"""Merge an adapter into a full-precision reload of its base and prove it with a parity report.
+"""Merge an adapter into a full-precision reload of its base and prove it in the merged folder's own loader.
 
 Merging into a 4-bit base silently rounds the merged weights back to 4 bits; peftkit never does that. The
 base is reloaded in float32 (also when the adapter was trained on a quantized base), the adapter merged,
-and the standalone model written where plain `AutoModelFor…from_pretrained` reads it. Next to it,
-`parity_report.json`: max |logit difference| and label agreement between the adapter on its base and the
-merged model (reloaded from disk) on sample inputs, and, for a quantization-trained adapter, against the
-adapter on the quantized base it was trained on.
-
-An adapter trained with `model.pooling: mean` merges into a model whose config.json records that pooling
-(`peftkit_pooling`); plain transformers would read its [CLS] token instead, so the reload check applies the
-recorded pooling (`peftkit.models.pooling.apply_pooling`) and the report says the merged model needs it.
+and the standalone model written where its standard loader reads it:
+- a transformers folder (`AutoModelFor…from_pretrained(folder)`) for the model's own head;
+- a sentence-transformers folder (`SentenceTransformer(folder).encode(texts)` gives the logits) for a
+  classifier trained with `model.pooling: mean`, which plain transformers cannot express (it would read the
+  [CLS] token); plain transformers refuses that folder with a message naming the loader
+  (`peftkit.inference.sentence_folder`).
+Next to it, `parity_report.json`: label agreement and max |logit difference| between the adapter on its base
+(peftkit) and the merged folder in that loader, run in a child process that never imports peftkit
+(`peftkit.inference.parity`); for a quantization-trained adapter, also against the adapter on the quantized
+base it was trained on. A merged folder that does not reproduce the adapter is not written.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from peftkit.errors import PeftkitError
 
 REPORT_FILE = "parity_report.json"
-PROMPT_LEARNING = {
-    "PREFIX_TUNING",
-    "PROMPT_TUNING",
-    "P_TUNING",
-    "MULTITASK_PROMPT_TUNING",
-    "ADAPTION_PROMPT",
-    "CPT",
-}
 FALLBACK_TEXTS = [
     "a good film",
     "a bad film",
@@ -40,33 +33,35 @@ FALLBACK_TEXTS = [
 
 
 def check_mergeable(adapter_dir: Path, meta: dict | None) -> None:
-    """Refuse methods whose weights cannot be folded into the base, saying why."""
-    from peftkit.methods.registry import get_method
+    """Refuse methods whose weights cannot be folded into the base, with the reason their registry entry gives."""
+    from peftkit.adapters.bundle import read_adapter_config
+    from peftkit.methods.apply import entry_for_adapter
 
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    peft_type = str(config.get("peft_type", "")).upper()
-    method = (meta or {}).get("method") or peft_type.lower()
-    why = None
-    if peft_type in PROMPT_LEARNING:
-        why = (
-            f"{method} adds learned virtual tokens / key-value prefixes to the input, which are not weights of "
-            f"the base, so there is nothing to fold into it"
-        )
+    entry = entry_for_adapter(adapter_dir, (meta or {}).get("method"))
+    if entry is None:
+        config = read_adapter_config(adapter_dir)
+        method = (meta or {}).get("method") or str(config.get("peft_type", "")).lower()
+        why = f"peftkit does not know the method {method!r}, so it cannot tell whether merging keeps its outputs"
+    elif entry.mergeable:
+        return
     else:
-        try:
-            mergeable = get_method(method).mergeable
-        except PeftkitError:
-            mergeable = False
-        if not mergeable:
-            why = (
-                f"{method} inserts new modules (with their own non-linearity) between the base's layers, so the "
-                f"result cannot be expressed as changed base weights"
-            )
-    if why:
+        method, why = entry.name, entry.merge_refusal
+    raise PeftkitError(
+        f"merge: adapter '{adapter_dir}' uses {method}, which cannot be merged: {why}. Serve it "
+        f"as an adapter instead (`peftkit predict ADAPTER` or several with --adapter NAME=PATH)."
+    )
+
+
+def check_out_folder(out: str | Path, *, overwrite: bool) -> Path:
+    """`--out` as a Path, refused when it is a file, or holds files and `overwrite` is off."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PeftkitError(f"--out: '{out}' is an existing file, not a folder. Choose another --out folder.")
+    if out.exists() and any(out.iterdir()) and not overwrite:
         raise PeftkitError(
-            f"merge: adapter '{adapter_dir}' uses {method}, which cannot be merged: {why}. Serve it "
-            f"as an adapter instead (`peftkit predict ADAPTER` or several with --adapter NAME=PATH)."
+            f"--out: '{out}' already exists and is not empty. Choose another folder or pass --overwrite."
         )
+    return out
 
 
 def merge_adapter(
@@ -77,75 +72,82 @@ def merge_adapter(
     n_samples: int = 64,
     progress=None,
     overwrite: bool = False,
+    allow_unverified: bool = False,
+    labels: list[str] | None = None,
+    base_source: str | None = None,
 ) -> dict:
-    """Merge `adapter` into a float32 reload of its base, write the model to `out`, return the parity report."""
+    """Merge `adapter` into a float32 reload of its base, write the model to `out`, return the parity report.
+
+    `allow_unverified`, `labels`, `base_source`: as for `load_adapter` (an adapter without a fingerprint is
+    refused unless allowed; the report then says `"verified": false`).
+    """
     from peftkit.adapters.bundle import check_bundle, load_adapter, resolve_adapter_dir
-    from peftkit.fileio import atomic_dir, atomic_write_json
+    from peftkit.fileio import atomic_dir, atomic_write_json, reported_write_failures
+    from peftkit.inference.parity import compare
+    from peftkit.inference.sentence_folder import write_sentence_transformers_folder
 
     say = progress or (lambda msg: print(f"merge: {msg}", file=sys.stderr))
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise PeftkitError(
-            f"--out: '{out}' already exists and is not empty. Choose another folder or pass --overwrite."
-        )
+    out = check_out_folder(out, overwrite=overwrite)
     adapter_dir = resolve_adapter_dir(adapter)
     meta, _ = check_bundle(adapter_dir)
     check_mergeable(adapter_dir, meta)
 
+    how = dict(allow_unverified=allow_unverified, labels=labels, base_source=base_source)
     say("[1/5] loading the base in float32 with the adapter")
-    loaded = load_adapter(adapter_dir, dtype="float32")
+    loaded = load_adapter(adapter_dir, dtype="float32", device="cpu", **how)
     task = loaded.meta["task"]
-    texts = texts or _sample_texts(loaded.meta, n_samples)
-    reference = _logits(loaded.model, loaded.tokenizer, texts, task)
+    texts = texts or sample_texts(loaded.meta, n_samples)
+    reference = _logits(loaded, texts, task)
+    pooling = loaded.meta.get("pooling", "model")
+    loader = "sentence_transformers" if pooling == "mean" else "transformers"
     report: dict = {
         "adapter": str(adapter_dir),
         "method": loaded.meta.get("method"),
         "task": task,
         "n_samples": len(texts),
         "merged_dtype": "float32",
+        "verified": loaded.verified,
+        "pooling": pooling,
+        "format": loader,
+        "load_with": LOAD_WITH[loader],
     }
-    pooling = loaded.meta.get("pooling", "model")
-    if pooling != "model":
-        report["pooling"] = (
-            f"{pooling}: recorded in config.json as peftkit_pooling; load the merged model with "
-            f"peftkit, or call peftkit.models.pooling.apply_pooling(model, 'model') after "
-            f"from_pretrained (plain transformers reads the [CLS] token)"
-        )
     quant = loaded.meta.get("quantization")
     if quant:
         say("[2/5] reference: the adapter on the quantized base it was trained on")
-        qloaded = load_adapter(adapter_dir, quantization=quant)
-        report["vs_quantized_training_base"] = _compare(
-            _logits(qloaded.model, qloaded.tokenizer, texts, task), reference
-        )
+        qloaded = load_adapter(adapter_dir, quantization=quant, **how)
+        report["vs_quantized_training_base"] = compare(_logits(qloaded, texts, task), reference)
         del qloaded
     else:
         say("[2/5] adapter was trained on a full-precision base (no quantized reference)")
 
     say("[3/5] merging")
     merged = loaded.model.merge_and_unload()
-    with atomic_dir(out) as tmp:
-        say(f"[4/5] writing the merged model to {out}")
-        merged.save_pretrained(tmp, safe_serialization=True)
-        loaded.tokenizer.save_pretrained(tmp)
-        say("[5/5] reloading it with plain transformers and comparing logits")
-        reloaded = _plain_load(tmp, task).to(next(loaded.model.parameters()).device)
-        report["vs_adapter_on_full_precision_base"] = _compare(
-            reference, _logits(reloaded, loaded.tokenizer, texts, task)
-        )
+    max_length = loaded.meta.get("max_length", 512)
+    with reported_write_failures("merge --out", out), atomic_dir(out) as tmp:
+        say(f"[4/5] writing the merged model to {out} ({loader} format)")
+        if loader == "sentence_transformers":
+            write_sentence_transformers_folder(
+                merged, loaded.tokenizer, tmp, max_length=max_length, labels=loaded.labels, name=out.name
+            )
+        else:
+            merged.save_pretrained(tmp, safe_serialization=True)
+            loaded.tokenizer.save_pretrained(tmp)
+        say(f"[5/5] loading it with {loader} in a fresh process (no peftkit) and comparing logits")
+        expected = {loader: "parity"}
+        if loader == "sentence_transformers":  # plain transformers must refuse this folder, not misread it
+            expected["transformers"] = "fails_loudly"
+        checks = _plain_checks(expected, tmp, texts, reference, max_length, task)
+        report["plain_loaders"] = checks
+        _refuse_unexpected(checks, out)
         atomic_write_json(tmp / REPORT_FILE, report)
-    diff = report["vs_adapter_on_full_precision_base"]
-    say(
-        f"done: max |logit diff| {diff['max_abs_logit_diff']:.2e}, label agreement {diff['label_agreement']:.3f} "
-        f"on {len(texts)} inputs; report in {out / REPORT_FILE}"
-    )
-    if "pooling" in report:
-        say(f"note: pooling {report['pooling']}")
+    for check in checks:
+        say(_summary(check))
+    say(f"done: report in {out / REPORT_FILE}")
     return report
 
 
-def _sample_texts(meta: dict, n: int) -> list[str]:
-    """The first `n` test texts of the adapter's data card, or a few fixed sentences when it has none."""
+def sample_texts(meta: dict, n: int | None) -> list[str]:
+    """The first `n` (None: all) test texts of the adapter's data card, or a few fixed sentences without one."""
     card = meta.get("data_card")
     if card:
         try:
@@ -160,39 +162,70 @@ def _sample_texts(meta: dict, n: int) -> list[str]:
     return FALLBACK_TEXTS
 
 
-def _plain_load(folder: Path, task: str):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    cls = AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
-    model = cls.from_pretrained(str(folder), dtype="float32").eval()
-    if task == "classification":
-        from peftkit.models.pooling import apply_pooling
-
-        apply_pooling(
-            model, "model"
-        )  # the pooling recorded in config.json, if any (see the module docstring)
-    return model
+LOAD_WITH = {
+    "transformers": "transformers: AutoModelForSequenceClassification.from_pretrained(folder) (AutoModelForCausalLM "
+    "for a causal LM)",
+    "sentence_transformers": "sentence-transformers: SentenceTransformer(folder).encode(texts) returns the logits",
+}
 
 
-def _logits(model, tokenizer, texts: list[str], task: str) -> list:
-    """Per text: its logits (classification: one row; causal LM: every position), float32 numpy, one by one."""
+def _plain_checks(
+    expected: dict[str, str], folder: Path, texts: list[str], reference, max_length: int, task: str
+) -> list[dict]:
+    """The merged folder in each loader of `expected` (loader → the outcome it must have), in one child process
+    without peftkit, against peftkit's logits."""
+    import importlib.util
+
+    from peftkit.inference.parity import plain_request, run_plain_loaders, verdict
+
+    missing = {"sentence_transformers"} - {n for n in expected if importlib.util.find_spec(n) is not None}
+    measured = [name for name in expected if name not in missing]
+    results = run_plain_loaders(
+        [plain_request(name, folder, texts, max_length=max_length, task=task) for name in measured]
+    )
+    found = {name: verdict(name, reference, result) for name, result in zip(measured, results, strict=True)}
+    why = "sentence-transformers is not installed here (pip install 'peftkit[export]')"
+    return [
+        {**found.get(name, {"loader": name, "outcome": "not_measured", "why": why}), "expected": outcome}
+        for name, outcome in expected.items()
+    ]
+
+
+def _refuse_unexpected(checks: list[dict], out: Path) -> None:
+    """A merged folder that a standard loader would read as a different model is never written."""
+    bad = [c for c in checks if c["outcome"] not in (c["expected"], "not_measured")]
+    if bad:
+        raise PeftkitError(
+            f"merge: the merged model does not behave as it must in {bad[0]['loader']} (expected "
+            f"{bad[0]['expected']}; {_summary(bad[0])}), so '{out}' was not written. Serve the adapter itself "
+            f"(`peftkit predict`) or export it (`peftkit export --format onnx`), and report this with the "
+            f"adapter's method and base model."
+        )
+
+
+def _summary(check: dict) -> str:
+    if check["outcome"] in ("parity", "MISMATCH"):
+        return (
+            f"{check['loader']}: {check['outcome']}, labels agree on {check['agree']}/{check['n']}, max |logit "
+            f"diff| {check['max_abs_logit_diff']:.2e}"
+        )
+    return f"{check['loader']}: {check['outcome']} ({check.get('error') or check.get('why')})"
+
+
+def _logits(loaded, texts: list[str], task: str):
+    """peftkit's float32 logits per text: classification, one row each (batched as `peftkit predict` does);
+    causal LM, the last position's, texts one by one (no padding)."""
+    import numpy as np
     import torch
 
-    device = next(model.parameters()).device
+    if task == "classification":
+        from peftkit.inference.parity import reference_logits
+
+        return reference_logits(loaded, texts)
     rows = []
+    max_length = loaded.meta.get("max_length", 512)
     with torch.no_grad():
         for text in texts:
-            enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=128).to(device)
-            rows.append(model(**enc).logits[0].float().cpu().numpy())
-    return rows
-
-
-def _compare(a: list, b: list) -> dict:
-    """Max |difference| over all logits and the share of inputs whose predicted label (last position) agrees."""
-    import numpy as np
-
-    diff = max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
-    agree = [
-        int(np.atleast_2d(x)[-1].argmax() == np.atleast_2d(y)[-1].argmax()) for x, y in zip(a, b, strict=True)
-    ]
-    return {"max_abs_logit_diff": diff, "label_agreement": sum(agree) / len(agree)}
+            enc = loaded.tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length)
+            rows.append(loaded.model(**enc).logits[0, -1].float().numpy())
+    return np.stack(rows)

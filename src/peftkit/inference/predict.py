@@ -29,15 +29,27 @@ def read_texts(path: str) -> list[str]:
     return lines
 
 
-def predict_texts(adapter: str, texts: list[str], *, batch_size: int = 64, loaded=None) -> list[dict]:
-    """One dict per text: `label` and `probabilities` (label → probability)."""
+def predict_texts(
+    adapter: str,
+    texts: list[str],
+    *,
+    batch_size: int = 64,
+    loaded=None,
+    allow_unverified: bool = False,
+    labels: list[str] | None = None,
+    base_source: str | None = None,
+) -> list[dict]:
+    """One dict per text: `label` and `probabilities` (label → probability), and `"unverified": True` for an
+    adapter without a fingerprint. `allow_unverified`, `labels`, `base_source`: as for `load_adapter`."""
     import torch
 
     from peftkit.adapters.bundle import load_adapter
     from peftkit.data.prepare import tokenize_texts
     from peftkit.inference.forward import forward_split
 
-    loaded = loaded or load_adapter(adapter)
+    loaded = loaded or load_adapter(
+        adapter, allow_unverified=allow_unverified, labels=labels, base_source=base_source
+    )
     if loaded.meta["task"] != "classification":
         raise PeftkitError(
             f"predict: adapter '{adapter}' is a {loaded.meta['task']} adapter; predict needs a "
@@ -55,10 +67,12 @@ def predict_texts(adapter: str, texts: list[str], *, batch_size: int = 64, loade
     )
     probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
     labels = loaded.labels
+    mark = {} if loaded.verified else {"unverified": True}
     return [
         {
             "label": labels[int(p.argmax())],
             "probabilities": {lab: round(float(v), 6) for lab, v in zip(labels, p, strict=True)},
+            **mark,
         }
         for p in probs
     ]
@@ -95,17 +109,26 @@ def _labelled_file(path: Path, labels: list[str]):
 
 
 def evaluate_adapter(
-    adapter: str, *, data: str | None = None, split: str = "test", metrics=None, progress: bool = False
+    adapter: str,
+    *,
+    data: str | None = None,
+    split: str = "test",
+    metrics=None,
+    allow_unverified: bool = False,
+    labels: list[str] | None = None,
+    base_source: str | None = None,
+    progress: bool = False,
 ) -> dict:
     """Metrics of an adapter on a data card's split (default: the card it was trained on) or a labelled file;
-    `progress` shows a progress bar over the batches."""
+    `"unverified": True` among them for an adapter without a fingerprint. `allow_unverified`, `labels`,
+    `base_source`: as for `load_adapter`; `progress` shows a progress bar over the batches."""
     from peftkit.adapters.bundle import load_adapter
     from peftkit.data.cards import load_card
     from peftkit.data.prepare import tokenize_texts
     from peftkit.inference.forward import forward_split
     from peftkit.inference.metrics import classification_metrics
 
-    loaded = load_adapter(adapter)
+    loaded = load_adapter(adapter, allow_unverified=allow_unverified, labels=labels, base_source=base_source)
     meta, labels = loaded.meta, loaded.labels
     data = data or meta.get("data_card")
     if data is None:
@@ -147,7 +170,8 @@ def evaluate_adapter(
     if meta["task"] != "classification":
         import math
 
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "n": len(ids)}
-    result = classification_metrics(y, logits.argmax(-1), labels, metrics or [])
-    result["loss"] = loss
-    return result
+        result = {"loss": loss, "perplexity": math.exp(min(loss, 50)), "n": len(ids)}
+    else:
+        result = classification_metrics(y, logits.argmax(-1), labels, metrics or [])
+        result["loss"] = loss
+    return result if loaded.verified else {**result, "unverified": True}

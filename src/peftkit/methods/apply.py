@@ -1,27 +1,13 @@
-"""Apply a method to a loaded model: build its config (with per-architecture defaults) and wrap the model."""
+"""Apply a method to a loaded model (build its config from the registry entry, wrap the model), and attach a saved
+adapter to a loaded base (the same choice between PEFT and peftkit's own implementation)."""
 
 from __future__ import annotations
 
-from peftkit.errors import PeftkitError
-from peftkit.methods.registry import FULL, check_method_settings, get_method
+import json
+from pathlib import Path
 
-# Where the LoRA family goes by default: every linear layer in attention and the feed-forward block, and for
-# BERT the pooler too ("dense" matches it). The PEFT docs' query/value-only default leaves MiniLM, a mean-pooling
-# sentence embedder whose [CLS]/pooler path was never trained, stuck on the majority class (0.58 accuracy).
-DEFAULT_TARGETS = {
-    "bert": ["query", "key", "value", "dense"],
-    "roberta": ["query", "key", "value", "dense"],
-    "gpt2": ["c_attn", "c_proj", "c_fc"],
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-}
-# Methods that get DEFAULT_TARGETS when the recipe names none. The others (ia3, ln_tuning, …) keep PEFT's own
-# per-architecture defaults, which follow their papers (IA3: keys, values and the feed-forward output).
-TARGETED = {"lora", "dora", "rslora", "adalora", "loha", "lokr", "vera", "oft", "boft"}
-# LayerNorm tuning where PEFT has no default for the architecture.
-LN_TARGETS = {"bert": ["LayerNorm"], "roberta": ["LayerNorm"], "gpt2": ["ln_1", "ln_2", "ln_f"]}
-TASK_TYPES = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
-# AdaLoRA's schedule needs the run length; validation (before the data is read) uses this stand-in.
-_VALIDATION_STEPS = 10_000
+from peftkit.errors import PeftkitError
+from peftkit.methods.registry import FULL, TASK_TYPES, MethodEntry, check_method_settings, get_method
 
 
 def build_peft_config(
@@ -32,16 +18,10 @@ def build_peft_config(
     if name == FULL:
         return None
     entry = get_method(name)
-    if name in TARGETED and "target_modules" not in kwargs and model_type in DEFAULT_TARGETS:
-        kwargs["target_modules"] = DEFAULT_TARGETS[model_type]
-    if name == "ln_tuning" and "target_modules" not in kwargs and model_type in LN_TARGETS:
-        kwargs["target_modules"] = LN_TARGETS[model_type]
-    if name in {"lora", "dora", "rslora"}:
-        kwargs.setdefault("r", 16)
-        kwargs.setdefault("lora_alpha", 2 * kwargs["r"])
-        kwargs.setdefault("lora_dropout", 0.1)
-    if name == "adalora":
-        kwargs.setdefault("total_step", total_steps or _VALIDATION_STEPS)
+    if entry.targets and "target_modules" not in kwargs and model_type in entry.targets:
+        kwargs["target_modules"] = entry.targets[model_type]
+    if entry.defaults:
+        entry.defaults(kwargs, total_steps)
     try:
         return entry.config_cls()(task_type=TASK_TYPES[task], **kwargs)
     except (ValueError, TypeError) as exc:
@@ -60,11 +40,38 @@ def apply_method(model, *, name: str, settings: dict, task: str, total_steps: in
     config = build_peft_config(
         name, settings, task=task, model_type=model.config.model_type, total_steps=total_steps
     )
+    own = get_method(name).own_implementation(task)
     try:
-        wrapped = get_peft_model(model, config)
+        return own.apply(model, config) if own else get_peft_model(model, config)
     except ValueError as exc:
         raise PeftkitError(
             f"method: PEFT could not apply {name} to this {model.config.model_type} model: {exc} "
             f"Set method.target_modules, or choose another method."
         ) from None
-    return wrapped
+
+
+def entry_for_adapter(adapter_dir: Path, method: str | None = None) -> MethodEntry | None:
+    """The registry entry of a saved adapter: by its recorded method name, else by PEFT type; None if unknown."""
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    for name in (method, str(config.get("peft_type", "")).lower()):
+        if name:
+            try:
+                return get_method(name)
+            except PeftkitError:
+                continue
+    return None
+
+
+def attach_adapter(model, adapter_dir: str | Path, *, task: str):
+    """`model` with the adapter saved in `adapter_dir`: PEFT's `PeftModel.from_pretrained`, or peftkit's own
+    implementation where the method's entry has one for `task` (the folder is PEFT's format either way)."""
+    from peft import PeftModel
+
+    from peftkit.methods.peft_config import read_peft_config
+
+    entry = entry_for_adapter(Path(adapter_dir))
+    own = entry.own_implementation(task) if entry else None
+    if own:
+        return own.load(model, Path(adapter_dir))
+    # The config object, not the file: a mean-pooled classifier's file carries a task type PEFT refuses on purpose.
+    return PeftModel.from_pretrained(model, str(adapter_dir), config=read_peft_config(Path(adapter_dir)))

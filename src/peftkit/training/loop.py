@@ -122,8 +122,12 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 step, examples, tokens = step + 1, examples + n_examples, tokens + n_tokens
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}")
-                if step % settings.log_every == 0 or step == total_steps:
+                logged = step % settings.log_every == 0 or step == total_steps
+                # The loss stays on the device between log steps: reading it is a host sync that would stall a GPU
+                # every step (the Trainer's logging_steps does the same).
+                loss = loss.item() if logged or callbacks else loss
+                if logged:
+                    bar.set_postfix(loss=f"{loss:.4f}")
                     log.log(step, {"loss": loss, "lr": scheduler.get_last_lr()[0]})
                 # the last step's validation is the final evaluation, not an in-loop one
                 every = settings.eval_every
@@ -169,9 +173,10 @@ def _epoch_steps(data: TokenizedSplit, settings: TrainSpec, group_by_length: boo
 
 def _step(
     model, optimizer, accelerator, data, micro_batches, pad_token_id, padding_side
-) -> tuple[float, int, int]:
-    """Forward and backward over one optimizer step's micro-batches; returns (mean loss, examples, real tokens)."""
-    loss_sum, examples, tokens = 0.0, 0, 0
+) -> tuple[torch.Tensor, int, int]:
+    """Forward and backward over one optimizer step's micro-batches; returns (mean loss as a tensor on the device,
+    examples, real tokens). Nothing here waits for the device: tokens are counted from the host-side lengths."""
+    loss_sum, examples, tokens = torch.zeros((), device=accelerator.device), 0, 0
     for i, (idx, weight) in enumerate(micro_batches):
         batch = collate_split(data, idx, pad_token_id, padding_side, accelerator.device)
         # Gradients are all-reduced once per optimizer step, on its last micro-batch.
@@ -181,11 +186,11 @@ def _step(
             # weight 0: a placeholder batch (this process's slice is empty) that only keeps collectives aligned
             loss = (output.loss if weight else output.logits.sum()) * weight
         accelerator.backward(loss)
-        loss_sum += loss.item()
+        loss_sum += loss.detach().float()
         examples += len(idx) if weight else 0
-        tokens += int(batch["attention_mask"].sum()) if weight else 0
+        tokens += sum(len(data.ids[j]) for j in idx) if weight else 0
     if accelerator.num_processes > 1:  # the global batch's mean loss, as one process would log it
-        loss_sum = accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "mean").item()
+        loss_sum = accelerator.reduce(loss_sum, "mean")
     return loss_sum, examples, tokens
 
 

@@ -1,12 +1,13 @@
 """Every check that can run before a weight loads or a file is written, shared by `peftkit validate` and `train`.
 
-`preflight` refuses a recipe for any reason `train` would, in the order a user fixes them: the run folder, the
-logger, the data card against its data (checksum and counts), the model source and tokenizer, lengths, the
-method against the model's layers (on a weightless skeleton) or the adapter to continue (`method.init_from`),
-pooling, metric names, early stopping. What it loaded on the way (card, splits, source, config, tokenizer) is
-returned so that `train` reads nothing twice. The slow groups (splitting the data; the model and method checks,
-which import torch, transformers and PEFT) are skipped by `validate` when they passed before on the same inputs
-(`training.preflight_memo`); the heavy libraries are imported only where those groups run.
+`preflight` refuses a recipe for any reason `train` would, in the order a user fixes them: the run folder (its
+lock, an unfinished run beside it, the checkpoint --resume would read), the logger, the data card against its data
+(checksum and counts), the model source and tokenizer, lengths, the method against the model's layers (on a
+weightless skeleton) or the adapter to continue (`method.init_from`), pooling, metric names, early stopping. What
+it loaded on the way (card, splits, source, config, tokenizer) is returned so that `train` reads nothing twice.
+The slow groups (splitting the data; the model and method checks, which import torch, transformers and PEFT) are
+skipped by `validate` when they passed before on the same inputs (`training.preflight_memo`); the heavy libraries
+are imported only where those groups run.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from peftkit.inference.metrics import check_metric_names
 from peftkit.models.sources import ModelSource, resolve_source
 from peftkit.recipe import Recipe
 from peftkit.recipe.load import check_recipe_method
+from peftkit.training.run_folder import STAGING_SUFFIX, check_can_write
 
 SPLITS = ("train", "validation", "test")
 
@@ -180,26 +182,33 @@ def check_early_stopping(recipe: Recipe) -> None:
 
 
 def check_output_dir(out: Path, *, overwrite: bool, resume: bool, training: bool = True) -> None:
-    """The run folder must be a folder (or not exist); training into a non-empty one needs --overwrite/--resume."""
+    """The run folder must be a folder of its own (or not exist yet); when training, this run must be allowed to
+    write it in its current state (`training.run_folder.check_can_write`)."""
     if out.exists() and not out.is_dir():
         raise PeftkitError(
             f"train.output_dir: '{out}' is an existing file, not a folder. Choose another run folder with "
             f"train.output_dir=PATH, or move the file away."
         )
-    if not training:
-        return
-    if resume:
-        if not any((out / "checkpoints").glob("step-*")):
-            raise PeftkitError(
-                f"--resume: run folder '{out}' has no checkpoint to resume from. Start the run without "
-                f"--resume (add --overwrite to replace the folder)."
-            )
-        return
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
         raise PeftkitError(
-            f"train.output_dir: run folder '{out}' already exists and is not empty. Pass --overwrite to replace "
-            f"it, --resume to continue it, or choose another folder with train.output_dir=PATH."
+            f"train.output_dir: '{out}' lies inside '{blocking}', which is a file, not a folder. Choose another "
+            f"run folder with train.output_dir=PATH."
         )
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise PeftkitError(
+            f"train.output_dir: '{out}' is the current folder or contains it; a run replaces its folder as a "
+            f"whole, so it needs one of its own. Set train.output_dir to a new folder, e.g. runs/NAME."
+        )
+    if out.name.endswith(STAGING_SUFFIX):
+        raise PeftkitError(
+            f"train.output_dir: '{out}' ends in {STAGING_SUFFIX}, the name of an unfinished run's folder. To continue "
+            f"that run, set train.output_dir={out.with_name(out.name.removesuffix(STAGING_SUFFIX))} and pass "
+            f"--resume; otherwise choose another name."
+        )
+    if training:
+        check_can_write(out, overwrite=overwrite, resume=resume)
 
 
 def check_report_to(report_to: str) -> None:

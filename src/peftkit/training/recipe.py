@@ -1,15 +1,15 @@
 """The training workflow, top to bottom: recipe → checks → data + model → method → loop → run folder.
 
 Every check that can fail on bad input runs first (`preflight`, the same checks as `peftkit validate`), before
-any weight loads or any file is written, so a refused recipe leaves nothing on disk. The loop itself is
-`training.loop.fit`; this module sets it up and writes what it produced.
+any weight loads or any file is written, so a refused recipe leaves nothing on disk. The run folder is a
+transaction (`training.run_folder`): the run writes beside it and replaces it only when it has succeeded. The loop
+itself is `training.loop.fit`; this module sets it up and writes what it produced.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from peftkit.adapters.card import write_adapter_card
 from peftkit.adapters.init_from import continue_adapter
 from peftkit.data.prepare import tokenize_split
 from peftkit.errors import PeftkitError
-from peftkit.fileio import atomic_write_json, atomic_write_text
+from peftkit.fileio import atomic_write_json
 from peftkit.inference.plots import read_log, write_run_plots
 from peftkit.methods.apply import apply_method
 from peftkit.models.load import load_model_and_tokenizer, load_tokenizer, tokenizer_hash
@@ -34,12 +34,14 @@ from peftkit.training.checkpoints import restore_checkpoint, save_checkpoint
 from peftkit.training.distributed import (
     checkpoints_supported,
     gather_rng_states,
+    main_process_call,
     make_accelerator,
     sharded_dtype,
 )
 from peftkit.training.evaluate import evaluate_base, evaluate_split
 from peftkit.training.loop import TrainCallback, fit
 from peftkit.training.preflight import preflight
+from peftkit.training.run_folder import RunFolder
 from peftkit.training.run_log import LOG_FILE, RunLog
 
 
@@ -53,13 +55,38 @@ def train(
 ) -> Path:
     """Train `recipe` into its run folder (`train.output_dir`) and return the folder.
 
-    `overwrite` replaces an existing run, `resume` continues one from its latest checkpoint; `callbacks` see
-    every step and in-loop evaluation (see `training.loop.TrainCallback`).
+    `overwrite` replaces an existing run (once this one has succeeded), `resume` continues one from its latest
+    checkpoint; `callbacks` see every step and in-loop evaluation (see `training.loop.TrainCallback`). A run that
+    fails leaves the run folder as it was, and keeps what it wrote only when that can be resumed
+    (`training.run_folder.RunFolder.abort`).
     """
-    rc, tc = recipe.model, recipe.train
-    out = Path(tc.output_dir)
+    run = RunFolder(
+        Path(recipe.train.output_dir), overwrite=overwrite, resume=resume, save_every=recipe.train.save_every
+    )
+    try:
+        _train(recipe, run, overwrite=overwrite, resume=resume, progress=progress, callbacks=callbacks)
+    except BaseException as exc:
+        error = run.abort(exc)
+        if error is None:
+            raise
+        raise error from None
+    return run.target
 
-    # 1. Checks, and the data and tokenizer they loaded.
+
+def _train(
+    recipe: Recipe,
+    run: RunFolder,
+    *,
+    overwrite: bool,
+    resume: bool,
+    progress: bool,
+    callbacks: Sequence[TrainCallback],
+) -> None:
+    """`train`, writing into `run`."""
+    rc, tc = recipe.model, recipe.train
+
+    # 1. Checks (the run folder, its lock and any checkpoint to resume included), and the data and tokenizer they
+    # loaded. Nothing is written before they have all passed.
     checked = preflight(recipe, overwrite=overwrite, resume=resume)
     tokenizer = checked.tokenizer or load_tokenizer(checked.source, rc.cache_dir)
     limits = {"train": recipe.data.max_train_examples, "validation": recipe.data.max_eval_examples}
@@ -101,13 +128,9 @@ def train(
             "(FSDP, DeepSpeed) do not hold. Set train.keep_best: false, or use distributed.strategy: ddp."
         )
 
-    # 3. The run folder: from here on, files appear (each atomically).
-    accelerator.wait_for_everyone()  # every process has checked the folder before the main one fills it
-    if accelerator.is_main_process:
-        if overwrite and out.exists() and not resume:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "recipe.resolved.yaml", recipe_to_yaml(recipe))
+    # 3. The run folder: locked, and written in NAME.partial beside it until the run has succeeded.
+    run.open(accelerator)
+    out = run.path
 
     # 4. Optimizer, schedule, resumed state, and the loop.
     optimizer = build_optimizer(model, tc.optimizer, tc.learning_rate, tc.weight_decay)
@@ -125,8 +148,8 @@ def train(
             optimizer,
             scheduler,
             process_index=accelerator.process_index,
-            processes=accelerator.num_processes,
         )
+    run.begin(recipe_to_yaml(recipe))
     tracker = _best_tracker(recipe, out, model, accelerator) if tc.keep_best or tc.early_stopping else None
     if tracker is not None and resume:
         tracker.resume(read_log(out / LOG_FILE), start_step)
@@ -147,17 +170,13 @@ def train(
     def checkpoint(step: int) -> None:
         rng_states = gather_rng_states(accelerator)
         unwrapped = accelerator.unwrap_model(model)
-        save_checkpoint(
-            out,
-            step,
-            unwrapped,
-            optimizer,
-            scheduler,
-            tc.keep_checkpoints,
-            accelerator.is_main_process,
-            rng_states,
+        # a save that fails on the main process fails on every process (none waits for it at a barrier)
+        main_process_call(
+            accelerator,
+            lambda: save_checkpoint(
+                out, step, unwrapped, optimizer, scheduler, tc.keep_checkpoints, rng_states=rng_states
+            ),
         )
-        accelerator.wait_for_everyone()
 
     result = fit(
         model,
@@ -191,7 +210,8 @@ def train(
             progress=name if progress else None,
         )
 
-    results = {"train": result.summary(log.last_loss)}
+    # n: the training split after data.max_train_examples (the adapter card shows the run's own counts)
+    results = {"train": {"n": len(data["train"]), **result.summary(log.last_loss)}}
     if len(data["validation"]):
         results["validation"] = final("validation")
         if tracker is None or tracker.last_step != result.step:  # an early stop evaluated this step already
@@ -217,16 +237,18 @@ def train(
     state_dict = accelerator.get_state_dict(
         model
     )  # gathered from every process (FSDP / ZeRO-3 shard weights)
-    if accelerator.is_main_process:
+
+    def write_outputs() -> None:
         meta = _adapter_meta(recipe, checked.source, tokenizer, labels, accelerator.unwrap_model(model))
         save_adapter(accelerator.unwrap_model(model), out / "adapter", meta, state_dict=state_dict)
         atomic_write_json(out / "metrics.json", results)
         write_run_plots(out)
-        write_adapter_card(out)
+        write_adapter_card(out, final_dir=run.target)
         if tracker is not None:
             tracker.clean_up()  # the adapter now holds the best weights
-    accelerator.wait_for_everyone()
-    return out
+
+    main_process_call(accelerator, write_outputs)
+    run.commit()
 
 
 def _setup_model(
@@ -277,7 +299,7 @@ def _best_tracker(recipe: Recipe, out: Path, model, accelerator) -> BestTracker:
         min_delta=stopping.min_delta if stopping else 0.0,
         keep=recipe.train.keep_best,
         weights=lambda: trainable_weights(accelerator.unwrap_model(model)),
-        is_main=accelerator.is_main_process,
+        on_main=lambda write: main_process_call(accelerator, write),
     )
 
 
@@ -286,8 +308,11 @@ def build_optimizer(model, name: str, learning_rate: float, weight_decay: float)
     params = [p for p in model.parameters() if p.requires_grad]
     if name != "adamw":
         return bnb_optimizer(name, params, lr=learning_rate, weight_decay=weight_decay)
-    # The fused kernel on CPU: one pass over each tensor instead of ~10 per-parameter ops (same update).
-    fused = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+    # The fused kernel: one pass over each tensor instead of ~10 per-parameter ops (same update); on CPU for fp32
+    # parameters, on a GPU always (the Trainer's default, adamw_torch_fused, too).
+    fused = all(
+        p.device.type == "cuda" or (p.device.type == "cpu" and p.dtype == torch.float32) for p in params
+    )
     return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay, fused=fused or None)
 
 

@@ -33,7 +33,8 @@ class RunLog:
         elif report_to == "wandb":
             import wandb
 
-            self.writer = wandb.init(project="peftkit", name=out.name, dir=str(out))
+            # `out` is NAME.partial while the run trains: the run is NAME
+            self.writer = wandb.init(project="peftkit", name=out.name.removesuffix(".partial"), dir=str(out))
 
     def log(self, step: int, values: dict) -> None:
         """Record `values` (scalars; `eval/…` keys for evaluations) at optimizer step `step`."""

@@ -15,11 +15,6 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU, "tanh": nn.Tanh}
-MERGE_REFUSAL = (
-    "bottleneck adapters cannot be merged into the base weights: the adapter branch has a "
-    "non-linearity (down → activation → up), so no weight matrix equals it. Keep the adapter separate "
-    "(load it with `peftkit eval`/`predict`), or train a LoRA-family method if you need a merged model."
-)
 
 
 class BottleneckLayer(nn.Module, BaseTunerLayer):
@@ -90,9 +85,7 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         return (up(h) * self.bottleneck_scaling[name]).to(x.dtype)
 
     def merge(self, *args, **kwargs):
-        from peftkit.errors import PeftkitError
-
-        raise PeftkitError(MERGE_REFUSAL)
+        refuse_merge()
 
     def unmerge(self):
         """Nothing to undo: merging is always refused (PEFT calls this when it unloads or switches adapters)."""
@@ -120,6 +113,14 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
 
     def __repr__(self) -> str:
         return "bottleneck." + super().__repr__()
+
+
+def refuse_merge():
+    """Bottleneck adapters never merge (their registry entry says why)."""
+    from peftkit.errors import PeftkitError
+    from peftkit.methods.registry import merge_refusal_reason
+
+    raise PeftkitError(merge_refusal_reason("bottleneck"))
 
 
 def _is_bert_output(module: nn.Module) -> bool:

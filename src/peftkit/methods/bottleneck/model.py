@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from peft.tuners.tuners_utils import BaseTuner
 
-from peftkit.methods.bottleneck.layer import MERGE_REFUSAL, BottleneckLayer
+from peftkit.methods.bottleneck.layer import BottleneckLayer, refuse_merge
 
 # Regexes (full match on module names) per architecture family: where each variant's adapters sit. `{layers}`
 # becomes `\d+` or the selected layer indices.
@@ -99,9 +99,7 @@ class BottleneckModel(BaseTuner):
         self._replace_module(parent, target_name, new_module, target)
 
     def _check_merge_allowed(self):
-        from peftkit.errors import PeftkitError
-
-        raise PeftkitError(MERGE_REFUSAL)
+        refuse_merge()
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
         pass

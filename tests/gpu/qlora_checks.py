@@ -1,35 +1,26 @@
 #!/usr/bin/env python
-"""GPU check for issue 5 (QLoRA): run on one CUDA GPU (H100/H200), offline, in well under 8 minutes.
-
-    PYTHONPATH=src python scripts/gpu_check_qlora.py            # default: Llama-2-7B's shape built from a config
-    PYTHONPATH=src python scripts/gpu_check_qlora.py --size 3b  # smaller / quicker (1b, 150m too)
-
-Models are built from configs with random weights (nothing is downloaded): memory and parity do not depend on
-the weights being pretrained. What it checks, printing every figure:
-  1. peak GPU memory of QLoRA (4-bit NF4 base, double quant, bf16 compute, peft's prepare_model_for_kbit_training,
+"""QLoRA checks on one CUDA GPU (H100/H200), offline, in well under 8 minutes; run by tests/gpu/test_gpu_checks.py
+(`pytest -m gpu`). Models are built from configs with random weights (nothing is downloaded): memory and parity do
+not depend on the weights being pretrained.
+  1. peak GPU memory of QLoRA (4-bit NF4 base, double quant, bf16 compute, peftkit's prepare_quantized_for_training,
      LoRA r=16 on every linear layer, gradient checkpointing, 8-bit AdamW) against 16-bit LoRA (bf16 base,
-     same LoRA, same batch) on the same model: target ≤ 0.35×; QLoRA's loss must fall on a repeated batch.
+     same LoRA, same batch) on Llama-2-7B's shape: target ≤ 0.35×; QLoRA's loss must fall on a repeated batch.
      Peak = torch.cuda.max_memory_allocated from load to the last step (8-bit AdamW, not paged, so its state is
-     counted). Note: prepare_model_for_kbit_training upcasts every non-4-bit weight (embeddings, lm_head, norms)
-     to float32, so the ratio is worse the larger the embedding share (small models, large vocabularies).
-  2. merge parity through peftkit's own merge (`merge_adapter`) on a ~150M Llama: a QLoRA-trained
-     adapter merged into a float32 reload of the base; max |logit diff| vs the adapter on the float32 base
-     ≤ 1e-3 and top-1 agreement 1.0; agreement with the adapter on the 4-bit base it was trained on is reported.
-Exits 1 if a check fails, 2 if the setup is missing (no CUDA, or a library not importable).
+     counted).
+  2. merge parity through peftkit's own merge (`merge_adapter`) on a ~150M Llama: a QLoRA-trained adapter merged
+     into a float32 reload of the base; max |logit diff| vs the adapter on the float32 base ≤ 1e-3 and top-1
+     agreement 1.0; agreement with the adapter on the 4-bit base it was trained on is reported.
+With DEVICE = "cpu" the same checks run on the CPU with a tiny model (a check of this code where there is no GPU).
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 SIZES = {  # hidden, intermediate, layers, heads, kv heads, tied embeddings; vocab 32000
     "tiny": (64, 128, 2, 4, 2, True),  # --smoke-cpu only
@@ -40,7 +31,7 @@ SIZES = {  # hidden, intermediate, layers, heads, kv heads, tied embeddings; voc
 }
 VOCAB = 32000
 MEM_TARGET = 0.35
-DEVICE = "cuda"  # "cpu" only with --smoke-cpu (a logic check of this script where there is no GPU)
+DEVICE = "cuda"  # "cpu" only in the CPU dry run (a logic check of this code where there is no GPU)
 
 
 def versions() -> None:
@@ -267,37 +258,3 @@ def merge_check(work: Path, size: str = "150m") -> list[str]:
     if fp["label_agreement"] < 1.0:
         fails.append(f"merged vs adapter-on-float32-base top-1 agreement {fp['label_agreement']:.3f} < 1")
     return fails
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--size", choices=sorted(SIZES), default="7b", help="model for the memory check (default 7b)"
-    )
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument(
-        "--smoke-cpu", action="store_true", help="tiny sizes on CPU: checks this script's logic only"
-    )
-    args = ap.parse_args()
-    if args.smoke_cpu:
-        global DEVICE
-        DEVICE, args.size, args.steps, args.seq = "cpu", "tiny", 4, 32
-    t0 = time.perf_counter()
-    versions()
-    work = Path(tempfile.mkdtemp(prefix="peftkit-gpu-check-"))
-    try:
-        fails = memory_check(work, args.size, args.steps, args.batch, args.seq)
-        fails += merge_check(work, "tiny" if args.smoke_cpu else "150m")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
-    for f in fails:
-        print(f"FAIL: {f}")
-    print("OK: all GPU checks passed" if not fails else f"{len(fails)} check(s) failed")
-    return 1 if fails else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

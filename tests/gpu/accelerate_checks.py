@@ -1,18 +1,19 @@
-"""GPU check for multi-process training (issue 8), on ONE GPU, offline, tiny config-built models; < 6 minutes.
+"""Multi-process training checks on ONE GPU, offline, tiny config-built models (< 6 minutes); run by
+tests/gpu/test_gpu_checks.py (`pytest -m gpu`; the CPU dry run is marked slow).
 
-Run from the repository root:  PYTHONPATH=src:. python scripts/gpu_check_accelerate.py  [--only-sharded: check 4 only]
 (DeepSpeed checks need `deepspeed` importable: pure-python wheel, no compiled ops needed with peftkit's torch AdamW.)
-Checks (each prints its figures; the script exits 1 if a required one fails):
+Checks (each prints its figures; `run_checks` returns the names of the required ones that failed):
   1. bf16   `peftkit train R --processes 1` → accelerate launch → 1 GPU process: the run finishes, loss falls,
             the adapter passes the tensor-count/norm check, model weights were bfloat16 on cuda.
   2. 4-bit  `load_base_model(..., quantization=4-bit, device="cuda:0")` puts every weight on cuda:0 (the process's
-            own device), then the same training path with a 4-bit base (needs peftkit.models.quant, issue 5).
+            own device), then the same training path with a 4-bit base.
   3. launcher refuses `--processes N` with N > visible GPUs before anything starts.
   4. FSDP, DeepSpeed ZeRO-2, ZeRO-3, each `peftkit train R --processes 1` (float32, no dropout): the run finishes
      and its adapter has the same tensors as a plain 1-process run of the same recipe, none empty, equal to 1e-5
      (ZeRO-3 / FSDP keep only partitions or flat shards in the module: this checks the save gathers them).
      DeepSpeed checks are skipped (INFO) when deepspeed is not installed.
-On any failure the child's first traceback and last lines are printed.
+With `dry=True` (CPU): 1 in float32, 3, and 4 without FSDP (refused on CPU). On any failure the child's first
+traceback and last lines are printed.
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+ROOT = Path(__file__).resolve().parents[2]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Keep the caller's PYTHONPATH (wheels carried to the GPU machine live there) after the checkout's own paths.
 ENV = {
@@ -39,11 +39,18 @@ ENV = {
     ),
 }
 
-ONLY_SHARDED = "--only-sharded" in sys.argv
-DRY = (
-    "--dry-run" in sys.argv
-)  # CPU, to test this script itself: 1 in float32, 3, 4 without FSDP (refused on CPU)
+ONLY_SHARDED = False  # checks 1-3 passed on an earlier run: spend the device time on check 4
+DRY = False  # CPU, to test these checks themselves: 1 in float32, 3, 4 without FSDP (refused on CPU)
 failures: list[str] = []
+
+
+def run_checks(*, dry: bool = False, only_sharded: bool = False) -> list[str]:
+    """Run the checks; the names of the required ones that failed."""
+    global DRY, ONLY_SHARDED
+    DRY, ONLY_SHARDED = dry, only_sharded
+    failures.clear()
+    main()
+    return list(failures)
 
 
 def check(name: str, ok: bool, detail: str = "", required: bool = True) -> None:
@@ -115,7 +122,7 @@ def run_figures(run: Path) -> dict:
 def main() -> int:
     import torch
 
-    from tests.conftest import build_tiny_bert, build_tiny_decoder, make_texts, write_card, write_recipe
+    from tests.helpers import build_tiny_bert, build_tiny_decoder, make_texts, write_card, write_recipe
 
     if not torch.cuda.is_available() and not DRY:
         print("no CUDA device: this script is for a GPU machine (--dry-run checks the script itself on CPU)")
@@ -235,7 +242,7 @@ def main() -> int:
 def sharded_checks(tmp: Path, bert: Path, card: Path, write_recipe) -> int:
     """4. Sharded strategies, one process each, against a plain run of the same recipe (float32, no dropout); then
     each in bf16 (float32 weights + accelerate's bf16 mixed precision), info only: finishes, loss falls, non-empty."""
-    from tests.conftest import no_dropout_copy
+    from tests.helpers import no_dropout_copy
 
     plain = no_dropout_copy(bert, tmp / "bert-nodrop")
     sharded = dict(card=card, method={"name": "lora", "r": 8, "lora_dropout": 0.0}, data={"max_length": 32})
@@ -347,7 +354,3 @@ def _set(recipe: Path, section: str, **values) -> None:
     data = yaml.safe_load(recipe.read_text())
     data.setdefault(section, {}).update(values)
     recipe.write_text(yaml.safe_dump(data, sort_keys=False))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
