@@ -384,3 +384,48 @@ def train_shipped_tiny(recipe: Path, out: Path, *, model: Path, card: Path, step
         ],
     )
     return train(tiny, progress=False)
+
+
+def write_split_card(folder: Path, splits: dict, *, name: str = "split", labels=("neg", "pos")) -> Path:
+    """A data card over one CSV per split (`splits`: split name → (text, label) rows), so each split is exactly
+    the rows given (no seeded cutting)."""
+    import csv
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        with open(folder / f"{name}-{split}.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["text", "label"])
+            writer.writerows(rows)
+    files = ", ".join(f"{split}: {name}-{split}.csv" for split in splits)
+    card = folder / f"{name}.md"
+    card.write_text(
+        "---\nlicense: cc0-1.0\nlanguage: [en]\ntask_categories: [text-classification]\n"
+        f"pretty_name: {name}\npeftkit:\n  task: classification\n  source:\n    files: {{{files}}}\n"
+        f"  text_column: text\n  label_column: label\n  labels: [{', '.join(labels)}]\n---\n# {name}\n\n"
+        "Synthetic sentences made by the tests.\n"
+    )
+    return card
+
+
+def flipped(rows, share: float) -> list[tuple[str, str]]:
+    """`rows` with the label of every k-th row swapped (neg ↔ pos), so that about `share` of them are wrong."""
+    every = round(1 / share)
+    swap = {"neg": "pos", "pos": "neg"}
+    return [(text, swap[label] if i % every == 0 else label) for i, (text, label) in enumerate(rows)]
+
+
+class Interrupted(Exception):
+    """What `interrupt_at` raises: the run ends as a kill would end it."""
+
+
+def interrupt_at(k: int):
+    """A training callback that stops the run after step `k`, as a kill would (no final evaluation, no adapter)."""
+    from peftkit.training.loop import TrainCallback
+
+    class InterruptAt(TrainCallback):
+        def on_step(self, step: int, loss: float) -> None:
+            if step == k:
+                raise Interrupted(step)
+
+    return InterruptAt()

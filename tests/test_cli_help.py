@@ -30,6 +30,24 @@ def test_every_subcommand_and_argument_has_help():
     listed = {action.dest: action.help for action in sub._choices_actions}
     for name in names:
         assert listed.get(name), f"`peftkit {name}` has no help line"
+    missing = [
+        f"peftkit {command} {action.dest}"
+        for command, subparser in _subcommands(parser)
+        for action in subparser._actions
+        if not isinstance(action, argparse._HelpAction | argparse._SubParsersAction) and not action.help
+    ]
+    assert missing == [], f"arguments without help text: {missing}"
+
+
+def _subcommands(parser, prefix=""):
+    """(command words, parser) for every subcommand, nested ones (`data check`) included."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, subparser in action.choices.items():
+                yield f"{prefix}{name}", subparser
+                yield from _subcommands(subparser, f"{prefix}{name} ")
 
 
 def test_version_flag(capsys):

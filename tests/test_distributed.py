@@ -18,7 +18,7 @@ from peftkit.errors import PeftkitError
 from peftkit.recipe import load_recipe
 from peftkit.training.distributed import check_distributed, launch_command, shard_steps
 from peftkit.training.recipe import train
-from tests.helpers import no_dropout_copy, write_recipe
+from tests.helpers import flipped, make_texts, no_dropout_copy, write_recipe, write_split_card
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,8 +81,30 @@ def test_two_processes_match_one_and_resume(tmp_path, tiny_bert, tiny_card, chil
     full = write_recipe(tmp_path / "full.yaml", out=tmp_path / "full", **resume_kw)
     cut = write_recipe(tmp_path / "cut.yaml", out=tmp_path / "cut", **resume_kw)
     k = 9  # past the first epoch's 7 steps, not on a save_every multiple
+    # Early stopping with keep_best on a run built to peak early (validation labels a quarter wrong): the same
+    # global batch in 1 and 2 processes stops at the same step and keeps the same best adapter.
+    peaking = write_split_card(
+        tmp_path / "peak",
+        {
+            "train": make_texts(96, seed=1),
+            "validation": flipped(make_texts(40, seed=2), 0.25),
+            "test": make_texts(40, seed=3),
+        },
+    )
+    stopping = dict(
+        max_steps=60, eval_every=2, learning_rate=0.002, lr_scheduler="constant", warmup_ratio=0.0
+    )
+    stopping |= dict(early_stopping={"patience": 3}, keep_best=True, log_every=1)
+    es = dict(model=base["model"], card=peaking, method={"name": "lora", "lora_dropout": 0.0})
+    one_es = write_recipe(
+        tmp_path / "one_es.yaml", out=tmp_path / "one_es", train={**stopping, "batch_size": 8}, **es
+    )
+    two_es = write_recipe(
+        tmp_path / "two_es.yaml", out=tmp_path / "two_es", train={**stopping, "batch_size": 4}, **es
+    )
 
     train(load_recipe(one), progress=False)
+    train(load_recipe(one_es), progress=False)
     # One launch of 2 processes (the `peftkit train` CLI under accelerate) for: the invariance run, a full dropout
     # run, the same run stopped at step k, and its --resume.
     cmd = [
@@ -105,6 +127,7 @@ def test_two_processes_match_one_and_resume(tmp_path, tiny_bert, tiny_card, chil
         str(full),
         f"{cut}@{k}",
         f"{cut}@resume",
+        str(two_es),
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -142,6 +165,12 @@ def test_two_processes_match_one_and_resume(tmp_path, tiny_bert, tiny_card, chil
     assert _max_diff(_adapter(tmp_path / "full"), _adapter(tmp_path / "cut")) <= 1e-6
     with pytest.raises(PeftkitError, match="written by a run of 2 process"):
         train(load_recipe(cut), resume=True, progress=False)
+
+    best_one = json.loads((tmp_path / "one_es" / "metrics.json").read_text())["best"]
+    best_two = json.loads((tmp_path / "two_es" / "metrics.json").read_text())["best"]
+    assert best_one["stopped_early"] and best_one["step"] < best_one["last_step"] < 60
+    assert best_two == pytest.approx(best_one, abs=1e-5)
+    assert _max_diff(_adapter(tmp_path / "one_es"), _adapter(tmp_path / "two_es")) <= 1e-5
 
 
 def _sharded_vs_one(tmp_path, tiny_bert, tiny_card, strategy: str, processes: int) -> tuple[dict, dict]:

@@ -8,24 +8,8 @@ import pytest
 from safetensors.torch import load_file
 
 from peftkit.recipe import load_recipe
-from peftkit.training.loop import TrainCallback
 from peftkit.training.recipe import train
-from tests.helpers import write_recipe
-
-
-class Interrupted(Exception):
-    pass
-
-
-class InterruptAt(TrainCallback):
-    """Stops the run after step `k`, as a kill would (no final evaluation, no adapter)."""
-
-    def __init__(self, k: int):
-        self.k = k
-
-    def on_step(self, step: int, loss: float) -> None:
-        if step == self.k:
-            raise Interrupted(step)
+from tests.helpers import Interrupted, interrupt_at, write_recipe
 
 
 def _losses(run):
@@ -47,7 +31,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, tiny_bert, tiny_card):
     recipe = load_recipe(write_recipe(tmp_path / "b.yaml", out=tmp_path / "resumed", **kw))
     k = 18  # past the first epoch's 15 steps, not on a save_every multiple: resumes from step 16
     with pytest.raises(Interrupted):
-        train(recipe, progress=False, callbacks=[InterruptAt(k)])
+        train(recipe, progress=False, callbacks=[interrupt_at(k)])
     assert not (tmp_path / "resumed" / "adapter").exists()
     train(recipe, resume=True, progress=False)
 

@@ -146,8 +146,9 @@ def test_checksum_matches_file_bytes(csv_card):
 
 def test_check_card_reports_missing_then_matches_then_changed_count(tmp_path, csv_card):
     problems = check_card(csv_card)
-    assert any("no checksum" in p for p in problems)
-    assert any("counts: {train: 70, validation: 10, test: 20}" in p for p in problems)
+    assert any(p.startswith("This card has no checksum yet; add `checksum: sha256:") for p in problems)
+    assert "This card has no counts yet; add `counts: {train: 70, validation: 10, test: 20}`" in problems[1]
+    assert not any("changed" in p or "no longer" in p for p in problems)
     good = {"counts": {"train": 70, "validation": 10, "test": 20}, "checksum": source_checksum(csv_card)}
     assert check_card(load_card(write_card(tmp_path, {"file": "reviews.csv"}, **good))) == []
     bad = dict(good, counts={"train": 71, "validation": 10, "test": 20})

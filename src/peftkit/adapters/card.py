@@ -178,6 +178,24 @@ _MEAN_POOLED = (
 )
 
 
+def _best_line(metrics: dict) -> list[str]:
+    """Which evaluation the adapter comes from, when the run tracked the best one (`train.keep_best`, early
+    stopping)."""
+    best = metrics.get("best")
+    if not best:
+        return []
+    score = f"the best validation {best['metric']} ({best['value']:.4f})"
+    stop = f"training stopped early at step {best['last_step']}" if best["stopped_early"] else None
+    if best["kept"]:
+        tail = f"; {stop}" if stop else f" (trained {best['last_step']} steps)"
+        return [f"This adapter is from step {best['step']}, {score} of the run{tail}."]
+    tail = f" ({stop})" if stop else ""
+    return [
+        f"{score[0].upper()}{score[1:]} was at step {best['step']}; this adapter is from the last step, "
+        f"{best['last_step']}{tail}."
+    ]
+
+
 def _metrics_table(metrics: dict) -> str:
     keys = [
         k
@@ -276,6 +294,7 @@ def render_card(
         "## Data",
         _data_section(card, dataset_name, run_counts(metrics, recipe, card)),
         "## Results",
+        *_best_line(metrics),
         _metrics_table(metrics),
         "## Plots",
         *[

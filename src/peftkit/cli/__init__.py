@@ -23,6 +23,16 @@ def project_root() -> Path:
     return Path(__file__).resolve().parents[3]
 
 
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    """`--verbose` for a subcommand that loads models (see `peftkit.quiet`)."""
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the libraries' own messages (transformers' load report, warnings); otherwise they stay off "
+        "the console (train keeps them in the run's messages.log)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `peftkit` parser with every group's subcommands; each subcommand sets its `handler`."""
     from peftkit import __version__

@@ -1,4 +1,4 @@
-"""Data cards, shipped recipes and the recipe schema: `data check|show`, `ls`, `schema`."""
+"""Data cards, shipped recipes and the recipe schema: `init`, `data check|show`, `ls`, `cp`, `schema`."""
 
 from __future__ import annotations
 
@@ -6,12 +6,26 @@ import json
 import sys
 from pathlib import Path
 
-from peftkit.cli import project_root
 from peftkit.errors import PeftkitError
 
 
 def register(sub) -> None:
     """Add this group's subcommands to the `peftkit` parser."""
+    i = sub.add_parser(
+        "init", help="write a data card and a recipe for your own labelled CSV / JSONL / Parquet file"
+    )
+    i.add_argument("data_file", metavar="DATA_FILE", help="the labelled data: .csv, .jsonl or .parquet")
+    i.add_argument("--text-column", required=True, metavar="C", help="the column that holds the texts")
+    i.add_argument("--label-column", required=True, metavar="C", help="the column that holds the labels")
+    i.add_argument(
+        "--model", default=None, metavar="SOURCE", help="base model (a model.source; default: MiniLM-L6)"
+    )
+    i.add_argument("--method", default="lora", metavar="NAME", help="PEFT method (default: lora)")
+    i.add_argument("--out", default=".", metavar="DIR", help="folder for the card and recipe (default: .)")
+    i.add_argument("--name", metavar="NAME", help="card and recipe name (default: from DATA_FILE)")
+    i.add_argument("--overwrite", action="store_true", help="replace a card or recipe of the same name")
+    i.set_defaults(handler=cmd_init)
+
     d = sub.add_parser("data", help="check a data card against its data, or describe the data")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     dc = dsub.add_parser(
@@ -19,13 +33,20 @@ def register(sub) -> None:
     )
     dc.add_argument("cards", nargs="*", metavar="CARD", help="card names or .md paths (default: every card)")
     ds = dsub.add_parser("show", help="sizes, label distribution, text-length percentiles")
-    ds.add_argument("card", metavar="CARD")
+    ds.add_argument("card", metavar="CARD", help="a card name (in data_cards/) or a .md path")
     ds.add_argument("--model", metavar="SOURCE", help="also give lengths in tokens of this model's tokenizer")
     ds.add_argument("--json", action="store_true", help="print as JSON")
     d.set_defaults(handler=cmd_data)
 
     ls = sub.add_parser("ls", help="list shipped recipes and data cards")
     ls.set_defaults(handler=cmd_ls)
+
+    cp = sub.add_parser("cp", help="copy a shipped recipe (and with --card its data card) to edit")
+    cp.add_argument("name", metavar="NAME", help="a shipped recipe's name (see `peftkit ls`)")
+    cp.add_argument("dest", metavar="DEST", help="a .yaml file name, or a folder to copy into")
+    cp.add_argument("--card", action="store_true", help="copy its data card too, and point the copy at it")
+    cp.add_argument("--overwrite", action="store_true", help="replace existing files")
+    cp.set_defaults(handler=cmd_cp)
 
     sc = sub.add_parser("schema", help="print the recipe JSON Schema (or the Markdown reference)")
     sc.add_argument("--markdown", action="store_true", help="the recipe reference as Markdown tables")
@@ -62,12 +83,61 @@ def cmd_data(args) -> int:
     return 2 if broken else 1 if failed else 0
 
 
+def cmd_init(args) -> int:
+    from peftkit.data import init
+
+    name = args.name or init.card_name(args.data_file)
+    out = Path(args.out)
+    init.check_free(out / f"{name}.md", out / f"{name}.yaml", overwrite=args.overwrite)
+    draft = init.draft_card(
+        args.data_file, text_column=args.text_column, label_column=args.label_column, name=name
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    model, method = args.model or init.DEFAULT_MODEL, args.method
+    card_path, recipe_path = init.write_project(
+        draft, out, model=model, method=method, overwrite=args.overwrite
+    )
+    try:
+        _validate(recipe_path)
+    except PeftkitError as exc:  # leave nothing behind that does not validate
+        card_path.unlink(missing_ok=True)
+        recipe_path.unlink(missing_ok=True)
+        raise PeftkitError(f"init: the recipe made for {args.data_file} does not validate: {exc}") from None
+    counts = ", ".join(f"{k} {v:,}" for k, v in draft.counts.items())
+    print(f"data card: {card_path} ({counts}; labels in id order: {', '.join(draft.labels)})")
+    for note in draft.notes:
+        print(f"  note: {note}")
+    print(f"recipe:    {recipe_path} ({method} on {model}; validated)")
+    print("Fill in the card's prose (where the data comes from, its license, its limits), then train:")
+    print(f"  peftkit train {recipe_path}")
+    return 0
+
+
+def _validate(recipe_path: Path) -> None:
+    from peftkit.quiet import quiet_libraries
+    from peftkit.recipe import load_recipe
+    from peftkit.training.preflight import validate_recipe
+
+    # What the validation proves is remembered (`training.preflight_memo`): `peftkit validate` is then quick.
+    with quiet_libraries(transformers=False):
+        validate_recipe(load_recipe(recipe_path, check_method=False), recipe_file=str(recipe_path))
+
+
+def cmd_cp(args) -> int:
+    from peftkit.recipe.shipped import copy_recipe
+
+    written = copy_recipe(args.name, args.dest, with_card=args.card, overwrite=args.overwrite)
+    for path in written:
+        print(f"wrote {path}")
+    print(f"Edit it, then: peftkit validate {written[0]} && peftkit train {written[0]}")
+    return 0
+
+
 def cmd_ls(args) -> int:
     from peftkit.data.cards import list_cards
+    from peftkit.recipe.shipped import list_recipes
 
-    root = project_root()
-    recipe_dirs = [Path("recipes"), root / "recipes"]
-    recipes = sorted({p.resolve() for d in recipe_dirs if d.is_dir() for p in d.glob("*.yaml")})
+    recipes = list_recipes([Path("recipes")])
     print("recipes:")
     for p in recipes:
         first = next((line[1:].strip() for line in p.read_text().splitlines() if line.startswith("#")), "")

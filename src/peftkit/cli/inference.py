@@ -6,7 +6,9 @@ import json
 import sys
 from pathlib import Path
 
+from peftkit.cli import add_verbose
 from peftkit.errors import PeftkitError
+from peftkit.quiet import quiet_libraries
 
 
 def register(sub) -> None:
@@ -22,6 +24,7 @@ def register(sub) -> None:
         help="write the confusion-matrix PNG here (default: RUN/plots/ when "
         "given a run folder; none for a bare adapter folder)",
     )
+    add_verbose(e)
     _adapter_load_options(e)
     e.set_defaults(handler=cmd_eval)
 
@@ -38,6 +41,7 @@ def register(sub) -> None:
     pr.add_argument("texts", nargs="*", help="texts to classify")
     pr.add_argument("--file", help="a text file (one text per line) or JSONL with a 'text' field")
     pr.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_verbose(pr)
     _adapter_load_options(pr)
     pr.set_defaults(handler=cmd_predict)
 
@@ -49,6 +53,7 @@ def register(sub) -> None:
         "--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default: 0.8)"
     )
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    add_verbose(g)
     _adapter_load_options(g, labels=False)
     g.set_defaults(handler=cmd_generate)
 
@@ -57,6 +62,7 @@ def register(sub) -> None:
     m.add_argument("--out", required=True, help="folder for the merged model (+ parity_report.json)")
     m.add_argument("--samples", type=int, default=64, help="sample inputs for the parity report (default 64)")
     m.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    add_verbose(m)
     _adapter_load_options(m)
     m.set_defaults(handler=cmd_merge)
 
@@ -70,6 +76,7 @@ def register(sub) -> None:
         "--samples", type=int, help="test texts in the parity check (default: the whole test split)"
     )
     x.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    add_verbose(x)
     x.set_defaults(handler=cmd_export)
 
 
@@ -104,7 +111,10 @@ def _load_kwargs(args) -> dict:
 def cmd_eval(args) -> int:
     from peftkit.inference.predict import evaluate_adapter
 
-    metrics = evaluate_adapter(args.adapter, data=args.data, split=args.split, **_load_kwargs(args))
+    with quiet_libraries(args.verbose):
+        metrics = evaluate_adapter(
+            args.adapter, data=args.data, split=args.split, progress=True, **_load_kwargs(args)
+        )
     plots = (
         Path(args.plots)
         if args.plots
@@ -149,7 +159,9 @@ def cmd_predict(args) -> int:
         raise PeftkitError(
             "predict: no input. Give texts as arguments or --file F (one text per line or JSONL)."
         )
-    _print_predictions(texts, predict_texts(args.adapter, texts, **_load_kwargs(args)), as_json=args.json)
+    with quiet_libraries(args.verbose):
+        rows = predict_texts(args.adapter, texts, **_load_kwargs(args))
+    _print_predictions(texts, rows, as_json=args.json)
     return 0
 
 
@@ -179,25 +191,28 @@ def _predict_routed(args) -> int:
             "peftkit (fingerprinted) or predict with each unverified adapter on its own."
         )
     rows = read_routed(args.file, [n for n, _ in pairs])
-    adapters = AdapterSet()
-    for name, path in pairs:
-        adapters.add(name, path, allow_unverified=args.unverified)
-    _print_predictions([text for _, text in rows], adapters.route(rows), as_json=args.json)
+    with quiet_libraries(args.verbose):
+        adapters = AdapterSet()
+        for name, path in pairs:
+            adapters.add(name, path, allow_unverified=args.unverified)
+        predictions = adapters.route(rows)
+    _print_predictions([text for _, text in rows], predictions, as_json=args.json)
     return 0
 
 
 def cmd_generate(args) -> int:
     from peftkit.inference.generate import generate_text
 
-    text = generate_text(
-        args.adapter,
-        args.prompt,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        seed=args.seed,
-        allow_unverified=args.unverified,
-        base_source=args.base,
-    )
+    with quiet_libraries(args.verbose):
+        text = generate_text(
+            args.adapter,
+            args.prompt,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            seed=args.seed,
+            allow_unverified=args.unverified,
+            base_source=args.base,
+        )
     print(args.prompt + text)
     return 0
 
@@ -205,9 +220,10 @@ def cmd_generate(args) -> int:
 def cmd_merge(args) -> int:
     from peftkit.inference.merge import merge_adapter
 
-    report = merge_adapter(
-        args.adapter, args.out, n_samples=args.samples, overwrite=args.overwrite, **_load_kwargs(args)
-    )
+    with quiet_libraries(args.verbose):
+        report = merge_adapter(
+            args.adapter, args.out, n_samples=args.samples, overwrite=args.overwrite, **_load_kwargs(args)
+        )
     print(json.dumps(report, indent=2))
     return 0
 
@@ -215,7 +231,8 @@ def cmd_merge(args) -> int:
 def cmd_export(args) -> int:
     from peftkit.inference.export import export_onnx
 
-    report = export_onnx(args.adapter, args.out, n_samples=args.samples, overwrite=args.overwrite)
+    with quiet_libraries(args.verbose):
+        report = export_onnx(args.adapter, args.out, n_samples=args.samples, overwrite=args.overwrite)
     latency = report["latency_ms"]
     print(f"ONNX export: {args.out}/model.onnx ({report['graph']} graph)")
     print(

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+from pathlib import Path
+
+from peftkit.cli import add_verbose
 
 
 def register(sub) -> None:
@@ -23,59 +27,116 @@ def register(sub) -> None:
         help="train with N processes (GPUs, or CPU cores without a "
         "GPU) through `accelerate launch`; strategy from the recipe's distributed section",
     )
+    add_verbose(t)
     t.set_defaults(handler=cmd_train)
 
     v = sub.add_parser(
         "validate", help="check a recipe, its data card and model source without loading a model"
     )
-    v.add_argument("recipe")
-    v.add_argument("overrides", nargs="*", metavar="key=value")
+    v.add_argument("recipe", help="recipe YAML file")
+    v.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="override recipe fields, e.g. data.card=my_card.md"
+    )
+    v.add_argument(
+        "--recheck",
+        action="store_true",
+        help="run every check again, even those that passed before on the same files and versions",
+    )
+    add_verbose(v)
     v.set_defaults(handler=cmd_validate)
 
 
 def cmd_train(args) -> int:
+    from peftkit.quiet import MESSAGES_FILE, quiet_libraries
     from peftkit.recipe import load_recipe
+    from peftkit.training.run_folder import staging_dir
 
-    recipe = load_recipe(args.recipe, args.overrides)
     if args.processes is not None:
-        from peftkit.training.distributed import launch_training
+        return _launch(args, load_recipe(args.recipe, args.overrides))
+    main_process = int(os.environ.get("RANK", "0")) == 0  # one log and one summary per run, not per process
+    with quiet_libraries(args.verbose) as messages:
+        recipe = load_recipe(args.recipe, args.overrides)
+        out = Path(recipe.train.output_dir)
+        finished = False
+        try:
+            from peftkit.training.recipe import train
 
-        flags = [
-            f
-            for f, on in (
-                ("--overwrite", args.overwrite),
-                ("--resume", args.resume),
-                ("--no-progress", args.no_progress),
-            )
-            if on
-        ]
-        return launch_training(
-            args.recipe,
-            [*args.overrides, *flags],
-            args.processes,
-            strategy=recipe.distributed.strategy,
-            accelerate_config=recipe.distributed.accelerate_config,
-            quantized=recipe.quantization is not None,
-        )
-    from peftkit.training.recipe import train
-
-    out = train(recipe, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
-    if int(os.environ.get("RANK", "0")) != 0:  # one summary per run, not per process
-        return 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    test = metrics.get("test") or metrics.get("validation") or {}
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))
-    print(f"run folder: {out}\n{shown}")
+            train(recipe, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
+            finished = True
+        finally:  # a failed run that can be resumed keeps what the libraries said, beside its checkpoint
+            folder = out if finished else staging_dir(out)
+            if main_process and folder.is_dir():
+                messages.write(folder / MESSAGES_FILE)
+    if main_process:
+        print("\n".join(run_summary(out)))
     return 0
 
 
-def cmd_validate(args) -> int:
-    from peftkit.recipe import load_recipe
+def _launch(args, recipe) -> int:
+    """`--processes N`: the same command in N processes through `accelerate launch`."""
+    from peftkit.training.distributed import launch_training
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    flags = [
+        flag
+        for flag, on in (
+            ("--overwrite", args.overwrite),
+            ("--resume", args.resume),
+            ("--no-progress", args.no_progress),
+            ("--verbose", args.verbose),
+        )
+        if on
+    ]
+    return launch_training(
+        args.recipe,
+        [*args.overrides, *flags],
+        args.processes,
+        strategy=recipe.distributed.strategy,
+        accelerate_config=recipe.distributed.accelerate_config,
+        quantized=recipe.quantization is not None,
+    )
+
+
+def run_summary(out: Path) -> list[str]:
+    """The lines `peftkit train` ends with: run folder, adapter size, the final split's scores, the best step."""
+    from peftkit.adapters.bundle import safetensors_shapes
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    adapter = out / "adapter"
+    weights = sorted(adapter.glob("*.safetensors"))
+    size = sum(p.stat().st_size for p in weights)
+    params = sum(math.prod(shape) for p in weights for shape in safetensors_shapes(p).values())
+    lines = [f"run folder: {out}", f"adapter:    {adapter} ({_megabytes(size)}, {params:,} parameters)"]
+    for split in ("test", "validation"):
+        if metrics.get(split):
+            scores = metrics[split]
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
+            count = f" ({scores['n']:,} examples)" if "n" in scores else ""
+            lines.append(f"{split}{count}: {shown}")
+            break
+    best = metrics.get("best")
+    if best:
+        kept = "the adapter is from it" if best["kept"] else "the adapter is the last step's"
+        stop = f", stopped early at step {best['last_step']}" if best["stopped_early"] else ""
+        lines.append(
+            f"best:       validation {best['metric']} {best['value']:.4f} at step {best['step']} ({kept}{stop})"
+        )
+    return lines
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+
+
+def cmd_validate(args) -> int:
+    from peftkit.quiet import quiet_libraries
+    from peftkit.recipe import load_recipe
     from peftkit.training.preflight import validate_recipe
 
-    for line in validate_recipe(recipe):
+    with quiet_libraries(args.verbose, transformers=False):
+        # The method's settings are checked with the model (or found in the memo): checking them imports PEFT.
+        recipe = load_recipe(args.recipe, args.overrides, check_method=False)
+        lines = validate_recipe(recipe, use_memo=not args.recheck, recipe_file=args.recipe)
+    for line in lines:
         print(line)
     print(f"{args.recipe}: OK")
     return 0

@@ -83,12 +83,14 @@ class TokenizedSplit:
         return len(self.ids)
 
 
-def tokenize_split(dataset, tokenizer, max_length: int, *, limit: int | None = None, causal_lm: bool = False):
-    """A datasets split (`text` [+ `label`]) as a `TokenizedSplit`, keeping its first `limit` examples."""
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    ids = tokenize_texts(tokenizer, dataset["text"], max_length, add_eos=causal_lm)
-    labels = list(dataset["label"]) if "label" in dataset.column_names and not causal_lm else None
+def tokenize_split(
+    columns: dict[str, list], tokenizer, max_length: int, *, limit: int | None = None, causal_lm: bool = False
+):
+    """A split's columns (`text` [+ `label`], as `sources.load_columns` gives them) as a `TokenizedSplit`, keeping
+    its first `limit` examples."""
+    texts = columns["text"][:limit]
+    ids = tokenize_texts(tokenizer, texts, max_length, add_eos=causal_lm)
+    labels = list(columns["label"][:limit]) if "label" in columns and not causal_lm else None
     return TokenizedSplit(ids, labels)
 
 

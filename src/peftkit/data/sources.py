@@ -30,17 +30,23 @@ def load_splits(card: DataCard, *, verify_checksum: bool = True):
     """Read the card's data and return a DatasetDict with train / validation / test splits."""
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-    frames = _load_frames(card, verify_checksum)[1]
     features = {"text": Value("string")}
     if card.task == "classification":
         features["label"] = ClassLabel(names=card.labels)
-    splits = _split_frames(card, frames)
+    columns = load_columns(card, verify_checksum=verify_checksum)
     return DatasetDict(
-        {
-            name: Dataset.from_dict({col: df[col].tolist() for col in features}, features=Features(features))
-            for name, df in splits.items()
-        }
+        {name: Dataset.from_dict(split, features=Features(features)) for name, split in columns.items()}
     )
+
+
+def load_columns(card: DataCard, *, verify_checksum: bool = True) -> dict[str, dict[str, list]]:
+    """The splits as plain columns: split → {"text": [...], "label": [ids...]} (no `datasets` import, which
+    training does not need: it tokenizes the lists straight away)."""
+    frames = _load_frames(card, verify_checksum)[1]
+    names = ["text", "label"] if card.task == "classification" else ["text"]
+    return {
+        name: {col: df[col].tolist() for col in names} for name, df in _split_frames(card, frames).items()
+    }
 
 
 def source_checksum(card: DataCard) -> str:
@@ -53,7 +59,8 @@ def source_checksum(card: DataCard) -> str:
 def check_card(card: DataCard) -> list[str]:
     """Differences between the card and its data (source, checksum, counts, labels, columns); [] = match."""
     try:
-        checksum, frames = _load_frames(card, verify_checksum=False)
+        checksum, raw = read_source(card, verify_checksum=False)
+        frames = _clean_frames(card, raw)
         counts = {name: len(df) for name, df in _split_frames(card, frames).items()}
     except PeftkitError as exc:
         # Changed data often breaks parsing too: say that it changed as well as what broke.
@@ -65,7 +72,7 @@ def check_card(card: DataCard) -> list[str]:
     problems = _checksum_problems(card, checksum)
     found = "{" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + "}"
     if card.counts is None:
-        problems.append(f"The card lists no counts; add `counts: {found}` to its `peftkit:` block.")
+        problems.append(f"This card has no counts yet; add `counts: {found}` to its `peftkit:` block.")
     else:
         for name in SPLITS:
             if card.counts.get(name) != counts[name]:
@@ -80,9 +87,14 @@ def check_card(card: DataCard) -> list[str]:
     return problems
 
 
+def split_counts(card: DataCard, raw: dict) -> dict[str, int]:
+    """Examples per split (train, validation, test) that the card makes of `raw` (from `read_source`)."""
+    return {name: len(df) for name, df in _split_frames(card, _clean_frames(card, raw)).items()}
+
+
 def _checksum_problems(card: DataCard, checksum: str | None) -> list[str]:
     if checksum and card.checksum is None:
-        return [f"The card has no checksum; add `checksum: {checksum}` to its `peftkit:` block."]
+        return [f"This card has no checksum yet; add `checksum: {checksum}` to its `peftkit:` block."]
     if checksum and checksum != card.checksum:
         return [f"checksum: the card says {card.checksum}, the data hashes to {checksum} (the data changed)."]
     return []
@@ -90,21 +102,46 @@ def _checksum_problems(card: DataCard, checksum: str | None) -> list[str]:
 
 def _load_frames(card: DataCard, verify_checksum: bool):
     """(checksum or None, {split: DataFrame with text[, label]}) for the splits the source provides."""
+    checksum, raw = read_source(card, verify_checksum=verify_checksum)
+    return checksum, _clean_frames(card, raw)
+
+
+def read_source(card: DataCard, *, verify_checksum: bool = True) -> tuple[str | None, dict]:
+    """(checksum or None for a hub source, {split: (where, DataFrame as parsed, locate)}) for the splits the
+    source provides: the files as they are, before the card's columns, labels and split recipe are applied
+    (`locate(row)`: the file line of a row, or None)."""
     if card.source.kind == "hub":
-        checksum, raw = None, _read_hub(card)
-    else:
-        blobs = _read_files(card)
-        checksum = _checksum(blobs)
-        # Checked before parsing, so changed data is reported as such and not as a confusing label error.
-        if verify_checksum and card.checksum and checksum != card.checksum:
-            raise PeftkitError(
-                f"Data card {card.path}: the source data changed. The card's `peftkit.checksum` is "
-                f"{card.checksum} but the data now hashes to {checksum}. If the new data is what you want, "
-                f"run `peftkit data check {card.name}` and copy the new checksum and counts into the card; "
-                "otherwise restore the original files."
-            )
-        raw = {split: _parse(card, path, data) for split, (path, data) in blobs.items()}
-    return checksum, {split: _clean(card, *parsed) for split, parsed in raw.items()}
+        return None, _read_hub(card)
+    blobs = _read_files(card)
+    checksum = _checksum(blobs)
+    # Checked before parsing, so changed data is reported as such and not as a confusing label error.
+    if verify_checksum:
+        _check_checksum(card, checksum)
+    return checksum, {split: _parse(card, path, data) for split, (path, data) in blobs.items()}
+
+
+def verify_checksum(card: DataCard) -> str | None:
+    """The data's checksum (None for a hub source), refused when the card records another one. Reads and hashes
+    the files without parsing them: milliseconds, no pandas."""
+    if card.source.kind == "hub":
+        return None
+    checksum = _checksum(_read_files(card))
+    _check_checksum(card, checksum)
+    return checksum
+
+
+def _check_checksum(card: DataCard, checksum: str) -> None:
+    if card.checksum and checksum != card.checksum:
+        raise PeftkitError(
+            f"Data card {card.path}: the source data changed. The card's `peftkit.checksum` is "
+            f"{card.checksum} but the data now hashes to {checksum}. If the new data is what you want, "
+            f"run `peftkit data check {card.name}` and copy the new checksum and counts into the card; "
+            "otherwise restore the original files."
+        )
+
+
+def _clean_frames(card: DataCard, raw: dict) -> dict:
+    return {split: _clean(card, *parsed) for split, parsed in raw.items()}
 
 
 def _source_paths(card: DataCard) -> dict[str, Path]:
@@ -230,7 +267,7 @@ def _clean(card: DataCard, where, df, locate=None):
     keep = text.str.strip() != ""
     labels = None
     if card.label_column is not None:
-        labels = df[card.label_column].astype(str)
+        labels = label_text(df[card.label_column])
         keep &= ~labels.isin(card.exclude_labels)
     out = pd.DataFrame({"text": text[keep].tolist()})
     if out.empty:
@@ -254,6 +291,21 @@ def _clean(card: DataCard, where, df, locate=None):
             )
         out["label"] = labels.map(card.label2id).tolist()
     return out
+
+
+def label_text(values):
+    """A label column as the text a card lists labels by: a missing value is '', a whole number has no '.0' (a
+    JSON column of ids with a null in it is read as floats)."""
+    import pandas as pd
+
+    def text(value) -> str:
+        if value is None or (not isinstance(value, str) and pd.api.types.is_scalar(value) and pd.isna(value)):
+            return ""
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+
+    return values.astype(object).map(text)
 
 
 def _split_frames(card: DataCard, frames: dict) -> dict:

@@ -14,12 +14,15 @@ def forward_split(
     padding_side: str,
     batch_size: int,
     task: str = "classification",
+    progress: str | None = None,
 ):
     """Run `model` over `ids` in length-sorted batches (less padding); return (logits in input order, mean loss).
 
     For causal LM the logits are not kept (only the token-weighted loss), since they are vocabulary-sized.
+    `progress`: a progress bar with this label while several batches run (it goes away when done).
     """
     import torch
+    from tqdm.auto import tqdm
 
     from peftkit.data.prepare import batch_order, collate
 
@@ -27,10 +30,14 @@ def forward_split(
     n = len(ids)
     out = None
     loss_sum, weight = 0.0, 0
+    batches = batch_order(
+        [len(x) for x in ids], batch_size, seed=0, epoch=0, shuffle=False, group_by_length=True
+    )
+    bar = tqdm(
+        batches, desc=progress, unit="batch", leave=False, disable=progress is None or len(batches) < 2
+    )
     with torch.no_grad():
-        for idx in batch_order(
-            [len(x) for x in ids], batch_size, seed=0, epoch=0, shuffle=False, group_by_length=True
-        ):
+        for idx in bar:
             with_labels = (
                 [labels[i] for i in idx] if labels is not None and task == "classification" else None
             )

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from peftkit.errors import PeftkitError
 
 
@@ -52,6 +50,7 @@ def check_metric_names(names: list[str]) -> None:
 
 def _evaluate_module(name: str, y_true, y_pred) -> dict:
     import evaluate
+    import numpy as np
 
     module = evaluate.load(name)
     result = module.compute(predictions=list(map(int, y_pred)), references=list(map(int, y_true)))
@@ -61,6 +60,7 @@ def _evaluate_module(name: str, y_true, y_pred) -> dict:
 
 def classification_metrics(y_true, y_pred, labels: list[str], metrics: list[str]) -> dict:
     """Headline metrics plus per-class precision/recall/F1 and the confusion matrix (rows: true, cols: predicted)."""
+    import numpy as np
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)

@@ -15,6 +15,7 @@ FIGSIZE = (6.4, 4.0)
 DPI = 100
 PIXELS = (640, 400)
 PLOTS_DIR = "plots"
+MARKED_POINTS = 60
 LOSS_PNG, EVAL_PNG, CONFUSION_PNG = "loss.png", "eval_metrics.png", "confusion_matrix.png"
 
 
@@ -52,7 +53,9 @@ def plot_loss(rows: list[dict], path: Path) -> Path | None:
         return None
     plt = pyplot()
     fig, ax = plt.subplots(figsize=FIGSIZE)
-    ax.plot(*zip(*train, strict=True), label="train loss", color="tab:blue")
+    # Markers while the points are few: a run logged once or twice draws no line at all without them.
+    marker = "o" if len(train) <= MARKED_POINTS else None
+    ax.plot(*zip(*train, strict=True), label="train loss", color="tab:blue", marker=marker, markersize=4)
     if evals:
         ax.plot(*zip(*evals, strict=True), "o-", label="validation loss", color="tab:orange")
     ax.set(xlabel="step", ylabel="loss", title="Loss")

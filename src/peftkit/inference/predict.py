@@ -117,10 +117,11 @@ def evaluate_adapter(
     allow_unverified: bool = False,
     labels: list[str] | None = None,
     base_source: str | None = None,
+    progress: bool = False,
 ) -> dict:
     """Metrics of an adapter on a data card's split (default: the card it was trained on) or a labelled file;
     `"unverified": True` among them for an adapter without a fingerprint. `allow_unverified`, `labels`,
-    `base_source`: as for `load_adapter`."""
+    `base_source`: as for `load_adapter`; `progress` shows a progress bar over the batches."""
     from peftkit.adapters.bundle import load_adapter
     from peftkit.data.cards import load_card
     from peftkit.data.prepare import tokenize_texts
@@ -164,6 +165,7 @@ def evaluate_adapter(
         padding_side=tok.padding_side,
         batch_size=64,
         task=meta["task"],
+        progress="eval" if progress else None,
     )
     if meta["task"] != "classification":
         import math

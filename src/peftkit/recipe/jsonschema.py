@@ -45,11 +45,30 @@ def recipe_reference_markdown() -> str:
             "| key | type | default | meaning |",
             "|---|---|---|---|",
         ]
-        for name, sub in spec.model_fields.items():
-            default = "required" if sub.is_required() else f"`{sub.default!r}`"
-            desc = " ".join((sub.description or "").split()).replace("|", "\\|")
-            lines.append(
-                f"| `{section}.{name}` | {_type_name(sub.annotation).replace('|', '∣')} | {default} | {desc} |"
-            )
+        lines += _rows(section, spec)
         lines.append("")
     return "\n".join(lines)
+
+
+def _rows(prefix: str, spec) -> list[str]:
+    """Table rows for the fields of section `spec`, and for those of a section nested in it
+    (`train.early_stopping.patience`)."""
+    rows = []
+    for name, sub in spec.model_fields.items():
+        default = "required" if sub.is_required() else f"`{sub.default!r}`"
+        desc = " ".join((sub.description or "").split()).replace("|", "\\|")
+        rows.append(
+            f"| `{prefix}.{name}` | {_type_name(sub.annotation).replace('|', '∣')} | {default} | {desc} |"
+        )
+        nested = _section_model(sub.annotation)
+        if nested is not None:
+            rows += _rows(f"{prefix}.{name}", nested)
+    return rows
+
+
+def _section_model(annotation):
+    """The pydantic model inside `annotation` (`X` or `X | None`), or None."""
+    from pydantic import BaseModel
+
+    options = (annotation, *getattr(annotation, "__args__", ()))
+    return next((a for a in options if isinstance(a, type) and issubclass(a, BaseModel)), None)

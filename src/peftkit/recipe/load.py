@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from peftkit.errors import PeftkitError, did_you_mean, shorten
+from peftkit.recipe.paths import resolve_recipe_paths
 from peftkit.recipe.schema import Recipe
 
 # PyYAML follows YAML 1.1, where `5e-4` (no dot) is a string. Recipes write learning rates that way, so
@@ -47,11 +48,17 @@ _EXPECTED |= dict.fromkeys(("model", "dict"), "a section of `key: value` lines")
 _TYPE_NAMES = {bool: "boolean", int: "integer", float: "number", str: "text", list: "list", dict: "mapping"}
 
 
-def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Recipe:
+def load_recipe(
+    path: str | os.PathLike, overrides: Iterable[str] = (), *, check_method: bool = True
+) -> Recipe:
     """Read a recipe YAML file, apply `key.sub=value` overrides, validate it and fill in defaults.
 
     Override values are read as YAML, so `null`, `16`, `5e-4` and `[a, b]` get the types they would have
-    in the file. `train.output_dir` defaults to `runs/<file stem>`. Any problem raises `PeftkitError`.
+    in the file. Local paths become absolute: those in the file read from its folder, those in overrides from
+    the current folder (`peftkit.recipe.paths`). `train.output_dir` defaults to `runs/<file stem>`, relative to the
+    current folder. Any problem raises `PeftkitError`. `check_method=False` leaves the method's own settings to
+    the caller (`check_recipe_method`): checking them imports PEFT, seconds that `peftkit validate` saves when its
+    memo says they passed before.
     """
     path, shown = Path(path), str(path)
     data, lines = _parse(_read(path, shown), shown)
@@ -69,9 +76,11 @@ def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Recip
         recipe = Recipe.model_validate(data)
     except ValidationError as err:
         raise PeftkitError(_explain(err, shown, lines, applied)) from None
+    resolve_recipe_paths(recipe, path.parent, set(applied))
     if recipe.train.output_dir is None:
         recipe.train.output_dir = f"runs/{path.stem}"
-    _check_method(recipe, f"recipe file '{shown}'")
+    if check_method and not recipe.method.init_from:  # a continued adapter's method is known once it is read
+        check_recipe_method(recipe, shown)
     return recipe
 
 
@@ -90,8 +99,8 @@ def recipe_to_yaml(recipe: Recipe) -> str:
     return yaml.dump(out, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
-def _check_method(recipe: Recipe, where: str):
-    """Check the method's own settings with `peftkit.methods.check_method_settings`.
+def check_recipe_method(recipe: Recipe, recipe_file: str):
+    """Check the method's own settings with `peftkit.methods.check_method_settings`; errors name `recipe_file`.
 
     The schema lets any key through in `method`; only the method registry knows which settings each
     method takes. When `peftkit.methods` offers no checker, the recipe loads unchecked.
@@ -103,7 +112,7 @@ def _check_method(recipe: Recipe, where: str):
     try:
         return check_method_settings(recipe.method.name, recipe.method.settings())
     except PeftkitError as err:
-        err.args = (f"{where}: {err}", *err.args[1:])  # keep the checker's exception type, add the file
+        err.args = (f"recipe file '{recipe_file}': {err}", *err.args[1:])  # keep the type, add the file
         raise
 
 

@@ -57,6 +57,11 @@ class MethodSpec(BaseModel):
     `prompt_tuning`, `p_tuning`, `prefix_tuning`, `ln_tuning`, …) or a peftkit one (`houlsby`, `pfeiffer`,
     `parallel`). Any other key in this section is a setting of that method, e.g. `r`, `lora_alpha`."""
 
+    init_from: str | None = None
+    """Continue training an existing adapter: a peftkit run or adapter folder, or a plain PEFT adapter folder.
+    The method and its settings are taken from the adapter (a different setting here is an error); a peftkit
+    adapter's base model, tokenizer, task and labels must match this recipe's. None: start a new adapter."""
+
     def settings(self) -> dict:
         """The method's own settings: every key but `name`."""
         return dict(self.model_extra or {})
@@ -82,6 +87,23 @@ class DataSpec(_Section):
 
     group_by_length: bool = True
     """Batch texts of similar length together (shuffled in chunks) so less compute goes to padding."""
+
+
+class EarlyStoppingSpec(_Section):
+    """Stop training when a validation metric has not improved for `patience` evaluations in a row."""
+
+    metric: str = "loss"
+    """The validation metric to watch: `loss`, or one of `eval.metrics` (classification), `perplexity` (causal
+    LM). `train.keep_best` keeps the best adapter by this metric too."""
+
+    mode: Literal["auto", "min", "max"] = "auto"
+    """Whether lower (`min`) or higher (`max`) is better. `auto`: min for loss and perplexity, max otherwise."""
+
+    patience: int = Field(3, gt=0)
+    """Evaluations in a row without improvement before training stops."""
+
+    min_delta: float = Field(0.0, ge=0)
+    """The smallest change that counts as an improvement."""
 
 
 class TrainSpec(_Section):
@@ -132,8 +154,16 @@ class TrainSpec(_Section):
     keep_checkpoints: int = Field(2, gt=0)
     """How many of the newest checkpoints to keep."""
 
+    early_stopping: EarlyStoppingSpec | None = None
+    """Stop when the validation metric stops improving (see its keys). Evaluations happen every `eval_every`
+    steps, or at the end of each epoch. None: train for the whole schedule."""
+
+    keep_best: bool = False
+    """Save the adapter from the best evaluation (by `early_stopping.metric`, else validation loss) instead of
+    the last step's; `metrics.json` and the adapter card say which step it was and its score."""
+
     output_dir: str | None = None
-    """Run folder. None: `runs/<recipe file name>`."""
+    """Run folder, relative to the current folder (not to the recipe file). None: `runs/<recipe file name>`."""
 
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory (not with prefix tuning)."""

@@ -386,6 +386,7 @@ def forward_split_sharded(
     )
     most = math.ceil(n / world)  # process 0's slice, the largest
     if math.ceil(len(mine) / batch_size) < math.ceil(most / batch_size):
+        kw.pop("progress", None)
         forward_split(model, ids[:1], labels[:1] if labels else None, task=task, batch_size=batch_size, **kw)
     weight = len(mine) if task == "classification" else sum(len(ids[i]) - 1 for i in mine)
     parts = gather_object([(mine, logits, loss, weight)])

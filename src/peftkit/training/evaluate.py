@@ -20,10 +20,11 @@ def evaluate_split(
     batch_size: int,
     accelerator,
     full: bool = False,
+    progress: str | None = None,
 ) -> dict:
     """Loss and metrics of `model` on `split` (each process evaluates a slice). Classification: the headline
     metrics (scalars), plus per-class scores and the confusion matrix when `full`; causal LM: loss and
-    perplexity."""
+    perplexity. `progress`: a progress bar with this label on the main process."""
     was_training = model.training
     model.eval()
     logits, loss = forward_split_sharded(
@@ -35,6 +36,7 @@ def evaluate_split(
         padding_side=tokenizer.padding_side,
         batch_size=batch_size,
         task=task,
+        progress=progress if accelerator.is_main_process else None,
     )
     model.train(was_training)
     if task != "classification":

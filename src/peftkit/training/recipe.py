@@ -20,15 +20,18 @@ from accelerate.utils import set_seed
 from peftkit import cpu
 from peftkit.adapters.bundle import save_adapter
 from peftkit.adapters.card import write_adapter_card
+from peftkit.adapters.init_from import continue_adapter
 from peftkit.data import balance
 from peftkit.data.prepare import tokenize_split
+from peftkit.errors import PeftkitError
 from peftkit.fileio import atomic_write_json
-from peftkit.inference.plots import write_run_plots
+from peftkit.inference.plots import read_log, write_run_plots
 from peftkit.methods.apply import apply_method
 from peftkit.models.load import load_model_and_tokenizer, load_tokenizer, tokenizer_hash
 from peftkit.models.quant import bnb_optimizer, prepare_quantized_for_training
 from peftkit.models.sources import content_hash
 from peftkit.recipe import Recipe, recipe_to_yaml
+from peftkit.training.best import BestTracker, trainable_weights
 from peftkit.training.checkpoints import restore_checkpoint, save_checkpoint
 from peftkit.training.distributed import (
     checkpoints_supported,
@@ -41,7 +44,7 @@ from peftkit.training.evaluate import evaluate_base, evaluate_split
 from peftkit.training.loop import TrainCallback, fit
 from peftkit.training.preflight import preflight
 from peftkit.training.run_folder import RunFolder
-from peftkit.training.run_log import RunLog
+from peftkit.training.run_log import LOG_FILE, RunLog
 
 
 def train(
@@ -130,7 +133,14 @@ def _train(
     )
     total_steps = tc.max_steps or max(1, math.ceil(steps_per_epoch * tc.epochs))
     set_seed(tc.seed)  # the same on every process: same initial adapter, same data order
-    model = _setup_model(recipe, checked.source, tokenizer, labels, dtype, accelerator.device, total_steps)
+    model = _setup_model(
+        recipe, checked.source, tokenizer, labels, dtype, accelerator.device, total_steps, checked.init_from
+    )
+    if tc.keep_best and not checkpoints_supported(accelerator, resume=False, save_every=None):
+        raise PeftkitError(
+            "train.keep_best: the best adapter is kept as whole trainable tensors, which sharded strategies "
+            "(FSDP, DeepSpeed) do not hold. Set train.keep_best: false, or use distributed.strategy: ddp."
+        )
 
     # 3. The run folder: locked, and written in NAME.partial beside it until the run has succeeded.
     run.open(accelerator)
@@ -154,7 +164,11 @@ def _train(
             process_index=accelerator.process_index,
         )
     run.begin(recipe_to_yaml(recipe))
+    tracker = _best_tracker(recipe, out, model, accelerator) if tc.keep_best or tc.early_stopping else None
+    if tracker is not None and resume:
+        tracker.resume(read_log(out / LOG_FILE), start_step)
     log = RunLog(out, tc.report_to, start_step, accelerator.is_main_process)
+    bar = "validation" if progress else None  # the label of evaluation progress bars (None: no bars)
     eval_kwargs = dict(
         task=rc.task,
         tokenizer=tokenizer,
@@ -164,7 +178,7 @@ def _train(
 
     def evaluate() -> dict:
         return evaluate_split(
-            model, data["validation"], labels=labels, metrics=recipe.eval.metrics, **eval_kwargs
+            model, data["validation"], labels=labels, metrics=recipe.eval.metrics, **eval_kwargs, progress=bar
         )
 
     def checkpoint(step: int) -> None:
@@ -194,28 +208,50 @@ def _train(
         log=log,
         evaluate=evaluate if len(data["validation"]) else None,
         checkpoint=checkpoint if can_checkpoint else None,
-        callbacks=callbacks,
+        callbacks=[*callbacks, tracker] if tracker else callbacks,
         progress=progress,
         class_weights=class_weights,
     )
 
-    # 5. Final evaluation, adapter, metrics, plots and card.
+    # 5. Final evaluation (of the best evaluation's weights with keep_best), adapter, metrics, plots and card.
+    def final(name: str) -> dict:
+        return evaluate_split(
+            model,
+            data[name],
+            labels=labels,
+            metrics=recipe.eval.metrics,
+            full=True,
+            **eval_kwargs,
+            progress=name if progress else None,
+        )
+
     # n: the training split after data.max_train_examples (the adapter card shows the run's own counts)
     results = {"train": {"n": len(data["train"]), **result.summary(log.last_loss)}}
     if class_weights is not None:
         results["train"]["class_weights"] = dict(
             zip(labels, (round(w, 4) for w in class_weights), strict=True)
         )
-    for name in ("validation", "test"):
-        if not len(data[name]) or (name == "test" and not evaluate_test):
-            continue
-        results[name] = evaluate_split(
-            model, data[name], labels=labels, metrics=recipe.eval.metrics, full=True, **eval_kwargs
-        )
-        if name == "validation":  # the eval curve's last point
-            log.log(result.step, {f"eval/{k}": v for k, v in results[name].items() if isinstance(v, float)})
-        if rc.task == "causal_lm":
-            results[name].update(evaluate_base(accelerator.unwrap_model(model), data[name], **eval_kwargs))
+    if len(data["validation"]):
+        results["validation"] = final("validation")
+        if tracker is None or tracker.last_step != result.step:  # an early stop evaluated this step already
+            scalars = {f"eval/{k}": v for k, v in results["validation"].items() if isinstance(v, float)}
+            log.log(result.step, scalars)  # the eval curve's last point
+            if tracker is not None:
+                tracker.observe(result.step, results["validation"], save=False)
+        if tracker is not None and tracker.keep and tracker.best.step != result.step:
+            accelerator.wait_for_everyone()  # the main process has written the best weights
+            tracker.restore(accelerator.unwrap_model(model))
+            results["validation"] = final("validation")  # the kept adapter's own numbers
+        if tracker is not None:
+            results["best"] = tracker.summary(result.step)
+    if len(data["test"]) and evaluate_test:
+        results["test"] = final("test")
+    if rc.task == "causal_lm":
+        for name in ("validation", "test"):
+            if name in results:
+                results[name].update(
+                    evaluate_base(accelerator.unwrap_model(model), data[name], **eval_kwargs)
+                )
     log.close()
     state_dict = accelerator.get_state_dict(
         model
@@ -227,6 +263,8 @@ def _train(
         atomic_write_json(out / "metrics.json", results)
         write_run_plots(out)
         write_adapter_card(out, final_dir=run.target)
+        if tracker is not None:
+            tracker.clean_up()  # the adapter now holds the best weights
 
     main_process_call(accelerator, write_outputs)
     run.commit()
@@ -247,9 +285,11 @@ def _class_weights(recipe: Recipe, labels, label_ids) -> list[float] | None:
     return balance.class_weights(recipe.train.class_weights, labels, label_ids)
 
 
-def _setup_model(recipe: Recipe, source, tokenizer, labels, dtype: str, device, total_steps: int):
+def _setup_model(
+    recipe: Recipe, source, tokenizer, labels, dtype: str, device, total_steps: int, init_from: Path | None
+):
     """The base model on `device`, prepared for a quantized base or gradient checkpointing, with the method on
-    top; on CPU, with the CPU fast path (`peftkit.cpu`)."""
+    top (a new adapter, or the one `init_from` continues); on CPU, with the CPU fast path (`peftkit.cpu`)."""
     rc, tc = recipe.model, recipe.train
     quantization = recipe.quantization.model_dump() if recipe.quantization else None
     model, _ = load_model_and_tokenizer(
@@ -267,16 +307,34 @@ def _setup_model(recipe: Recipe, source, tokenizer, labels, dtype: str, device, 
         model = prepare_quantized_for_training(model, gradient_checkpointing=tc.gradient_checkpointing)
     elif tc.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = apply_method(
-        model,
-        name=recipe.method.name,
-        settings=recipe.method.settings(),
-        task=rc.task,
-        total_steps=total_steps,
-    )
+    if init_from is not None:
+        model = continue_adapter(model, init_from)
+    else:
+        model = apply_method(
+            model,
+            name=recipe.method.name,
+            settings=recipe.method.settings(),
+            task=rc.task,
+            total_steps=total_steps,
+        )
     if device.type == "cpu":
         cpu.enable(model)
     return model
+
+
+def _best_tracker(recipe: Recipe, out: Path, model, accelerator) -> BestTracker:
+    """The tracker of the best validation result: early stopping's metric, else the validation loss."""
+    stopping = recipe.train.early_stopping
+    return BestTracker(
+        out,
+        metric=stopping.metric if stopping else "loss",
+        mode=stopping.mode if stopping else "auto",
+        patience=stopping.patience if stopping else None,
+        min_delta=stopping.min_delta if stopping else 0.0,
+        keep=recipe.train.keep_best,
+        weights=lambda: trainable_weights(accelerator.unwrap_model(model)),
+        on_main=lambda write: main_process_call(accelerator, write),
+    )
 
 
 def build_optimizer(model, name: str, learning_rate: float, weight_decay: float):
@@ -315,6 +373,7 @@ def _adapter_meta(recipe: Recipe, source, tokenizer, labels, model) -> dict:
         "labels": labels,
         "pooling": recipe.model.pooling,
         "method": recipe.method.name,
+        "init_from": recipe.method.init_from,
         "max_length": recipe.data.max_length,
         "data_card": recipe.data.card,
         "quantization": recipe.quantization.model_dump() if recipe.quantization else None,

@@ -198,7 +198,7 @@ def run_tune(
         space=space,
         metric=metric,
         budget=budget,
-        train_size=len(checked.splits["train"]),
+        train_size=checked.counts["train"],
         trials_dir=output / "trials",
     )
     if done < trials:
