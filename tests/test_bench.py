@@ -30,6 +30,7 @@ def bench(tiny_bert, tiny_card, tmp_path_factory):
     )
 
 
+@pytest.mark.integration
 def test_bench_json_rows_filled_and_plausible(bench):
     result = json.loads((bench / "bench.json").read_text())
     assert result["matmul_peak_flops"] > 1e8 and "6·N·T" in result["flop_formula"]
@@ -66,6 +67,7 @@ def test_bench_json_rows_filled_and_plausible(bench):
         )
 
 
+@pytest.mark.integration
 def test_bench_markdown_table(bench):
     md = (bench / "bench.md").read_text()
     table = [line for line in md.splitlines() if line.startswith("| ")]

@@ -83,6 +83,7 @@ def test_causal_lm_recipe_refuses_a_classification_card(tiny_gpt2, tiny_card, tm
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.integration
 def test_causal_lm_merge_is_proved_by_plain_transformers_and_export_refuses(lm_run, tmp_path, capsys):
     """A causal LM merges into a folder `AutoModelForCausalLM` reads with the same next-token logits (checked in a
     process without peftkit); ONNX export refuses it, saying why, before loading anything."""

@@ -52,6 +52,7 @@ def test_metrics_learned_the_signal(run):
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("schedule", [{"epochs": 2}, {"epochs": 1, "eval_every": 2}])
 def test_validation_once_per_point_and_not_in_the_training_time(
     schedule, tiny_bert, tiny_card, tmp_path, monkeypatch

@@ -49,6 +49,7 @@ def child_env(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
+@pytest.mark.integration
 def test_two_processes_match_one_and_resume(tmp_path, tiny_bert, tiny_card, child_env):
     # 51 training examples, global batch 8: the last batch has 3 (2 + 1 across processes), so the shard weighting
     # matters; 49 in the resume runs: the last batch has 1 and process 1 runs a weight-0 placeholder.

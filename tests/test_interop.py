@@ -24,6 +24,8 @@ from peftkit.methods.registry import get_method
 from peftkit.recipe import load_recipe
 from tests.helpers import hub_cache, train_shipped_tiny
 
+pytestmark = pytest.mark.integration  # each loader runs in a child process: tens of seconds
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {
     p.stem: p

@@ -148,6 +148,7 @@ def test_predict_cli_routes_each_line_to_its_adapter(runs, tmp_path, capsys):
     assert "expected NAME=PATH" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_merge_cli_writes_a_transformers_folder_proved_in_a_process_without_peftkit(runs, tmp_path, capsys):
     """The parity report is measured by plain transformers in a child process, not by peftkit against itself."""
     from transformers import AutoModelForSequenceClassification
@@ -166,6 +167,7 @@ def test_merge_cli_writes_a_transformers_folder_proved_in_a_process_without_peft
     assert not any("lora" in n for n, _ in model.named_parameters())
 
 
+@pytest.mark.integration
 def test_merge_of_quantized_trained_adapter_goes_to_full_precision(runs, tmp_path):
     report = merge_adapter(runs["qlora"], tmp_path / "merged", texts=TEXTS, progress=lambda m: None)
     assert report["merged_dtype"] == "float32"
@@ -202,6 +204,7 @@ def test_swap_refuses_adapter_for_another_base(runs, tiny_gpt2, tiny_card, tmp_p
     shutil.rmtree(other.parent)
 
 
+@pytest.mark.integration
 def test_serve_bench_prints_figures(runs, capsys):
     args = ["serve-bench", "--texts", "8"]
     for i in range(3):
@@ -214,6 +217,7 @@ def test_serve_bench_prints_figures(runs, capsys):
     assert "nothing to measure" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_routed_predict_in_a_fresh_process_loads_a_bottleneck_adapter_first(runs, tmp_path):
     """peftkit's own PEFT types must be registered before PEFT reads the adapter config (a fresh process has not
     imported them; in this test process something else already had)."""

@@ -67,9 +67,9 @@ def _inject(fault: str) -> None:
     elif name == "kill-in-adapter-save":
         bundle.check_adapter_weights = _kill_self
     elif name == "kill-in-merge":
-        import peftkit.inference.merge as merge
+        import peftkit.inference.parity as parity
 
-        merge._plain_load = _kill_self
+        parity.run_plain_loaders = _kill_self  # the merge's last step, after the folder was written
     elif name == "hold-at-checkpoint":
 
         def hold(*args, **kwargs):

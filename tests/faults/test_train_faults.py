@@ -101,6 +101,7 @@ def test_failed_overwrite_after_a_checkpoint_is_kept_resumable(old_run, make_rec
     assert json.loads((old_run / "run_status.json").read_text())["state"] == "complete"
 
 
+@pytest.mark.integration
 def test_disk_full_at_a_checkpoint_is_one_paragraph_and_resumable(
     old_run, reference_run, make_recipe, child, capsys
 ):
@@ -152,6 +153,7 @@ def test_disk_full_at_the_adapter_save(old_run, make_recipe, child):
     assert not (partial / "adapter").exists() and temporaries(partial) == []
 
 
+@pytest.mark.integration
 def test_kill_9_in_a_checkpoint_save_then_resume(tmp_path, reference_run, make_recipe, child, capsys):
     out = tmp_path / "runs" / "run"
     path = make_recipe(out)
@@ -302,7 +304,7 @@ def test_train_refuses_what_validate_refuses(old_run, make_recipe, tiny_card, tm
         card.write_text(text)
         path = make_recipe(old_run)
         path.write_text(path.read_text().replace(str(tiny_card), str(card)))
-        words = "the data no longer matches card 'tiny'"
+        words = "its counts (train 1, validation 2, test 3) are not what the data gives"
     else:
         path = make_recipe(old_run, eval={"metrics": ["accuracy", "acuracy"]})
         words = "acuracy"

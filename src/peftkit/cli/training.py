@@ -47,6 +47,7 @@ def register(sub) -> None:
 
 
 def cmd_train(args) -> int:
+    from peftkit.errors import PeftkitError
     from peftkit.quiet import MESSAGES_FILE, quiet_libraries
     from peftkit.recipe import load_recipe
     from peftkit.training.run_folder import staging_dir
@@ -57,16 +58,18 @@ def cmd_train(args) -> int:
     with quiet_libraries(args.verbose) as messages:
         recipe = load_recipe(args.recipe, args.overrides)
         out = Path(recipe.train.output_dir)
-        finished = False
-        try:
-            from peftkit.training.recipe import train
+        from peftkit.training.recipe import train
 
+        try:
             train(recipe, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
-            finished = True
-        finally:  # a failed run that can be resumed keeps what the libraries said, beside its checkpoint
-            folder = out if finished else staging_dir(out)
-            if main_process and folder.is_dir():
-                messages.write(folder / MESSAGES_FILE)
+        except PeftkitError:
+            raise  # a refusal (or a reported write failure) leaves every folder as it was
+        except BaseException:  # a run that can be resumed keeps what the libraries said beside its checkpoint
+            if main_process and staging_dir(out).is_dir():
+                messages.write(staging_dir(out) / MESSAGES_FILE)
+            raise
+        if main_process:
+            messages.write(out / MESSAGES_FILE)
     if main_process:
         print("\n".join(run_summary(out)))
     return 0

@@ -206,9 +206,8 @@ def _parse(card: DataCard, path: Path, data: bytes):
         elif fmt == "parquet":
             df = pd.read_parquet(buffer)
         else:
-            df = pd.read_json(
-                buffer, lines=fmt == "jsonl", compression=compression, dtype=False, convert_dates=False
-            )
+            # dtype=False: values stay as written (no numbers or dates guessed from label strings)
+            df = pd.read_json(buffer, lines=fmt == "jsonl", compression=compression, dtype=False)
     except Exception as exc:  # pandas raises many types (ParserError, ValueError, OSError, ...)
         line = first_bad_json_line(decompress(data, compression)) if fmt == "jsonl" else None
         where = f" (line {line[0]}: {line[1]})" if line else ""
