@@ -31,3 +31,13 @@ def test_readme_commands_exist():
         "bash scripts/install.sh && .venv/bin/peftkit train recipes/minilm-lora-rotten_tomatoes.yaml" in text
     )
     assert "bash scripts/install.sh --dev && .venv/bin/python -m pytest" in text
+
+
+def test_links_in_the_docs_name_files_that_exist():
+    import re
+
+    for doc in [README, ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if "://" in target:
+                continue
+            assert (doc.parent / target).exists(), f"{doc.name} links to {target}, which does not exist"

@@ -26,12 +26,10 @@ def runs(tiny_bert, tiny_card, tmp_path_factory):
         name="three",
         labels=("neg", "pos", "meh"),
     )
-    runs = {}
-    if _has_bottleneck():  # issue 3's bottleneck adapters (Pfeiffer layout), once merged
-        runs["bottleneck"] = train_tiny(
+    return {
+        "bottleneck": train_tiny(  # a bottleneck adapter (Pfeiffer layout)
             tmp, "bottleneck", model=tiny_bert, card=tiny_card, epochs=1, method={"name": "pfeiffer"}
-        )
-    return runs | {
+        ),
         "lora": train_tiny(tmp, "lora", model=tiny_bert, card=tiny_card),
         "prefix": train_tiny(
             tmp,
@@ -68,25 +66,6 @@ def _logits(loaded, texts=TEXTS):
     return logits
 
 
-def _has_bottleneck() -> bool:
-    try:
-        import peftkit.methods.bottleneck  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _bottleneck_row():
-    if _has_bottleneck():
-        return "bottleneck"
-    return pytest.param(
-        "bottleneck",
-        marks=pytest.mark.skip(
-            reason="BOTTLENECK ROW: peftkit.methods.bottleneck (issue 3) is not in this branch yet"
-        ),
-    )
-
-
 def test_swap_gives_each_adapter_its_own_logits_exactly(runs):
     adapters = AdapterSet()
     for name in ("lora", "prefix", "lora3"):
@@ -104,7 +83,7 @@ def test_swap_gives_each_adapter_its_own_logits_exactly(runs):
     assert len(set().union(*ptrs)) == 1
 
 
-@pytest.mark.parametrize("kind", ["prefix", "lora3", _bottleneck_row()])
+@pytest.mark.parametrize("kind", ["prefix", "lora3", "bottleneck"])
 def test_swap_pairs_with_lora(runs, kind):
     adapters = AdapterSet()
     adapters.add("a", runs["lora"])

@@ -173,14 +173,7 @@ def main() -> int:
         check("bf16 --processes 1 --resume", code == 0, f"{secs:.1f}s" if code == 0 else why(out))
 
     # 2. 4-bit: placement on the process's own device, then training.
-    try:
-        import peftkit.models.quant  # noqa: F401
-
-        have_quant = True
-    except ImportError:
-        have_quant = False
-    check("peftkit.models.quant present (issue 5 merged)", have_quant, required=not DRY)
-    if have_quant and not DRY:
+    if not DRY:
         from peftkit.models.load import load_base_model
         from peftkit.models.sources import resolve_source
 

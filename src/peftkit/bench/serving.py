@@ -6,7 +6,6 @@
 - resident memory with 1 vs N adapters on one base;
 - optionally QLoRA vs fp32 LoRA training (accuracy, peak RSS, examples/s), each recipe in its own process so
   its peak RSS is its own.
-Targets (issue 5): swap ≤ 5 ms; adapter-active ≤ 1.15× base; merged = base; QLoRA accuracy ≥ LoRA − 0.5 pt.
 """
 
 from __future__ import annotations
