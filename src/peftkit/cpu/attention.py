@@ -145,6 +145,12 @@ def _function():
     return CpuAttention
 
 
+def _qkv_args(q, k, v) -> tuple:
+    """The arguments both attention kernels begin with: q, k, v, their sizes (B, H, Sq, Sk, D) and strides."""
+    (b, h, sq, d), sk = q.shape, k.shape[2]
+    return (q.data_ptr(), k.data_ptr(), v.data_ptr(), b, h, sq, sk, d, _strides(q), _strides(k), _strides(v))
+
+
 def _strides(t):
     """Batch, head and position strides of a (B, H, S, D) view whose last dimension is contiguous."""
     from peftkit.cpu.kernels import strides
@@ -172,17 +178,7 @@ def _kernel_forward(ctx, q, k, v, mask, scale, p):
     if mask is not None:
         expect("attn_forward", "mask", mask, (b, 1, sq, sk), contiguous=False)
     kernels().attn_forward(
-        q.data_ptr(),
-        k.data_ptr(),
-        v.data_ptr(),
-        b,
-        h,
-        sq,
-        sk,
-        d,
-        _strides(q),
-        _strides(k),
-        _strides(v),
+        *_qkv_args(q, k, v),
         None if mask is None else mask.data_ptr(),
         strides(*ms),
         scale,
@@ -205,17 +201,7 @@ def _kernel_backward(ctx, grad):
     dq, dk, dv = g.new_empty(b, sq, h, d), g.new_empty(b, sk, h, d), g.new_empty(b, sk, h, d)
     _check_attention("attn_backward", q, k, v, probs, g)
     kernels().attn_backward(
-        q.data_ptr(),
-        k.data_ptr(),
-        v.data_ptr(),
-        b,
-        h,
-        sq,
-        sk,
-        d,
-        _strides(q),
-        _strides(k),
-        _strides(v),
+        *_qkv_args(q, k, v),
         probs.data_ptr(),
         g.data_ptr(),
         ctx.scale,

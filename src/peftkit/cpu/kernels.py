@@ -48,6 +48,25 @@ def forget_loaded() -> None:
     _load.cache_clear()
 
 
+# The C functions' arguments, one letter each (csrc/*.h): p pointer, s pointer to int64 strides, i int64,
+# c int, u uint32, f float.
+_CTYPES = {
+    "p": ctypes.c_void_p,
+    "s": ctypes.POINTER(ctypes.c_int64),
+    "i": ctypes.c_int64,
+    "c": ctypes.c_int,
+    "u": ctypes.c_uint32,
+    "f": ctypes.c_float,
+}
+_SIGNATURES = {
+    "mask_apply": "p p i u u u f",
+    "lora_forward": "p i i p i p c u u u f p i p p f p",
+    "lora_backward": "p p i i i p p p i f p p p c u u u f p",
+    "attn_forward": "p p p i i i i i s s s p s f p p c u u u f",
+    "attn_backward": "p p p i i i i i s s s p p f p p p c u u u f",
+}
+
+
 @functools.cache
 def _load():
     import torch  # noqa: F401  (loaded first: the kernels then share torch's libgomp and its thread pool)
@@ -57,97 +76,9 @@ def _load():
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError):
         return None
-    i64, u32, f32, ptr = ctypes.c_int64, ctypes.c_uint32, ctypes.c_float, ctypes.c_void_p
-    lib.mask_apply.argtypes = [ptr, ptr, i64, u32, u32, u32, f32]
-    lib.lora_forward.argtypes = [
-        ptr,
-        i64,
-        i64,
-        ptr,
-        i64,
-        ptr,
-        ctypes.c_int,
-        u32,
-        u32,
-        u32,
-        f32,
-        ptr,
-        i64,
-        ptr,
-        ptr,
-        f32,
-        ptr,
-    ]
-    lib.lora_backward.argtypes = [
-        ptr,
-        ptr,
-        i64,
-        i64,
-        i64,
-        ptr,
-        ptr,
-        ptr,
-        i64,
-        f32,
-        ptr,
-        ptr,
-        ptr,
-        ctypes.c_int,
-        u32,
-        u32,
-        u32,
-        f32,
-        ptr,
-    ]
-    strides = ctypes.POINTER(ctypes.c_int64)
-    lib.attn_forward.argtypes = [
-        ptr,
-        ptr,
-        ptr,
-        i64,
-        i64,
-        i64,
-        i64,
-        i64,
-        strides,
-        strides,
-        strides,
-        ptr,
-        strides,
-        f32,
-        ptr,
-        ptr,
-        ctypes.c_int,
-        u32,
-        u32,
-        u32,
-        f32,
-    ]
-    lib.attn_backward.argtypes = [
-        ptr,
-        ptr,
-        ptr,
-        i64,
-        i64,
-        i64,
-        i64,
-        i64,
-        strides,
-        strides,
-        strides,
-        ptr,
-        ptr,
-        f32,
-        ptr,
-        ptr,
-        ptr,
-        ctypes.c_int,
-        u32,
-        u32,
-        u32,
-        f32,
-    ]
-    for fn in (lib.mask_apply, lib.lora_forward, lib.lora_backward, lib.attn_forward, lib.attn_backward):
+    for name, signature in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes = [_CTYPES[code] for code in signature.split()]
         fn.restype = None
     return lib
 

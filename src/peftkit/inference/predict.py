@@ -44,8 +44,6 @@ def predict_texts(
     import torch
 
     from peftkit.adapters.bundle import load_adapter
-    from peftkit.data.prepare import tokenize_texts
-    from peftkit.inference.forward import forward_split
 
     loaded = loaded or load_adapter(
         adapter, allow_unverified=allow_unverified, labels=labels, base_source=base_source
@@ -55,16 +53,9 @@ def predict_texts(
             f"predict: adapter '{adapter}' is a {loaded.meta['task']} adapter; predict needs a "
             f"classification adapter (use `peftkit generate` for causal LM)."
         )
-    tok = loaded.tokenizer
-    ids = tokenize_texts(tok, texts, loaded.meta.get("max_length", 512))
-    logits, _ = forward_split(
-        loaded.model,
-        ids,
-        None,
-        pad_token_id=tok.pad_token_id,
-        padding_side=tok.padding_side,
-        batch_size=batch_size,
-    )
+    from peftkit.inference.parity import reference_logits
+
+    logits = reference_logits(loaded, texts, batch_size=batch_size)
     probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
     labels = loaded.labels
     mark = {} if loaded.verified else {"unverified": True}
