@@ -91,7 +91,8 @@ def check_adapter_weights(adapter_dir: Path) -> dict:
     tensors = {k: v for f in files for k, v in load_file(str(f)).items()}
     empty = [k for k, v in tensors.items() if v.numel() == 0]
     bad = [k for k, v in tensors.items() if v.numel() and not bool(torch.isfinite(v.float()).all())]
-    norm = float(torch.sqrt(sum((v.float() ** 2).sum() for v in tensors.values()))) if tensors else 0.0
+    squares = sum(((v.float() ** 2).sum() for v in tensors.values()), torch.tensor(0.0, dtype=torch.float32))
+    norm = float(torch.sqrt(squares)) if tensors else 0.0
     problem = (
         "no adapter tensors at all"
         if not tensors
@@ -191,7 +192,7 @@ def safetensors_shapes(path: Path) -> dict[str, list[int]]:
 def check_consistency(adapter_dir: Path, meta: dict, shapes: dict[str, list[int]]) -> None:
     """The metadata's task and label count must agree with the adapter's own config and head weights."""
     config = read_adapter_config(adapter_dir)
-    task_type = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}.get(meta.get("task"))
+    task_type = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}.get(meta.get("task", ""))
     if config.get("task_type") and task_type and config["task_type"] != task_type:
         raise PeftkitError(
             f"adapter '{adapter_dir}': task does not match: expected {task_type} (task '{meta['task']}' in "
@@ -333,6 +334,7 @@ def load_adapter(
             base_source=base_source,
         )
         note_unverified(adapter_dir, meta)
+    assert meta is not None  # is_verifiable(None) is False, so missing metadata was filled in just above
     check_expected(adapter_dir, meta, task=task, labels=labels)
     source = resolve_source(base_source or meta["base_model"]["source"])
     cache_dir = meta["base_model"].get("cache_dir")

@@ -57,6 +57,7 @@ def check_method_for_model(
     peft_config = build_peft_config(name, settings, task=task, model_type=config.model_type)
     targets = getattr(peft_config, "target_modules", None)
     if targets:
+        assert entry is not None  # only full fine-tuning has no entry, and it builds no PEFT config
         _check_targets(entry, targets, model_skeleton(config, task), config.model_type)
     return peft_config
 
@@ -73,9 +74,13 @@ def _check_ranges(name: str, settings: dict, config) -> None:
     selected = [selected] if isinstance(selected, int) else selected or []
     bad = [i for i in selected if not isinstance(i, int) or i < 0 or (layers and i >= layers)]
     if bad:
+        # without a layer count (no num_hidden_layers / n_layer) only negative or non-integer indices are bad
+        fix = (
+            f", which has layers 0–{layers - 1}. Pick indices in that range" if layers else ". Use 0 or more"
+        )
         raise PeftkitError(
             f"method.layers_to_transform: {bad} {'is' if len(bad) == 1 else 'are'} not layers of this "
-            f"model, which has layers 0–{layers - 1}. Pick indices in that range."
+            f"model{fix}."
         )
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
     if hidden is None:

@@ -133,10 +133,20 @@ LINEAR_TARGETS = {
 }
 # LayerNorm tuning where PEFT has no default for the architecture.
 LAYERNORM_TARGETS = {"bert": ["LayerNorm"], "roberta": ["LayerNorm"], "gpt2": ["ln_1", "ln_2", "ln_f"]}
+
+
+class _LoraShared(typing.TypedDict):
+    """The `MethodEntry` fields the LoRA presets share."""
+
+    targets: dict[str, list[str]]
+    conv1d: bool
+    defaults: Callable[[dict, int | None], None]
+
+
 # Methods without an entry here keep PEFT's own per-architecture defaults, which follow their papers (IA3: keys,
 # values and the feed-forward output). Conv1D support was probed on peft 0.21.2 (tests/methods/test_checks.py
 # re-probes a few against PEFT itself).
-_LORA = dict(targets=LINEAR_TARGETS, conv1d=True, defaults=_lora_defaults)
+_LORA: _LoraShared = {"targets": LINEAR_TARGETS, "conv1d": True, "defaults": _lora_defaults}
 for _entry in (
     MethodEntry("lora", "LORA", "Low-rank adaptation (Hu et al. 2021).", **_LORA),
     MethodEntry(

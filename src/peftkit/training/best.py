@@ -116,6 +116,7 @@ class BestTracker(TrainCallback):
     def _save(self, step: int) -> None:
         from safetensors.torch import save_file
 
+        assert self.best is not None  # saved only when an evaluation was a new best
         with atomic_dir(self._folder(step)) as tmp:
             save_file(self.weights(), str(tmp / WEIGHTS_FILE))
             (tmp / "best.json").write_text(json.dumps({"step": step, self.metric: self.best.value}) + "\n")
@@ -132,6 +133,7 @@ class BestTracker(TrainCallback):
         import torch
         from safetensors.torch import load_file
 
+        assert self.best is not None, "restore needs an observed evaluation"
         path = self._folder(self.best.step) / WEIGHTS_FILE
         if not path.is_file():
             raise PeftkitError(
@@ -145,6 +147,7 @@ class BestTracker(TrainCallback):
 
     def summary(self, last_step: int) -> dict:
         """The `best` block of metrics.json: which evaluation was best, and whether its adapter was kept."""
+        assert self.best is not None, "summary needs an observed evaluation"
         return {
             "metric": self.metric,
             "mode": self.mode,

@@ -58,9 +58,10 @@ def resolved_strategy(strategy: str, accelerate_config: dict | None = None, env=
     env = os.environ if env is None else env
     if strategy != "auto":
         return strategy
-    kind = _CONFIG_TYPES.get(str((accelerate_config or {}).get("distributed_type", "")).upper())
+    config = accelerate_config or {}
+    kind = _CONFIG_TYPES.get(str(config.get("distributed_type", "")).upper())
     if kind == "deepspeed":
-        stage = (accelerate_config.get("deepspeed_config") or {}).get("zero_stage", 2)
+        stage = (config.get("deepspeed_config") or {}).get("zero_stage", 2)
         return f"deepspeed_zero{3 if int(stage) == 3 else 2}"
     if kind:
         return kind
@@ -406,7 +407,7 @@ def local_rng_state() -> dict:
     """This process's RNG state (torch CPU, and CUDA when present)."""
     import torch
 
-    rng = {"cpu": torch.get_rng_state()}
+    rng: dict[str, torch.Tensor | list[torch.Tensor]] = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return rng

@@ -41,6 +41,7 @@ def evaluate_split(
     model.train(was_training)
     if task != "classification":
         return {"loss": loss, "perplexity": math.exp(min(loss, 50))}
+    assert labels is not None  # a classification run always has its label names
     result = classification_metrics(split.labels, logits.argmax(-1), labels, metrics)
     result["loss"] = loss
     return result if full else {k: v for k, v in result.items() if isinstance(v, float)}

@@ -103,6 +103,7 @@ def fit(
     def validate() -> None:
         nonlocal eval_seconds
         started = time.perf_counter()
+        assert evaluate is not None  # validate runs only when fit was given `evaluate`
         metrics = evaluate()
         log.log(step, {f"eval/{k}": v for k, v in metrics.items()})
         eval_seconds += time.perf_counter() - started
@@ -115,7 +116,7 @@ def fit(
             epoch, offset = divmod(step, steps_per_epoch)
             steps = _epoch_steps(data, settings, group_by_length, epoch, accelerator, class_weights)
             for micro_batches in steps[offset:]:
-                loss, n_examples, n_tokens = _step(
+                step_loss, n_examples, n_tokens = _step(
                     model, optimizer, accelerator, data, micro_batches, pad_token_id, padding_side, weights
                 )
                 if settings.max_grad_norm:
@@ -129,7 +130,7 @@ def fit(
                 logged = step % settings.log_every == 0 or step == total_steps
                 # The loss stays on the device between log steps: reading it is a host sync that would stall a GPU
                 # every step (the Trainer's logging_steps does the same).
-                loss = loss.item() if logged or callbacks else loss
+                loss = step_loss.item() if logged or callbacks else step_loss
                 if logged:
                     bar.set_postfix(loss=f"{loss:.4f}")
                     log.log(step, {"loss": loss, "lr": scheduler.get_last_lr()[0]})
@@ -139,8 +140,8 @@ def fit(
                     validate()
                 if checkpoint and settings.save_every and step % settings.save_every == 0:
                     checkpoint(step)
-                for callback in callbacks:
-                    callback.on_step(step, loss)
+                for callback in callbacks:  # with callbacks the loss was read above: float() keeps it as is
+                    callback.on_step(step, float(loss))
                 if step >= total_steps:
                     break
             else:  # an epoch ended before the last step (the last epoch's `break` skips this)
@@ -174,6 +175,8 @@ def _epoch_steps(
     # What each example counts in the model's mean loss: 1 (classification), its class weight (a class-weighted
     # mean divides by the batch's summed weights), or (causal LM) its target tokens after the shift.
     if class_weights is not None:
+        # class weights exist only for classification, whose splits have labels
+        assert data.labels is not None
         sizes = [class_weights[label] for label in data.labels]
     elif data.labels is not None:
         sizes = [1] * len(data)
@@ -215,5 +218,5 @@ def adalora_update(model, step: int) -> None:
     """AdaLoRA reallocates ranks after the optimizer step, while the gradients still exist (PEFT's order: a mask
     applied before the step would be undone by it, and the saved adapter would then differ from the trained one)."""
     base = getattr(model, "base_model", None)
-    if hasattr(base, "update_and_allocate"):
+    if base is not None and hasattr(base, "update_and_allocate"):
         base.update_and_allocate(step)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from peftkit.adapters.bundle import resolve_adapter_dir
 from peftkit.data.balance import check_class_weights
@@ -26,6 +27,9 @@ from peftkit.models.sources import ModelSource, resolve_source
 from peftkit.recipe import Recipe
 from peftkit.recipe.load import check_recipe_method
 from peftkit.training.run_folder import STAGING_SUFFIX, check_can_write
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SPLITS = ("train", "validation", "test")
 
@@ -41,7 +45,7 @@ class Preflight:
     counts: dict[str, int]
     source: ModelSource
     config: object | None
-    tokenizer: object | None
+    tokenizer: PreTrainedTokenizerBase | None
     init_from: Path | None = None
     """The adapter folder `method.init_from` names, checked (None: a new adapter)."""
     remembered: tuple[str, ...] = ()
@@ -64,6 +68,7 @@ def preflight(
     from peftkit.training import preflight_memo as memo
 
     rc, tc = recipe.model, recipe.train
+    assert tc.output_dir is not None  # load_recipe sets it (runs/<recipe file stem>)
     check_output_dir(Path(tc.output_dir), overwrite=overwrite, resume=resume, training=training)
     check_report_to(tc.report_to)
     card = load_card(recipe.data.card)
@@ -71,8 +76,12 @@ def preflight(
     check_class_weights(tc.class_weights, card.labels, rc.task)
     data_key = memo.data_key(card, verify_checksum(card))
     known = memo.recall(data_key) if use_memo else None
-    splits = None if known else load_columns(card)
-    counts = {name: known["counts"][name] if known else len(splits[name]["text"]) for name in SPLITS}
+    splits: dict[str, dict[str, list]] | None
+    if known:
+        splits, counts = None, {name: known["counts"][name] for name in SPLITS}
+    else:
+        splits = load_columns(card)
+        counts = {name: len(splits[name]["text"]) for name in SPLITS}
     check_counts(card, counts)
     if not counts["train"]:
         raise PeftkitError(
@@ -145,6 +154,7 @@ def check_continued_adapter(recipe: Recipe, source: ModelSource, tokenizer, card
     from peftkit.models.sources import content_hash
 
     method = recipe.method
+    assert method.init_from is not None  # called only for a recipe that continues an adapter
     adapter_dir, name = check_init_from(
         method.init_from,
         method_name=method.name if "name" in method.model_fields_set else None,

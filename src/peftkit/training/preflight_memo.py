@@ -44,6 +44,7 @@ def model_key(recipe: Recipe, card: DataCard, source: ModelSource) -> str | None
     """The memo key of the model and method checks; None for a hub source."""
     if source.kind == "hub":
         return None
+    assert source.path is not None  # every source kind but the hub resolves to a local path
     files = [source.path] if source.path.is_file() else _plain_files(source.path)
     adapter = Path(recipe.method.init_from) if recipe.method.init_from else None
     if adapter is not None and (adapter / "adapter").is_dir():

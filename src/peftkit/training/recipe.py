@@ -64,6 +64,7 @@ def train(
     (`training.run_folder.RunFolder.abort`). `evaluate_test=False` leaves the test split alone (hyperparameter
     search must not look at it).
     """
+    assert recipe.train.output_dir is not None  # load_recipe sets it (runs/<recipe file stem>)
     run = RunFolder(
         Path(recipe.train.output_dir), overwrite=overwrite, resume=resume, save_every=recipe.train.save_every
     )
@@ -101,6 +102,7 @@ def _train(
     # 1. Checks (the run folder, its lock and any checkpoint to resume included), and the data and tokenizer they
     # loaded. Nothing is written before they have all passed.
     checked = preflight(recipe, overwrite=overwrite, resume=resume)
+    assert checked.splits is not None  # without the memo, preflight loads every split
     tokenizer = checked.tokenizer or load_tokenizer(checked.source, rc.cache_dir)
     limits = {"train": recipe.data.max_train_examples, "validation": recipe.data.max_eval_examples}
     limits["test"] = recipe.data.max_test_examples
@@ -228,6 +230,7 @@ def _train(
     # n: the training split after data.max_train_examples (the adapter card shows the run's own counts)
     results = {"train": {"n": len(data["train"]), **result.summary(log.last_loss)}}
     if class_weights is not None:
+        assert labels is not None  # class weights come from the label names (`_class_weights`)
         results["train"]["class_weights"] = dict(
             zip(labels, (round(w, 4) for w in class_weights), strict=True)
         )
@@ -238,11 +241,12 @@ def _train(
             log.log(result.step, scalars)  # the eval curve's last point
             if tracker is not None:
                 tracker.observe(result.step, results["validation"], save=False)
-        if tracker is not None and tracker.keep and tracker.best.step != result.step:
-            accelerator.wait_for_everyone()  # the main process has written the best weights
-            tracker.restore(accelerator.unwrap_model(model))
-            results["validation"] = final("validation")  # the kept adapter's own numbers
         if tracker is not None:
+            assert tracker.best is not None  # the final evaluation was observed (above, or by an early stop)
+            if tracker.keep and tracker.best.step != result.step:
+                accelerator.wait_for_everyone()  # the main process has written the best weights
+                tracker.restore(accelerator.unwrap_model(model))
+                results["validation"] = final("validation")  # the kept adapter's own numbers
             results["best"] = tracker.summary(result.step)
     if len(data["test"]) and evaluate_test:
         results["test"] = final("test")

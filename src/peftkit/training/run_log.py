@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 from peftkit.fileio import atomic_write_text
 
@@ -16,7 +17,7 @@ class RunLog:
 
     def __init__(self, out: Path, report_to: str, start_step: int, active: bool):
         self.active, self.path, self.last_loss = active, out / LOG_FILE, None
-        self.writer = None
+        self.writer: Any = None  # a tensorboard SummaryWriter or a wandb run (untyped here)
         if not active:
             return
         # A resumed run drops log lines written after its checkpoint, so the log reads like one run.

@@ -10,6 +10,8 @@ The up-projection starts at zero, so a fresh adapter is the identity and the mod
 
 from __future__ import annotations
 
+from typing import Protocol, TypeGuard, cast
+
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
@@ -80,7 +82,8 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
     def _branch(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        down, up = self.bottleneck_down[name], self.bottleneck_up[name]
+        # update_layer puts only nn.Linear in these ModuleDicts (typed as holding any nn.Module)
+        down, up = cast(nn.Linear, self.bottleneck_down[name]), cast(nn.Linear, self.bottleneck_up[name])
         h = ACTIVATIONS[self.bottleneck_act[name]]()(down(x.to(down.weight.dtype)))
         return (up(h) * self.bottleneck_scaling[name]).to(x.dtype)
 
@@ -123,5 +126,13 @@ def refuse_merge():
     raise PeftkitError(merge_refusal_reason("bottleneck"))
 
 
-def _is_bert_output(module: nn.Module) -> bool:
+class _BertOutputLike(Protocol):
+    """transformers' BertOutput (and its RoBERTa copies): dense → dropout, + residual, → LayerNorm."""
+
+    dense: nn.Module
+    dropout: nn.Module
+    LayerNorm: nn.Module
+
+
+def _is_bert_output(module: nn.Module) -> TypeGuard[_BertOutputLike]:
     return all(hasattr(module, a) for a in ("dense", "dropout", "LayerNorm"))

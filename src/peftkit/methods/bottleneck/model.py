@@ -40,9 +40,9 @@ _FAMILY = {
 _PLACES = {"houlsby": ("attn", "ffn"), "pfeiffer": ("ffn",), "parallel": ("ffn_block",)}
 
 
-def default_targets(variant: str, model_type: str, layers: list[int] | None = None) -> str | None:
+def default_targets(variant: str, model_type: str | None, layers: list[int] | None = None) -> str | None:
     """The target regex for `variant` on `model_type`, or None for an architecture peftkit has no map for."""
-    family = _FAMILY.get(model_type)
+    family = _FAMILY.get(model_type) if model_type is not None else None
     if family is None:
         return None
     idx = r"\d+" if layers is None else "(" + "|".join(str(i) for i in layers) + ")"

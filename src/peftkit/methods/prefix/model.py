@@ -23,11 +23,15 @@ import inspect
 import json
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from peftkit.errors import PeftkitError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # Modules PEFT trains and saves in full for sequence classification (PeftModelForSequenceClassification).
 HEADS = ("classifier", "score")
@@ -99,7 +103,7 @@ class PrefixTuningClassifier(nn.Module):
     """A transformers `*ForSequenceClassification` model with learned key/value prefixes; only the prefixes and
     the head (plus any `modules_to_save`) train. Called like the model it wraps."""
 
-    def __init__(self, model: nn.Module, config):
+    def __init__(self, model: PreTrainedModel, config):
         super().__init__()
         fill_model_shape(config, model.config)
         config.base_model_name_or_path = getattr(model.config, "name_or_path", None)
@@ -207,12 +211,12 @@ class PrefixTuningClassifier(nn.Module):
         save_file(self.adapter_state(state_dict), str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
 
 
-def apply(model: nn.Module, config) -> PrefixTuningClassifier:
+def apply(model: PreTrainedModel, config) -> PrefixTuningClassifier:
     """Prefix tuning on `model` (a `*ForSequenceClassification`) with PEFT's `PrefixTuningConfig` `config`."""
     return PrefixTuningClassifier(model, config)
 
 
-def load(model: nn.Module, adapter_dir: Path) -> PrefixTuningClassifier:
+def load(model: PreTrainedModel, adapter_dir: Path) -> PrefixTuningClassifier:
     """`model` with the prefix-tuning adapter saved in `adapter_dir` (by peftkit or by PEFT), in eval mode."""
     from safetensors.torch import load_file
 
@@ -236,7 +240,8 @@ def load(model: nn.Module, adapter_dir: Path) -> PrefixTuningClassifier:
         )
     try:
         with torch.no_grad():
-            wrapped.prompt_encoder["default"].embedding.weight.copy_(tensors.pop("prompt_embeddings"))
+            encoder = cast(PrefixEncoder, wrapped.prompt_encoder["default"])  # the only module it holds
+            encoder.embedding.weight.copy_(tensors.pop("prompt_embeddings"))
             wrapped.base_model.load_state_dict(
                 {k.removeprefix("base_model."): v for k, v in tensors.items()}, strict=False
             )
