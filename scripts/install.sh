@@ -19,7 +19,9 @@ pip="$venv/bin/pip"
 "$pip" install -q ${constraints[@]+"${constraints[@]}"} -e ".${extras}"
 "$pip" install -q --no-deps -r requirements-assets.txt
 # Build the CPU kernels now (about a second with the system C compiler) rather than in the first training run.
-echo "peftkit installed in $venv ($("$venv/bin/python" -c 'import peftkit, torch, transformers, peft
+# (logging off: bitsandbytes, imported by peft, warns at import about optional kernels it cannot fetch offline)
+echo "peftkit installed in $venv ($("$venv/bin/python" -c 'import logging; logging.disable(logging.WARNING)
+import peftkit, torch, transformers, peft
 from peftkit.cpu.kernels import kernels
 print("peftkit", peftkit.__version__, "torch", torch.__version__, "transformers", transformers.__version__,
       "peft", peft.__version__, "- CPU kernels:",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from peftkit.cli import add_verbose
 from peftkit.errors import PeftkitError
 
 PRUNERS = ("median", "halving", "none")  # tune.study.PRUNERS, without importing it for --help
@@ -50,6 +51,7 @@ def register(sub) -> None:
         default="median",
         help="stop trials that fall behind at an in-loop validation (default: %(default)s)",
     )
+    add_verbose(t)
     t.set_defaults(handler=cmd_tune)
 
 
@@ -60,6 +62,7 @@ def cmd_tune(args) -> int:
         raise PeftkitError(
             "peftkit tune needs Optuna, which is not installed. Install the extra: pip install 'peftkit[tune]'."
         ) from None
+    from peftkit.quiet import MESSAGES_FILE, quiet_libraries
     from peftkit.tune.report import write_report
     from peftkit.tune.space import build_space
     from peftkit.tune.study import run_tune
@@ -72,18 +75,23 @@ def cmd_tune(args) -> int:
     output = Path(args.output or Path("tune") / name)
     storage = args.storage or f"sqlite:///{output / 'study.db'}"
     space = build_space(args.recipe, args.overrides, args.space)
-    study = run_tune(
-        args.recipe,
-        overrides=args.overrides,
-        trials=args.trials,
-        budget=args.budget,
-        space=space,
-        metric=args.metric,
-        output=output,
-        storage_url=storage,
-        study_name=name,
-        pruner=args.pruner,
-    )
+    with quiet_libraries(args.verbose) as messages:  # the libraries' messages go to the study folder
+        try:
+            study = run_tune(
+                args.recipe,
+                overrides=args.overrides,
+                trials=args.trials,
+                budget=args.budget,
+                space=space,
+                metric=args.metric,
+                output=output,
+                storage_url=storage,
+                study_name=name,
+                pruner=args.pruner,
+            )
+        finally:
+            if output.is_dir():
+                messages.write(output / MESSAGES_FILE)
     summary = write_report(
         study,
         output,
