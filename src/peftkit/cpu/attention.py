@@ -169,9 +169,8 @@ def _kernel_forward(ctx, q, k, v, mask, scale, p):
     if mask is not None:
         if mask.dtype == torch.bool:  # SDPA's convention: True takes part
             mask = torch.zeros(mask.shape).masked_fill_(mask.logical_not(), torch.finfo(torch.float32).min)
-        mask = mask.to(torch.float32).expand(
-            b, 1, sq, sk
-        )  # the kernel reads float32; broadcast dims: stride 0
+        # the kernel reads float32; broadcast dims: stride 0
+        mask = mask.to(torch.float32).expand(b, 1, sq, sk)
     probs, out = q.new_empty(b, h, sq, sk), q.new_empty(b, sq, h, d)
     ms = (0, 0, 0) if mask is None else (mask.stride(0), mask.stride(2), mask.stride(3))
     _check_attention("attn_forward", q, k, v, probs, out)

@@ -111,9 +111,8 @@ def _build() -> Path:
         subprocess.run(
             [compiler, *_FLAGS, *sources, "-o", tmp, "-lm"], check=True, capture_output=True, timeout=120
         )
-        os.replace(
-            tmp, target
-        )  # atomic: a concurrent build or an interrupted one never leaves a partial library
+        # atomic: a concurrent build or an interrupted one never leaves a partial library
+        os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

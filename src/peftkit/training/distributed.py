@@ -321,9 +321,8 @@ def configure_deepspeed(
     ds["train_micro_batch_size_per_gpu"] = batch_size
     ds["train_batch_size"] = batch_size * world
     ds["gradient_accumulation_steps"] = 1
-    ds["gradient_clipping"] = float(
-        max_grad_norm or 0.0
-    )  # DeepSpeed clips inside its step, not clip_grad_norm_
+    # DeepSpeed clips inside its step, not clip_grad_norm_
+    ds["gradient_clipping"] = float(max_grad_norm or 0.0)
     # A plain torch optimizer: DeepSpeed's fused / CPU Adam would need compiling (nvcc) and change the numbers.
     ds["zero_force_ds_cpu_optimizer"] = False
     zero = ds.setdefault("zero_optimization", {})

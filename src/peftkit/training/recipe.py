@@ -152,9 +152,7 @@ def _train(
     optimizer = build_optimizer(model, tc.optimizer, tc.learning_rate, tc.weight_decay)
     scheduler = build_scheduler(optimizer, tc.lr_scheduler, tc.warmup_ratio, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    if (
-        accelerator.num_processes > 1
-    ):  # same initial weights above; from here each process draws its own dropout
+    if accelerator.num_processes > 1:  # same initial weights above; from here each its own dropout
         set_seed(tc.seed + accelerator.process_index)
     start_step = 0
     if resume:
@@ -257,9 +255,8 @@ def _train(
                     evaluate_base(accelerator.unwrap_model(model), data[name], **eval_kwargs)
                 )
     log.close()
-    state_dict = accelerator.get_state_dict(
-        model
-    )  # gathered from every process (FSDP / ZeRO-3 shard weights)
+    # gathered from every process (FSDP / ZeRO-3 shard weights)
+    state_dict = accelerator.get_state_dict(model)
 
     def write_outputs() -> None:
         meta = _adapter_meta(recipe, checked.source, tokenizer, labels, accelerator.unwrap_model(model))
