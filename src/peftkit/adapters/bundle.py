@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 from peftkit.adapters.fingerprint import (
     META_FILE,
@@ -27,6 +28,18 @@ from peftkit.fileio import atomic_dir, safetensors_header
 from peftkit.fileio import file_sha256 as _hex_sha256
 from peftkit.methods.peft_config import mark_pooling, unmarked
 from peftkit.models.load import HEAD_MODULES
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerBase
+
+    from peftkit.methods.prefix.model import PrefixTuningClassifier
+
+    AdapterModel: TypeAlias = PeftModel | PrefixTuningClassifier
+    """A base with an adapter applied: PEFT's model, or peftkit's own implementation where the method has one
+    (`MethodEntry.implementation`)."""
 
 FORMAT_VERSION = 2  # 2: with a fingerprint
 
@@ -270,8 +283,8 @@ def check_bundle(adapter_dir: Path) -> tuple[dict | None, dict[str, list[int]]]:
 class LoadedAdapter:
     """A base model with an adapter applied, its tokenizer and the bundle's metadata."""
 
-    model: object
-    tokenizer: object
+    model: AdapterModel
+    tokenizer: PreTrainedTokenizerBase
     meta: dict
     path: Path
 
@@ -296,6 +309,14 @@ def fingerprint_differences(meta: dict, *, base_hash: str, tok_hash: str) -> lis
     if meta["tokenizer_hash"] != tok_hash:
         diffs.append(f"tokenizer: expected {meta['tokenizer_hash'][:23]}…, found {tok_hash[:23]}…")
     return diffs
+
+
+class LoadChoices(TypedDict):
+    """The caller's choices among `load_adapter`'s keyword arguments, for passing on to several loads."""
+
+    allow_unverified: bool
+    labels: list[str] | None
+    base_source: str | None
 
 
 def load_adapter(

@@ -19,6 +19,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+from typing import TypeGuard
 
 from peftkit.errors import PeftkitError
 
@@ -44,8 +45,8 @@ def fingerprint(meta: dict) -> dict[str, str]:
     }
 
 
-def is_verifiable(meta: dict | None) -> bool:
-    """Whether `meta` carries a fingerprint (checked by `check_fingerprint`)."""
+def is_verifiable(meta: dict | None) -> TypeGuard[dict]:
+    """Whether `meta` carries a fingerprint (checked by `check_fingerprint`); True also says it is not None."""
     return isinstance(meta, dict) and isinstance(meta.get("fingerprint"), dict)
 
 

@@ -17,9 +17,15 @@ import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from peftkit.errors import PeftkitError
 from peftkit.models.load import HEAD_MODULES
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from peftkit.adapters.bundle import AdapterModel
 
 
 class AdapterMismatch(PeftkitError):
@@ -85,7 +91,7 @@ class SwapEntry:
     """One named adapter: its PEFT model (over a shared skeleton of the base), labels and metadata."""
 
     name: str
-    model: object
+    model: AdapterModel
     labels: list[str] | None
     meta: dict
     path: Path
@@ -112,7 +118,12 @@ class AdapterSet:
             dtype,
             quantization,
         )
-        self.base = self.tokenizer = self.task = self.base_hash = self.tok_hash = None
+        # All set by the first `add` (`_load_base`).
+        self.base: PreTrainedModel | None = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.task: str | None = None
+        self.base_hash: str | None = None
+        self.tok_hash: str | None = None
         self.entries: dict[str, SwapEntry] = {}
         self.active: str | None = None
 
@@ -166,6 +177,7 @@ class AdapterSet:
             raise unverified_refusal(adapter_dir, meta)
         if self.base is None:
             self._load_base(meta)
+        assert self.base is not None and self.task is not None, "_load_base sets both"
         self._check_fingerprint(adapter_dir, meta)
         skeleton = shared_copy(self.base)
         labels = meta.get("labels")
@@ -185,9 +197,9 @@ class AdapterSet:
 
     def remove(self, name: str) -> SwapEntry:
         """Drop adapter `name` from the set (its memory is freed once nothing else holds its entry)."""
-        entry = self.entries.pop(name, None)
-        if entry is None:
+        if name not in self.entries:
             self.activate(name)  # raises the unknown-name error
+        entry = self.entries.pop(name)
         if self.active == name:
             self.active = next(iter(self.entries), None)
         return entry
@@ -209,6 +221,7 @@ class AdapterSet:
         from peftkit.inference.forward import forward_split
 
         model = self.activate(name)
+        assert self.tokenizer is not None, "an adapter is loaded, so the base and its tokenizer are"
         ids = tokenize_texts(self.tokenizer, texts, self.entries[name].meta.get("max_length", 512))
         logits, _ = forward_split(
             model,
@@ -232,6 +245,7 @@ class AdapterSet:
         probs = np.exp(logits - logits.max(-1, keepdims=True))
         probs /= probs.sum(-1, keepdims=True)
         labels = self.entries[name].labels
+        assert labels is not None, "a classification adapter's metadata names its labels"
         mark = {} if self.entries[name].meta.get("verified", True) else {"unverified": True}
         return [
             {
@@ -245,14 +259,14 @@ class AdapterSet:
 
     def route(self, rows: list[tuple[str, str]], *, batch_size: int = 64) -> list[dict]:
         """Predict (adapter name, text) rows: grouped per adapter for batching, answered in input order."""
-        out: list[dict | None] = [None] * len(rows)
+        out: dict[int, dict] = {}
         for name in dict.fromkeys(n for n, _ in rows):
             idx = [i for i, (n, _) in enumerate(rows) if n == name]
             for i, res in zip(
                 idx, self.predict(name, [rows[i][1] for i in idx], batch_size=batch_size), strict=True
             ):
                 out[i] = res
-        return out
+        return [out[i] for i in range(len(rows))]
 
     # -- loading -------------------------------------------------------------------------------------------------
 
@@ -262,20 +276,20 @@ class AdapterSet:
 
         source = resolve_source(self.base_source or meta["base_model"]["source"])
         cache_dir = meta["base_model"].get("cache_dir")
-        self.tokenizer = load_tokenizer(source, cache_dir)
-        self.task = meta["task"]
-        self.base_hash, self.tok_hash = content_hash(source), tokenizer_hash(self.tokenizer)
+        self.tokenizer = tokenizer = load_tokenizer(source, cache_dir)
+        self.task = task = meta["task"]
+        self.base_hash, self.tok_hash = content_hash(source), tokenizer_hash(tokenizer)
         self.base_spec = source.spec
         self.base, _ = load_model_and_tokenizer(
             source,
-            task=self.task,
+            task=task,
             labels=meta.get("labels"),
             pooling=meta.get("pooling", "model"),
             dtype=self.dtype,
             device=self.device,
             quantization=self.quantization,
             cache_dir=cache_dir,
-            tokenizer=self.tokenizer,
+            tokenizer=tokenizer,
         )
         self.pooling = meta.get("pooling", "model")
         self.base.eval()
@@ -283,6 +297,7 @@ class AdapterSet:
     def _check_fingerprint(self, adapter_dir: Path, meta: dict) -> None:
         from peftkit.adapters.bundle import fingerprint_differences
 
+        assert self.base_hash is not None and self.tok_hash is not None, "_load_base ran before"
         diffs = (
             fingerprint_differences(meta, base_hash=self.base_hash, tok_hash=self.tok_hash)
             if meta["verified"]

@@ -27,7 +27,8 @@ MODEL_FILE = "model.onnx"
 REPORT_FILE = "parity_report.json"
 FORMATS = ("onnx",)
 NEEDS = ("onnx", "onnxscript", "onnxruntime")
-TASKS = {"SEQ_CLS": "classification", "CAUSAL_LM": "causal_lm"}
+# adapter_config.json's task_type → peftkit's task; PEFT may leave task_type out (None)
+TASKS: dict[str | None, str] = {"SEQ_CLS": "classification", "CAUSAL_LM": "causal_lm"}
 
 
 def check_export_dependencies() -> None:
@@ -75,8 +76,12 @@ def export_onnx(
     loaded = load_adapter(adapter_dir, dtype="float32", device="cpu")
     texts = sample_texts(loaded.meta, n_samples)
     reference = reference_logits(loaded, texts)
+    from peft import PeftModel  # imported already by load_adapter
+
     try:
         check_mergeable(adapter_dir, loaded.meta)
+        # only non-mergeable methods (prefix tuning) have peftkit's own implementation
+        assert isinstance(loaded.model, PeftModel), "a mergeable adapter loads as a PeftModel"
         model, merged = loaded.model.merge_and_unload(), True
     except PeftkitError:
         model, merged = loaded.model, False  # the unmerged model, as it runs
@@ -174,7 +179,7 @@ def measure_latency(model, tokenizer, onnx_path: Path, texts: list[str], max_len
     options.intra_op_num_threads = torch.get_num_threads()
     session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     wrapped = _wrapper(model)
-    result = {"threads": torch.get_num_threads()}
+    result: dict[str, int | dict[str, float]] = {"threads": torch.get_num_threads()}
     for batch, repeats in ((1, 30), (64, 5)):
         chunk = (texts * (batch // max(len(texts), 1) + 1))[:batch]
         enc = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")

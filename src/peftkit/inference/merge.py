@@ -42,7 +42,7 @@ def check_mergeable(adapter_dir: Path, meta: dict | None) -> None:
         config = read_adapter_config(adapter_dir)
         method = (meta or {}).get("method") or str(config.get("peft_type", "")).lower()
         why = f"peftkit does not know the method {method!r}, so it cannot tell whether merging keeps its outputs"
-    elif entry.mergeable:
+    elif entry.merge_refusal is None:  # entry.mergeable, spelled so that the branch below has a str reason
         return
     else:
         method, why = entry.name, entry.merge_refusal
@@ -81,7 +81,7 @@ def merge_adapter(
     `allow_unverified`, `labels`, `base_source`: as for `load_adapter` (an adapter without a fingerprint is
     refused unless allowed; the report then says `"verified": false`).
     """
-    from peftkit.adapters.bundle import check_bundle, load_adapter, resolve_adapter_dir
+    from peftkit.adapters.bundle import LoadChoices, check_bundle, load_adapter, resolve_adapter_dir
     from peftkit.fileio import atomic_dir, atomic_write_json, reported_write_failures
     from peftkit.inference.parity import compare
     from peftkit.inference.sentence_folder import write_sentence_transformers_folder
@@ -92,7 +92,7 @@ def merge_adapter(
     meta, _ = check_bundle(adapter_dir)
     check_mergeable(adapter_dir, meta)
 
-    how = dict(allow_unverified=allow_unverified, labels=labels, base_source=base_source)
+    how = LoadChoices(allow_unverified=allow_unverified, labels=labels, base_source=base_source)
     say("[1/5] loading the base in float32 with the adapter")
     loaded = load_adapter(adapter_dir, dtype="float32", device="cpu", **how)
     task = loaded.meta["task"]
@@ -121,11 +121,16 @@ def merge_adapter(
         say("[2/5] adapter was trained on a full-precision base (no quantized reference)")
 
     say("[3/5] merging")
+    from peft import PeftModel  # loaded already by load_adapter
+
+    # check_mergeable passed, and only non-mergeable methods (prefix tuning) have peftkit's own implementation
+    assert isinstance(loaded.model, PeftModel), "a mergeable adapter loads as a PeftModel"
     merged = loaded.model.merge_and_unload()
     max_length = loaded.meta.get("max_length", 512)
     with reported_write_failures("merge --out", out), atomic_dir(out) as tmp:
         say(f"[4/5] writing the merged model to {out} ({loader} format)")
         if loader == "sentence_transformers":
+            assert loaded.labels is not None, "mean pooling is for classifiers, which record their labels"
             write_sentence_transformers_folder(
                 merged, loaded.tokenizer, tmp, max_length=max_length, labels=loaded.labels, name=out.name
             )

@@ -7,6 +7,7 @@ with scikit-learn, which gives the same numbers. A recipe may also name an `eval
 from __future__ import annotations
 
 from pathlib import Path
+from typing import SupportsFloat, cast
 
 from peftkit.errors import PeftkitError
 
@@ -55,7 +56,12 @@ def _evaluate_module(name: str, y_true, y_pred) -> dict:
     module = evaluate.load(name)
     result = module.compute(predictions=list(map(int, y_pred)), references=list(map(int, y_true)))
     stem = Path(name).stem if Path(name).exists() else name.split("/")[-1]
-    return {k if k == stem else f"{stem}.{k}": float(v) for k, v in result.items() if np.isscalar(v)}
+    # np.isscalar's guard also admits complex and bytes-like values; an `evaluate` metric's scalars are real
+    return {
+        k if k == stem else f"{stem}.{k}": float(cast(SupportsFloat, v))
+        for k, v in result.items()
+        if np.isscalar(v)
+    }
 
 
 def classification_metrics(y_true, y_pred, labels: list[str], metrics: list[str]) -> dict:

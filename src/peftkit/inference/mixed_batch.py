@@ -32,7 +32,7 @@ from peftkit.models.load import HEAD_MODULES
 class RowGroups:
     """The batch's layout, set before each forward: (adapter key, first row, end row) per contiguous group."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.groups: list[tuple[object, int, int]] = []
 
 
@@ -110,7 +110,9 @@ def _lora_layers(peft_model, adapter_name: str):
 
 def _adapter_head(peft_model, adapter_name: str) -> torch.nn.Module:
     skeleton = peft_model.base_model.model
-    head = getattr(skeleton, _head_name(skeleton))
+    name = _head_name(skeleton)
+    assert name is not None, "routable_reason accepted this adapter, so its model has a head"
+    head = getattr(skeleton, name)
     return head.modules_to_save[adapter_name] if isinstance(head, ModulesToSaveWrapper) else head
 
 
@@ -137,7 +139,9 @@ class MixedLoraModel:
         for path, module in routed.items():
             parent, _, leaf = path.rpartition(".")
             setattr(self.model.get_submodule(parent) if parent else self.model, leaf, module)
-        setattr(self.model, _head_name(self.model), head)
+        head_name = _head_name(self.model)
+        assert head_name is not None, "the base has a head: each adapter's skeleton of it had one"
+        setattr(self.model, head_name, head)
 
     def logits(self, batch: dict, groups: list[tuple[object, int, int]]) -> torch.Tensor:
         """Logits of a collated `batch` whose rows [start, end) belong to adapter `key` for each group."""

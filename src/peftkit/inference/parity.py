@@ -78,10 +78,8 @@ def run_plain_loaders(
     import numpy as np
 
     with tempfile.TemporaryDirectory(prefix="peftkit-parity-") as tmp:
-        job = {
-            "threads": threads,
-            "requests": [{**r, "logits_path": f"{tmp}/logits-{i}.npy"} for i, r in enumerate(requests)],
-        }
+        staged = [{**r, "logits_path": f"{tmp}/logits-{i}.npy"} for i, r in enumerate(requests)]
+        job = {"threads": threads, "requests": staged}
         req, res = Path(tmp) / "requests.json", Path(tmp) / "results.json"
         req.write_text(json.dumps(job))
         # -I: no user site, no PYTHONPATH, and the script's own folder is not put on sys.path.
@@ -99,7 +97,7 @@ def run_plain_loaders(
         if answer["peftkit_imported"]:  # a bug in plain_loaders.py, not a user error
             raise RuntimeError("the plain-loader process imported peftkit, so it measured nothing")
         results = answer["results"]
-        for result, request in zip(results, job["requests"], strict=True):
+        for result, request in zip(results, staged, strict=True):
             if result["ok"]:
                 result["logits"] = np.load(request["logits_path"])
     return results

@@ -163,6 +163,7 @@ def evaluate_adapter(
 
         result = {"loss": loss, "perplexity": math.exp(min(loss, 50)), "n": len(ids)}
     else:
+        assert labels is not None, "a classification adapter's metadata names its labels"
         result = classification_metrics(y, logits.argmax(-1), labels, metrics or [])
         result["loss"] = loss
     return result if loaded.verified else {**result, "unverified": True}

@@ -72,7 +72,7 @@ def write_sentence_transformers_folder(
     finally:
         body.pooler = pooler
     tokenizer.save_pretrained(transformer)
-    sbert = {"max_seq_length": max_length, "do_lower_case": False}
+    sbert: dict[str, object] = {"max_seq_length": max_length, "do_lower_case": False}
     if "add_pooling_layer" in inspect.signature(type(body).__init__).parameters:
         sbert["model_args"] = {"add_pooling_layer": False}
     _write_json(transformer / "sentence_bert_config.json", sbert)
