@@ -150,7 +150,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from peftkit.methods.report import format_rows, method_rows
+    from peftkit.bench.method_sizes import format_rows, method_rows
 
     paths = [Path(p) for p in args.recipes] or sorted((project_root() / "recipes").glob("minilm-*.yaml"))
     print(format_rows(method_rows(paths, args.model)))
