@@ -52,14 +52,16 @@ def _imports(path: Path) -> list[tuple[str, bool, int]]:
                 found.extend(
                     (a.name, load, child.lineno) for a in child.names if a.name.startswith("peftkit")
                 )
-            elif isinstance(child, ast.ImportFrom) and not child.level and child.module:
-                if child.module.startswith("peftkit"):
-                    for alias in child.names:
-                        full = f"{child.module}.{alias.name}"
-                        is_module = (SRC / (full.replace(".", "/") + ".py")).exists() or (
-                            SRC / full.replace(".", "/")
-                        ).is_dir()
-                        found.append((full if is_module else child.module, load, child.lineno))
+            elif (
+                isinstance(child, ast.ImportFrom)
+                and not child.level
+                and (child.module or "").startswith("peftkit")
+            ):
+                for alias in child.names:
+                    full = f"{child.module}.{alias.name}"
+                    path = SRC / full.replace(".", "/")
+                    is_module = path.with_suffix(".py").exists() or path.is_dir()
+                    found.append((full if is_module else str(child.module), load, child.lineno))
             visit(child, load)
 
     visit(ast.parse(path.read_text()), True)
