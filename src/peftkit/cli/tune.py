@@ -74,9 +74,9 @@ def cmd_tune(args) -> int:
     name = args.study or Path(args.recipe).stem
     output = Path(args.output or Path("tune") / name)
     storage = args.storage or f"sqlite:///{output / 'study.db'}"
-    space = build_space(args.recipe, args.overrides, args.space)
     with quiet_libraries(args.verbose) as messages:  # the libraries' messages go to the study folder
         try:
+            space = build_space(args.recipe, args.overrides, args.space)
             study = run_tune(
                 args.recipe,
                 overrides=args.overrides,
