@@ -25,6 +25,7 @@ LIBRARY_LOGGERS = (
     "datasets",
     "torch",
     "huggingface_hub",
+    "kernels",  # bitsandbytes' CPU backend asks it for a Hub kernel at import ("Skipping publisher trust check…")
 )
 MESSAGES_FILE = "messages.log"
 _PEFTKIT_DIR = str(Path(__file__).resolve().parent)

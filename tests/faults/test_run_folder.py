@@ -14,7 +14,7 @@ import pytest
 
 from peftkit.errors import PeftkitError
 from peftkit.fileio import atomic_dir, clean_stale_temps
-from peftkit.training.run_folder import STATUS_FILE, RunFolder, staging_dir
+from peftkit.training.run_folder import STATUS_FILE, RunFolder, check_can_write, staging_dir
 from peftkit.training.run_lock import RunLock
 from tests.faults.helpers import snapshot
 
@@ -64,6 +64,22 @@ def test_second_writer_is_refused_before_writing(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_only_the_main_process_of_a_launch_checks_the_lock(tmp_path, monkeypatch):
+    # A launch's main process takes the lock; its other processes, still checking their inputs (or finishing the
+    # previous run of the same launch), must not take that lock for another run's.
+    target = tmp_path / "runs" / "a"
+    lock = RunLock(target)
+    lock.acquire()
+    try:
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(PeftkitError, match="being written by another run"):
+            check_can_write(target, overwrite=False, resume=False)
+        monkeypatch.setenv("RANK", "1")
+        check_can_write(target, overwrite=False, resume=False)
+    finally:
+        lock.release()
 
 
 def test_lock_of_a_killed_process_is_taken_over_with_a_note(tmp_path, capsys):

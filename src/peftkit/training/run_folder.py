@@ -81,7 +81,10 @@ def check_can_write(target: Path, *, overwrite: bool, resume: bool) -> None:
     lock; a non-empty folder without --overwrite or --resume, or one that is not a run folder; an unfinished run
     beside it without --resume or --overwrite (checkpoints are never discarded silently); --resume without a
     complete, readable checkpoint written with this process count (`checkpoints.check_checkpoint`)."""
-    RunLock(target).check()
+    # Only the main process of a launch takes the lock (`RunFolder.open`); another process checking it could find
+    # it already held by its own main process.
+    if int(os.environ.get("RANK", "0")) == 0:
+        RunLock(target).check()
     staging = staging_dir(target)
     if staging.exists() and not staging.is_dir():
         raise PeftkitError(
