@@ -117,8 +117,9 @@ def test_a_trial_lost_with_its_process_runs_again(tmp_path, recipe, capsys):
     assert retry.params["train.learning_rate"] == lost.params["train.learning_rate"]
 
 
-def test_pruned_trials_stop_at_an_in_loop_validation(tmp_path, recipe):
-    """The pruner sees every in-loop validation score; a pruned trial ends there without a final evaluation."""
+def test_pruned_trials_stop_at_an_in_loop_validation(tmp_path, recipe, capsys):
+    """The pruner sees every in-loop validation score; a pruned trial ends there without a final evaluation, and
+    without the "run stopped" note an interrupted training prints."""
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
     setup = TrialSetup(
         recipe_path=str(recipe),
@@ -134,6 +135,7 @@ def test_pruned_trials_stop_at_an_in_loop_validation(tmp_path, recipe):
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert list(trial.intermediate_values) == [1] and trial.user_attrs["pruned_at"] == 1
     assert not (tmp_path / "trials" / "trial-0000" / "metrics.json").exists()
+    assert "run stopped" not in capsys.readouterr().err
 
 
 def test_tune_input_errors(tmp_path, recipe, capsys, monkeypatch):

@@ -28,7 +28,8 @@ class StopTraining(Exception):  # noqa: N818  (a signal, not an error)
 
 class TrainCallback:
     """Hooks into `fit`; override what you need. Raising `StopTraining` ends the run early (it still finishes);
-    any other exception aborts it, leaving the run folder resumable from its last checkpoint."""
+    any other exception aborts it, leaving the run folder resumable from its last checkpoint (with a note on stderr
+    saying so, unless the exception has a true `quiet` attribute, as a pruned tuning trial's has)."""
 
     def on_step(self, step: int, loss: float) -> None:
         """After optimizer step `step` (its checkpoint, if due, is already written)."""

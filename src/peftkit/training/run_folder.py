@@ -225,7 +225,8 @@ class RunFolder:
                 f"run '{self.target}': a file could not be written in '{where}': {reason} "
                 f"({free_space(self.path)}). {kept}"
             )
-        say(f"the run stopped ({type(exc).__name__}). {kept}")
+        if not getattr(exc, "quiet", False):
+            say(f"the run stopped ({type(exc).__name__}). {kept}")
         return None
 
     # -- internals ----------------------------------------------------------------------------------------------

@@ -52,9 +52,11 @@ class PruneOnValidation(TrainCallback):
         self.trial.report(value, self.evaluations)
         if self.trial.should_prune():
             self.trial.set_user_attr("pruned_at", self.evaluations)
-            raise optuna.TrialPruned(
+            pruned = optuna.TrialPruned(
                 f"{self.metric} {value:.4f} at validation {self.evaluations} (step {step})"
             )
+            pruned.quiet = True  # type: ignore[attr-defined]  # the study reports it; no "run stopped" note
+            raise pruned
 
 
 def trial_recipe(setup: TrialSetup, params: dict, run_dir: Path) -> Recipe:
