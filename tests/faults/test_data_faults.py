@@ -40,7 +40,7 @@ def test_long_lines_in_a_data_file(tmp_path, tiny_card, make_recipe, capsys, cas
         lines = [json.dumps({"text": t, "label": lab}) for t, lab in rows]
         if case == "jsonl line":
             lines[10] = '{"text": "' + LONG
-            words = ["could not read", "(line 11: not valid JSON: Unterminated string"]
+            words = ["could not read", "(line 11: not valid JSON: Unterminated string", "fix or remove it"]
         else:
             lines[10] = json.dumps({"text": "fine", "label": LONG})
             words = ["has labels the card does not list", "(the first on line 11)"]

@@ -163,8 +163,11 @@ def test_a_kill_during_a_replacement_is_finished_by_the_next_run(tmp_path, capsy
     run.lock.release()
     assert (target / "recipe.resolved.yaml").read_text() == expected
     assert not (tmp_path / ".a.replaced").exists()
-    if leftover.get("staging") == "complete" or "aside" in leftover and "target" not in leftover:
-        assert "finished replacing run folder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    if expected == "old":
+        assert f"restored the previous run in '{target}'" in err and "finished replacing" not in err
+    elif leftover.get("staging") == "complete" or "target" not in leftover:
+        assert f"finished replacing run folder '{target}'" in err
 
 
 def test_stale_temporaries_of_dead_writers_are_cleaned(tmp_path):

@@ -63,7 +63,7 @@ def test_locust_mixed_traffic_is_bounded_and_fully_answered(make_app, adapter_ru
 
 
 @pytest.mark.slow  # three server processes (each imports torch + transformers) and three short locust runs
-def test_serve_bench_http_prints_setups_goals_and_rss(adapter_runs):
+def test_serve_bench_http_prints_setups_ratios_and_rss(adapter_runs):
     """The bench's short version: both references in the same run (the peer needs one label set: the same
     adapter under two names)."""
     done = subprocess.run(
@@ -99,4 +99,6 @@ def test_serve_bench_http_prints_setups_goals_and_rss(adapter_runs):
         ("peer (set_adapter)", "2"),
     ]
     assert all(int(r[2]) > 0 and int(r[3]) == 0 and float(r[4]) > 0 for r in rows), out
-    assert "vs peer, 2 adapters:" in out and "RSS with 2 adapters:" in out
+    assert re.search(r"^2 adapters vs 1: [\d.]+x throughput$", out, re.M), out
+    assert re.search(r"^vs peer, 2 adapters: [\d.]+x throughput, p99 \d+ vs \d+ ms$", out, re.M), out
+    assert re.search(r"^RSS with 2 adapters: \d+ MiB = \(base \d+ \+ adapter files [\d.]+\) [+-][\d.]+%$", out, re.M), out

@@ -210,10 +210,14 @@ def _parse(card: DataCard, path: Path, data: bytes):
             df = pd.read_json(buffer, lines=fmt == "jsonl", compression=compression, dtype=False)
     except Exception as exc:  # pandas raises many types (ParserError, ValueError, OSError, ...)
         line = first_bad_json_line(decompress(data, compression)) if fmt == "jsonl" else None
-        where = f" (line {line[0]}: {line[1]})" if line else ""
-        raise PeftkitError(
-            f"Data card {card.path}: could not read {path} as {fmt}{where}: {shorten(exc, 300)}"
-        ) from None
+        if line:  # the line and what is wrong with it; pandas' own message adds only a byte position
+            problem = f" (line {line[0]}: {line[1]}). Each line of a JSONL file is one JSON object: fix or remove it"
+        else:
+            problem = (
+                f": {shorten(exc, 300)}. Check that the file is {fmt} and complete (the card's `format` or the "
+                f"file's extension says which format it is read as)"
+            )
+        raise PeftkitError(f"Data card {card.path}: could not read {path} as {fmt}{problem}.") from None
     return path, df, lambda row: line_of_row(decompress(data, compression), fmt, row)
 
 

@@ -254,7 +254,10 @@ class RunFolder:
         complete = read_status(self.path).get("state") == "complete"
         if aside.exists() and not self.target.exists():
             os.rename(self.path if complete else aside, self.target)
-            say(f"finished replacing run folder '{self.target}' (a run was killed while replacing it).")
+            if complete:
+                say(f"finished replacing run folder '{self.target}' (a run was killed while replacing it).")
+            else:
+                say(f"restored the previous run in '{self.target}' (a run was killed while replacing it).")
         elif complete:  # killed after the run finished, before the renames
             self._replace()
             say(f"finished replacing run folder '{self.target}' (a run was killed while replacing it).")
