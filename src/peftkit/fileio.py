@@ -283,11 +283,11 @@ def package_dir(name: str) -> Path | None:
         spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):
         return None
-    if spec is None or not (spec.submodule_search_locations or spec.origin):
+    if spec is None:
         return None
     if spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations)))
-    return Path(spec.origin).parent
+    return Path(spec.origin).parent if spec.origin else None
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:

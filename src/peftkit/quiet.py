@@ -34,7 +34,7 @@ _PEFTKIT_DIR = str(Path(__file__).resolve().parent)
 class LibraryMessages(logging.Handler):
     """Collects library log records and warnings as lines of text."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(level=logging.INFO)
         self.lines: list[str] = []
         self.setFormatter(logging.Formatter("[%(name)s] %(levelname)s: %(message)s"))
@@ -63,7 +63,7 @@ def quiet_libraries(verbose: bool = False, *, transformers: bool = True):
         return
     loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
     saved = [(logger, logger.handlers[:], logger.propagate) for logger in loggers]
-    hf_logging = bars = None
+    bars = False  # transformers' progress bars were on (restored at the end)
     if transformers:
         import transformers.utils.logging as hf_logging
 
@@ -100,7 +100,9 @@ def quiet_libraries(verbose: bool = False, *, transformers: bool = True):
                 h for h in logger.handlers if h is not messages and h not in handlers
             ]
             logger.propagate = propagate
-        if hf_logging is not None:
+        if transformers:
+            import transformers.utils.logging as hf_logging  # imported above: no cost
+
             hf_logging.enable_default_handler()
             if bars:
                 hf_logging.enable_progress_bar()

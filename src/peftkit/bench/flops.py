@@ -24,17 +24,11 @@ import time
 def matmul_params(model) -> tuple[int, int]:
     """(N, N_train): weights of all matmul layers, and of the trainable ones."""
     import torch
+    from transformers.pytorch_utils import Conv1D
 
-    kinds: tuple[type, ...] = (torch.nn.Linear,)
-    try:
-        from transformers.pytorch_utils import Conv1D
-
-        kinds += (Conv1D,)
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
     total = trainable = 0
     for module in model.modules():
-        if isinstance(module, kinds):
+        if isinstance(module, (torch.nn.Linear, Conv1D)):
             n = module.weight.numel()
             total += n
             trainable += n if module.weight.requires_grad else 0

@@ -25,8 +25,17 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import TypedDict
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+
+
+class Swaps(TypedDict):
+    """The soak run's hot-load record: successful loads and unloads, and the error texts of the failed ones."""
+
+    loads: int
+    unloads: int
+    errors: list[str]
 
 
 def _rss_mb(pid: int) -> float:
@@ -39,6 +48,7 @@ def _rss_mb(pid: int) -> float:
 def _start(cmd: list[str], pattern: str) -> tuple[subprocess.Popen, str, float]:
     """Start a server process and wait for its ready line: (process, base URL, seconds to ready)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None  # stdout=PIPE
     match, line = None, "?"
     while match is None and line:
         line = proc.stdout.readline()
@@ -138,8 +148,8 @@ def _run_setup(kind, named, *, users, seconds, texts_file, k, threads) -> dict:
 
 
 def _adapter_dir(path: str) -> Path:
-    path = Path(path)
-    return path / "adapter" if (path / "adapter" / "adapter_config.json").is_file() else path
+    folder = Path(path)
+    return folder / "adapter" if (folder / "adapter" / "adapter_config.json").is_file() else folder
 
 
 def _named(pairs: list[tuple[str, str]], count: int) -> list[tuple[str, str]]:
@@ -168,7 +178,7 @@ def run_http_bench(
     rows = []
     for count in sorted({1, *counts}):
         rows.append(_run_setup("peftkit serve", _named(pairs, count), threads=threads, **common))
-        _print_row(rows[-1])
+        _print_row(rows[-1], header=len(rows) == 1)
     largest = max(counts)
     peer_count = 8 if 8 in counts else largest
     if peer:
@@ -179,13 +189,12 @@ def run_http_bench(
     return rows
 
 
-def _print_row(row: dict) -> None:
-    if not getattr(_print_row, "header", False):
+def _print_row(row: dict, *, header: bool = False) -> None:
+    if header:
         print(
             f"{'setup':20s} {'adapters':>8s} {'requests':>8s} {'failed':>6s} {'texts/s':>8s} {'p50 ms':>7s} "
             f"{'p99 ms':>7s} {'RSS MiB':>8s} {'ready s':>7s}"
         )
-        _print_row.header = True
     print(
         f"{row['setup']:20s} {row['adapters']:8d} {row['requests']:8d} {row['failures']:6d} "
         f"{row['texts_per_s']:8.1f} {row['p50_ms']:7.0f} {row['p99_ms']:7.0f} {row['rss_mb']:8.0f} "
@@ -240,7 +249,7 @@ def run_soak(
     cmd = [sys.executable, "-m", "peftkit", "serve", *specs, "--port", "0"]
     cmd += ["--threads", str(threads)] if threads else []
     proc, url, ready = _start(cmd, r"ready in (?P<ready>[\d.]+) s .* on (?P<url>http://\S+)")
-    swaps = {"loads": 0, "unloads": 0, "errors": []}
+    swaps: Swaps = {"loads": 0, "unloads": 0, "errors": []}
     done = threading.Event()
 
     def swapper():

@@ -20,11 +20,18 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from peftkit.bench.tuned import apply_tuned, read_tuned, tuned_note
 from peftkit.errors import PeftkitError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ProcessPoolExecutor
+    from multiprocessing.context import BaseContext
 
 # Full fine-tuning's learning rate when it is not the recipe's own method: BERT's usual 5e-5 (an adapter's 1e-3
 # wrecks a fully trained encoder). Other methods take theirs from their registry entry (`MethodEntry.suggested`).
@@ -54,7 +61,7 @@ def run_bench(
     budget: int | None = None,
     peer: bool = False,
     output: str | Path | None = None,
-    overrides: list[str] = (),
+    overrides: Sequence[str] = (),
     progress: bool = True,
     matmul_size: int = 2048,
     device: str = "auto",
@@ -116,7 +123,7 @@ def run_bench(
             name = method if kind == "peftkit" else f"{kind} ({method})"
             name += " (tuned)" if method in settings else ""
             say(f"bench: {name} …", flush=True)
-            row = {"name": name, "kind": kind, "method": method}
+            row: dict[str, Any] = {"name": name, "kind": kind, "method": method}
             try:
                 row.update(count_params(recipe, method, settings.get(method)))
                 row.update(
@@ -268,7 +275,27 @@ _PRELOAD = [
 ]
 
 
-def _row_pool(device: str):
+class _PoolPerRow:
+    """Python 3.10's stand-in for `ProcessPoolExecutor(max_tasks_per_child=1)` (3.11+): a one-worker pool per
+    task, each worker forked from the same server."""
+
+    def __init__(self, ctx: BaseContext) -> None:
+        self.ctx = ctx
+
+    def submit(self, fn, /, *args) -> Future:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=1, mp_context=self.ctx) as pool:
+            return pool.submit(fn, *args)  # leaving the block waits for the task; its process then ends
+
+    def __enter__(self) -> _PoolPerRow:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _row_pool(device: str) -> ProcessPoolExecutor | _PoolPerRow:
     """A pool that runs each row in a fresh process forked from a pre-imported server (which sees no GPU when the
     bench runs on the CPU: the server starts with an empty CUDA_VISIBLE_DEVICES)."""
     import multiprocessing
@@ -280,7 +307,11 @@ def _row_pool(device: str):
     if hidden:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     try:
-        pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, max_tasks_per_child=1)
+        pool: ProcessPoolExecutor | _PoolPerRow
+        if sys.version_info >= (3, 11):
+            pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, max_tasks_per_child=1)
+        else:
+            pool = _PoolPerRow(ctx)
         pool.submit(os.getpid).result()  # starts the server now, with this environment
     finally:
         if hidden:

@@ -144,9 +144,11 @@ def run_peer(recipe, padding: str, train_limit: int | None, device: str = "cpu")
         seconds = time.perf_counter() - t0
         pred = trainer.predict(val_tok)
         adapter = Path(tmp) / "adapter"
-        trainer.model.save_pretrained(adapter, safe_serialization=True)
+        model.save_pretrained(adapter, safe_serialization=True)  # trained in place: the Trainer's own model
         adapter_bytes = sum(p.stat().st_size for p in adapter.rglob("*.safetensors"))
         losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    if not isinstance(pred.predictions, np.ndarray) or pred.metrics is None:
+        raise RuntimeError("the peer's Trainer.predict gave no single logits array or no metrics")
     metrics = classification_metrics(
         pred.label_ids, pred.predictions.argmax(-1), card.labels, ["accuracy", "macro_f1"]
     )

@@ -15,6 +15,10 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import socket
 
 
 def create_peer_app(adapters: dict[str, str]):
@@ -79,8 +83,8 @@ def create_peer_app(adapters: dict[str, str]):
 
 
 def _adapter_dir(path: str) -> Path:
-    path = Path(path)
-    return path / "adapter" if (path / "adapter" / "adapter_config.json").is_file() else path
+    folder = Path(path)
+    return folder / "adapter" if (folder / "adapter" / "adapter_config.json").is_file() else folder
 
 
 def main() -> None:
@@ -93,16 +97,16 @@ def main() -> None:
     started = time.perf_counter()
     app = create_peer_app(dict(spec.split("=", 1) for spec in args.adapter))
     config = uvicorn.Config(app, host="127.0.0.1", port=args.port, access_log=False, log_level="warning")
-    server = uvicorn.Server(config)
-    original = server.startup
 
-    async def startup(sockets=None):
-        await original(sockets)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        print(f"peer: ready in {time.perf_counter() - started:.1f} s on http://127.0.0.1:{port}", flush=True)
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            port = self.servers[0].sockets[0].getsockname()[1]
+            print(
+                f"peer: ready in {time.perf_counter() - started:.1f} s on http://127.0.0.1:{port}", flush=True
+            )
 
-    server.startup = startup
-    server.run()
+    Server(config).run()
 
 
 if __name__ == "__main__":

@@ -44,9 +44,11 @@ def serving_figures(named: list[tuple[str, str]], *, n_texts: int = 64, repeats:
     import gc
 
     import torch
+    from peft import PeftModel
 
     from peftkit.adapters.bundle import load_adapter
     from peftkit.data.prepare import tokenize_texts
+    from peftkit.errors import PeftkitError
     from peftkit.inference.adapter_set import AdapterSet
     from peftkit.inference.forward import forward_split
     from peftkit.inference.merge import sample_texts
@@ -76,7 +78,13 @@ def serving_figures(named: list[tuple[str, str]], *, n_texts: int = 64, repeats:
         swapped = _median_ms(lambda: adapters.logits(names[next(k) % len(names)], one), 30)
         res["one_text_request_ms_same_adapter"], res["one_text_request_ms_after_swap"] = same, swapped
     with torch.no_grad():
-        merged = load_adapter(first.path, dtype="float32").model.merge_and_unload().eval()
+        unmerged = load_adapter(first.path, dtype="float32").model
+        if not isinstance(unmerged, PeftModel):  # peftkit's own implementations (prefix tuning) do not merge
+            raise PeftkitError(
+                f"serve-bench: adapter '{named[0][0]}' cannot be merged, and the first adapter is the one "
+                f"compared merged and unmerged. Put a mergeable adapter (e.g. LoRA) first."
+            )
+        merged = unmerged.merge_and_unload().eval()
         models = {"adapter_active": first.model, "base": adapters.base, "merged": merged}
         for model in models.values():
             run(model)  # warm-up
@@ -142,7 +150,8 @@ def compare_qlora_training(
     as a different quantization block size), so the accuracy difference is judged by its mean over seeds.
     """
     runs = []
-    for seed in seeds or [None]:
+    seed_list: list[int | None] = list(seeds) if seeds else [None]  # None: the recipe's own seed
+    for seed in seed_list:
         extra = [] if seed is None else [f"train.seed={seed}"]
         folder = root if seed is None else root / f"seed{seed}"
         fp32, qlora = (train_in_process(r, [*overrides, *extra], folder / Path(r).stem) for r in recipes)

@@ -76,6 +76,7 @@ def cmd_data(args) -> int:
             for line in problems:
                 print(f"  - {line}")
         else:
+            assert card.counts is not None  # check_card reports a card without counts as a problem
             print(
                 f"{card.path}: OK ({sum(card.counts.values()):,} examples, {card.checksum or 'no checksum'})"
             )

@@ -57,6 +57,7 @@ def cmd_train(args) -> int:
     main_process = int(os.environ.get("RANK", "0")) == 0  # one log and one summary per run, not per process
     with quiet_libraries(args.verbose) as messages:
         recipe = load_recipe(args.recipe, args.overrides)
+        assert recipe.train.output_dir is not None  # load_recipe sets it (runs/<recipe file stem>)
         out = Path(recipe.train.output_dir)
         from peftkit.training.recipe import train
 

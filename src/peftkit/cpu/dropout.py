@@ -144,9 +144,8 @@ def use_cpu_dropout(model) -> int:
 
     import torch
 
-    n = 0
-    for module in model.modules():
-        if type(module) is torch.nn.Dropout:
-            module.forward = types.MethodType(_forward, module)
-            n += 1
-    return n
+    # As Modules: torch declares `forward` a replaceable attribute there (a Dropout's own is a method).
+    dropouts: list[torch.nn.Module] = [m for m in model.modules() if type(m) is torch.nn.Dropout]
+    for module in dropouts:
+        module.forward = types.MethodType(_forward, module)
+    return len(dropouts)

@@ -192,11 +192,13 @@ def use_fast_lora(model) -> int:
     PEFT's forward). Safe to call twice. Where PEFT's layer lacks an attribute this forward reads, no layer is
     touched and a warning says which (`peftkit.cpu.upstream`).
     """
+    import torch
     from peft.tuners.lora.layer import Linear
 
     from peftkit.cpu.upstream import LORA_ATTRIBUTES, warn_off
 
-    layers = [m for m in model.modules() if type(m) is Linear]
+    # As Modules: torch declares `forward` a replaceable attribute there (PEFT's Linear's own is a method).
+    layers: list[torch.nn.Module] = [m for m in model.modules() if type(m) is Linear]
     missing = [a for a in LORA_ATTRIBUTES if layers and not hasattr(layers[0], a)]
     if missing:
         warn_off("fused LoRA layer", f"peft's LoRA Linear has no attribute {missing[0]!r}")

@@ -94,7 +94,7 @@ class BatchRunner:
 
         tok = self.registry.tokenizer
         mixed = self.registry.mixed  # one snapshot for the whole batch (hot-loads swap in a new one)
-        logits = {id(job): [None] * job.texts for job in jobs}
+        logits: dict[int, list[np.ndarray | None]] = {id(job): [None] * job.texts for job in jobs}
         routed = [j for j in jobs if mixed is not None and j.adapter.key in mixed.keys]
         # (adapter key, token ids, job, row in job): `chunks` cuts them by length and groups each cut by adapter.
         rows = [(job.adapter.key, ids, job, i) for job in routed for i, ids in enumerate(job.ids)]
@@ -122,7 +122,7 @@ class BatchRunner:
             for job in group:
                 logits[id(job)] = list(out[start : start + job.texts])
                 start += job.texts
-        return [_answer(job, np.stack(logits[id(job)])) for job in jobs]
+        return [_answer(job, _stacked(logits[id(job)])) for job in jobs]
 
     def _generate(self, job) -> dict:
         from peftkit.errors import PeftkitError
@@ -137,6 +137,14 @@ class BatchRunner:
         except PeftkitError as exc:
             raise ServeError(422, str(exc)) from None
         return {"adapter": adapter.name, "fingerprint": adapter.fingerprint, "text": text}
+
+
+def _stacked(rows: list[np.ndarray | None]) -> np.ndarray:
+    """One job's logits, a row per text; every row must have been filled by a forward."""
+    filled = [row for row in rows if row is not None]
+    if len(filled) != len(rows):
+        raise RuntimeError(f"{len(rows) - len(filled)} of a job's {len(rows)} texts got no logits")
+    return np.stack(filled)
 
 
 def _answer(job, logits: np.ndarray) -> list[dict]:

@@ -16,10 +16,14 @@ holding an adapter are still answered by it when it is evicted, as with DELETE /
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from ray import serve
 
 from peftkit.serve.errors import ServeError
+
+if TYPE_CHECKING:
+    from starlette.responses import JSONResponse
 
 
 class _Held:  # noqa: B903 (a class, not a tuple: its __del__ is the point)
@@ -82,7 +86,7 @@ class PeftkitReplica:
         results = await asyncio.wrap_future(self.scheduler.submit(Job(served, ids=ids, top_k=top_k)))
         return {"adapter": served.name, "fingerprint": served.fingerprint, "results": results}
 
-    async def __call__(self, request) -> dict:
+    async def __call__(self, request) -> dict | JSONResponse:
         """HTTP: POST {"texts": [...], "top_k": k} with header serve_multiplexed_model_id: ADAPTER."""
         body = await request.json()
         try:
@@ -109,4 +113,4 @@ def deployment(
             PeftkitReplica.get_adapter
         )
 
-    return serve.deployment(Replica, name="peftkit", num_replicas=num_replicas).bind(adapters, base, settings)
+    return serve.deployment(name="peftkit", num_replicas=num_replicas)(Replica).bind(adapters, base, settings)

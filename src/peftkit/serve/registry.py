@@ -22,10 +22,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from peftkit.errors import PeftkitError
 from peftkit.serve.errors import ServeError
 from peftkit.serve.settings import check_adapter_name
+
+if TYPE_CHECKING:  # imported where used: they import torch
+    from peftkit.inference.adapter_set import SwapEntry
+    from peftkit.inference.mixed_batch import MixedLoraModel
 
 CARD_MAX_CHARS = 20_000
 
@@ -36,7 +41,7 @@ class ServedAdapter:
 
     key: int
     name: str
-    entry: object  # peftkit.inference.adapter_set.SwapEntry
+    entry: SwapEntry
     fingerprint: str
     routed: bool
     loaded_at: float = field(default_factory=time.time)
@@ -95,7 +100,7 @@ class AdapterRegistry:
         self._served: dict[str, ServedAdapter] = {}
         self._keys = itertools.count(1)
         self._lock = threading.Lock()  # one load/unload at a time; lookups never wait for it
-        self.mixed = None  # MixedLoraModel over the routed adapters, or None
+        self.mixed: MixedLoraModel | None = None  # over the routed adapters; None when none is routed
 
     @property
     def tokenizer(self):
@@ -197,7 +202,7 @@ class AdapterRegistry:
             )
         return adapter_dir
 
-    def _add_to_set(self, name: str, adapter_dir: Path):
+    def _add_to_set(self, name: str, adapter_dir: Path) -> SwapEntry:
         from peftkit.inference.adapter_set import AdapterMismatch
 
         try:

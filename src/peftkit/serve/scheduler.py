@@ -18,15 +18,19 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from peftkit.serve.errors import ServeError
+
+if TYPE_CHECKING:
+    from peftkit.serve.registry import ServedAdapter
 
 
 @dataclass(eq=False)  # jobs are compared by identity
 class Job:
     """One request's work: classify `ids` (token ids per text) or generate from `prompt`, on `adapter`."""
 
-    adapter: object  # ServedAdapter
+    adapter: ServedAdapter
     ids: list[list[int]] | None = None
     top_k: int | None = None
     generate: dict | None = None

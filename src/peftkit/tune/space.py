@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 from peftkit.errors import PeftkitError
 from peftkit.recipe import Recipe, load_recipe
 
 # Method family → (setting, the values tried besides the recipe's own).
-_FAMILY_SETTINGS = {
+_FAMILY_SETTINGS: dict[tuple[str, ...], dict[str, tuple[int, ...]]] = {
     ("lora", "dora", "rslora"): {"r": (4, 8, 16, 32), "lora_alpha": (8, 16, 32, 64)},
     ("loha", "lokr"): {"r": (4, 8, 16, 32), "alpha": (8, 16, 32, 64)},
     ("prefix_tuning", "prompt_tuning", "p_tuning"): {"num_virtual_tokens": (10, 20, 40, 80)},
@@ -58,6 +59,8 @@ class Dimension:
     def contains(self, value) -> bool:
         if self.choices is not None:
             return value in self.choices
+        if self.low is None or self.high is None:
+            raise ValueError(f"dimension {self.key}: neither choices nor a range (low, high)")
         return isinstance(value, (int, float)) and self.low <= value <= self.high
 
     def describe(self) -> str:
@@ -89,7 +92,7 @@ def current_value(recipe: Recipe, key: str):
         field = config_fields(get_method(recipe.method.name)).get(name)
         default = getattr(field, "default", None)
         return default if isinstance(default, (int, float, str, bool)) else None
-    value = recipe.model_dump(mode="json")
+    value: object = recipe.model_dump(mode="json")
     for part in key.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return value
@@ -179,8 +182,13 @@ def _dimension(path: str, key: str, value) -> Dimension | None:
     if isinstance(value, dict):
         unknown = set(value) - _RANGE_KEYS
         low, high, log = value.get("low"), value.get("high"), value.get("log", False)
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
-        if unknown or not numbers or not isinstance(log, bool) or not low < high or (log and low <= 0):
+        if (
+            unknown
+            or not (_number(low) and _number(high))
+            or not isinstance(log, bool)
+            or not low < high
+            or (log and low <= 0)
+        ):
             raise PeftkitError(
                 f"{fail}: a range is {{low: NUMBER, high: NUMBER, log: true|false}} with low < high (and low > 0 "
                 f"when log), found {_show(value)}."
@@ -209,6 +217,11 @@ def baseline_params(recipe: Recipe, space: dict[str, Dimension]) -> dict:
     """The recipe's own values of the space's fields (those inside the space): the first trial to run."""
     values = {key: current_value(recipe, key) for key in space}
     return {key: v for key, v in values.items() if v is not None and space[key].contains(v)}
+
+
+def _number(value: object) -> TypeGuard[int | float]:
+    """An int or float, not a bool (YAML's true/false)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _show(value) -> str:

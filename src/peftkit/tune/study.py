@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 from peftkit.errors import PeftkitError
 from peftkit.fileio import pid_alive
@@ -28,9 +29,10 @@ from peftkit.tune.space import Dimension, baseline_params
 HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180  # a trial silent for 3 minutes is taken as lost
 PRUNERS = ("median", "halving", "none")
 LOWER_IS_BETTER = ("loss", "perplexity")
+Direction = Literal["minimize", "maximize"]
 
 
-def objective_metric(recipe: Recipe, metric: str | None) -> tuple[str, str]:
+def objective_metric(recipe: Recipe, metric: str | None) -> tuple[str, Direction]:
     """(metric, 'maximize' | 'minimize'): `metric`, else the recipe's headline metric (eval.metrics[0])."""
     from peftkit.inference.metrics import BUILTIN
 
@@ -48,12 +50,12 @@ def objective_metric(recipe: Recipe, metric: str | None) -> tuple[str, str]:
 def open_storage(url: str):
     """An Optuna storage for `url`: `journal:PATH`, or a database URL (heartbeat on, killed trials retried)."""
     import optuna
+    from optuna.storages.journal import JournalFileBackend
 
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.journal.JournalFileBackend(str(path))
-        return optuna.storages.JournalStorage(backend)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     if "://" not in url:
         raise PeftkitError(
             f"--storage: '{url}' is not a storage URL. Use sqlite:///PATH.db (one machine, or a shared disk), "
@@ -84,7 +86,7 @@ def open_storage(url: str):
         ) from None
 
 
-def open_study(storage, name: str, direction: str, meta: dict):
+def open_study(storage, name: str, direction: Direction, meta: dict):
     """(study, created): the study `name` in `storage`, created if missing. An existing study must have been
     started with the same `meta` (metric, budget, method, space): trials of different searches do not mix."""
     import optuna
