@@ -30,7 +30,9 @@ def run(
     argv: list[str], src: Path, *, until_file: Path | None = None, cache: Path | None = None
 ) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of `python -m peftkit ARGV` with `src` first on the path: until it exits, or
-    until `until_file` has a line (then the process is stopped). `cache`: an empty peftkit cache to start from."""
+    until `until_file` has a line (then the process is stopped). `cache`: an empty peftkit cache to start from.
+    A training run writes its folder as NAME.partial until it has finished: `until_file` is also looked for
+    there."""
     env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
     if cache is not None:
         shutil.rmtree(cache, ignore_errors=True)
@@ -44,7 +46,8 @@ def run(
         start_new_session=True,
     )
     if until_file is not None:
-        while proc.poll() is None and not (until_file.is_file() and until_file.read_text().strip()):
+        staged = until_file.parent.with_name(until_file.parent.name + ".partial") / until_file.name
+        while proc.poll() is None and not (_has_line(until_file) or _has_line(staged)):
             time.sleep(0.05)
         wall = time.perf_counter() - start
         if proc.poll() is None:
@@ -54,11 +57,15 @@ def run(
         wall = time.perf_counter() - start
         if status != 0:
             raise SystemExit(f"peftkit {' '.join(argv)} failed:\n{proc.stderr.read().decode()[-2000:]}")
-    elif not (until_file.is_file() and until_file.read_text().strip()):
+    elif not (_has_line(until_file) or _has_line(staged)):
         raise SystemExit(
             f"peftkit {' '.join(argv)} stopped before its first step:\n{proc.stderr.read().decode()}"
         )
     return wall, usage.ru_utime + usage.ru_stime
+
+
+def _has_line(path: Path) -> bool:
+    return path.is_file() and bool(path.read_text().strip())
 
 
 def commands(tmp: Path, adapter_run: Path) -> dict:
@@ -97,9 +104,10 @@ def make_adapter(tmp: Path, src: Path) -> Path:
 
 
 def _fresh(until: Path | None) -> Path | None:
-    """The file that ends a measurement, its run folder removed first."""
+    """The file that ends a measurement, its run folder (finished or not) removed first."""
     if until is not None:
         shutil.rmtree(until.parent, ignore_errors=True)
+        shutil.rmtree(until.parent.with_name(until.parent.name + ".partial"), ignore_errors=True)
     return until
 
 
