@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import csv
+import json
 import re
 import subprocess
 import sys
@@ -38,8 +38,8 @@ def test_locust_mixed_traffic_is_bounded_and_fully_answered(make_app, adapter_ru
                 "60s",
                 "--host",
                 url,
-                "--csv",
-                str(tmp_path / "run"),
+                "--summary-file",
+                str(tmp_path / "summary.json"),
                 "--adapters",
                 "lora,lora3,prefix",
                 "--max-requests",
@@ -53,9 +53,8 @@ def test_locust_mixed_traffic_is_bounded_and_fully_answered(make_app, adapter_ru
         )
         metrics = httpx.get(f"{url}/metrics").text
     assert done.returncode == 0, done.stderr[-2000:]
-    with open(tmp_path / "run_stats.csv") as fh:
-        total = next(r for r in csv.DictReader(fh) if r["Name"] == "Aggregated")
-    assert int(total["Request Count"]) == 40 and int(total["Failure Count"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["sent"] == summary["requests"] == 40 and summary["failures"] == 0, summary
     # Every request locust sent was answered once by the server, 2 texts each.
     answered = re.findall(r'^peftkit_requests_total{[^}]*endpoint="/v1/classify"[^}]*} (\S+)$', metrics, re.M)
     assert sum(map(float, answered)) == 40

@@ -15,7 +15,6 @@ an extra adapter is hot-loaded and unloaded every `swap_every` seconds; it repor
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -78,30 +77,24 @@ def _classify_count(url: str) -> float:
 
 
 def _locust(url, names, *, users, seconds, texts_file, k, max_requests=0, rate=0.0, volatile="") -> dict:
-    """Run locust headless against `url`: the aggregated row of its stats CSV, and the requests its users sent."""
+    """Run locust headless against `url`: its final figures (requests sent by its users, requests and failures
+    recorded, requests/s, p50 and p99 ms), as the locustfile's --summary-file writes them."""
     with tempfile.TemporaryDirectory() as tmp:
-        prefix = Path(tmp) / "run"
+        summary = Path(tmp) / "summary.json"
         cmd = [
             sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
             "-u", str(users), "-r", str(users), "--run-time", f"{seconds}s", "--host", url,
-            "--csv", str(prefix), "--adapters", ",".join(names), "--texts-file", str(texts_file),
+            "--adapters", ",".join(names), "--texts-file", str(texts_file),
             "--texts-per-request", str(k), "--max-requests", str(max_requests), "--rate", str(rate),
             "--volatile", volatile, "--stop-timeout", "30", "--exit-code-on-error", "0",
-            "--counts-file", str(prefix) + "_counts.json",
+            "--summary-file", str(summary),
         ]  # fmt: skip
         subprocess.run(
             cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=seconds + 120
         )
-        with open(f"{prefix}_stats.csv") as fh:
-            row = next(r for r in csv.DictReader(fh) if r["Name"] == "Aggregated")
-        sent = json.loads(Path(f"{prefix}_counts.json").read_text())["sent"]
+        figures = json.loads(summary.read_text())
     return {
-        "sent": sent,
-        "requests": int(row["Request Count"]),
-        "failures": int(row["Failure Count"]),
-        "requests_per_s": float(row["Requests/s"]),
-        "p50_ms": float(row["50%"]),
-        "p99_ms": float(row["99%"]),
+        key: figures[key] for key in ("sent", "requests", "failures", "requests_per_s", "p50_ms", "p99_ms")
     }
 
 

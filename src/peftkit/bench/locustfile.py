@@ -15,6 +15,7 @@ import json
 import random
 from pathlib import Path
 
+import gevent
 from locust import FastHttpUser, constant_throughput, events, task
 from locust.exception import StopUser
 
@@ -43,17 +44,32 @@ def _options(parser):
         "--rate", type=float, default=0.0, help="requests/s per user (0: as fast as answered)"
     )
     parser.add_argument(
-        "--counts-file", default="", help="write {sent, finished} request counts here at exit"
+        "--summary-file",
+        default="",
+        help="write the run's final figures here at exit (JSON: requests sent and finished by the users, "
+        "requests and failures recorded, requests/s, p50 and p99 ms)",
     )
 
 
 @events.quitting.add_listener
-def _write_counts(environment, **kwargs):
-    """Requests sent and finished by this process's users (a run cut off at --run-time can leave some
-    unfinished: answered by the server, never recorded by locust), for the soak's lost/duplicate count."""
-    path = environment.parsed_options.counts_file
+def _write_summary(environment, **kwargs):
+    """The run's final figures, once every user has stopped. Locust's --csv files are rewritten only once a
+    second, so a short run (or a run's last second) can be missing from them. `sent` and `finished` count this
+    process's users' requests (a run cut off at --run-time can leave some unfinished: answered by the server,
+    never recorded by locust), for the soak's lost/duplicate count."""
+    path = environment.parsed_options.summary_file
     if path:
-        Path(path).write_text(json.dumps({"sent": Classifier.sent, "finished": Classifier.finished}))
+        total = environment.stats.total
+        summary = {
+            "sent": Classifier.sent,
+            "finished": Classifier.finished,
+            "requests": total.num_requests,
+            "failures": total.num_failures,
+            "requests_per_s": total.total_rps,
+            "p50_ms": total.get_response_time_percentile(0.5) if total.num_requests else 0,
+            "p99_ms": total.get_response_time_percentile(0.99) if total.num_requests else 0,
+        }
+        Path(path).write_text(json.dumps(summary))
 
 
 class Classifier(FastHttpUser):
@@ -86,7 +102,9 @@ class Classifier(FastHttpUser):
         finally:
             Classifier.finished += 1
             if self.limit and Classifier.finished >= self.limit:
-                self.environment.runner.quit()
+                # From its own greenlet: quit() stops every user, and would kill this one halfway through
+                # quitting (the run would then go on until --run-time).
+                gevent.spawn(self.environment.runner.quit)
 
     def _post(self):
         adapter = random.choice(self.adapters)
