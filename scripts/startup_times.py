@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from peftkit.training.run_folder import staging_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "minilm-lora-rotten_tomatoes.yaml"
 TEXT = "a sharp, witty and moving film"
@@ -46,7 +48,7 @@ def run(
         start_new_session=True,
     )
     if until_file is not None:
-        staged = until_file.parent.with_name(until_file.parent.name + ".partial") / until_file.name
+        staged = staging_dir(until_file.parent) / until_file.name
         while proc.poll() is None and not (_has_line(until_file) or _has_line(staged)):
             time.sleep(0.05)
         wall = time.perf_counter() - start
@@ -107,7 +109,7 @@ def _fresh(until: Path | None) -> Path | None:
     """The file that ends a measurement, its run folder (finished or not) removed first."""
     if until is not None:
         shutil.rmtree(until.parent, ignore_errors=True)
-        shutil.rmtree(until.parent.with_name(until.parent.name + ".partial"), ignore_errors=True)
+        shutil.rmtree(staging_dir(until.parent), ignore_errors=True)
     return until
 
 

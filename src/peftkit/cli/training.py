@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from peftkit.cli import add_verbose
@@ -50,11 +49,12 @@ def cmd_train(args) -> int:
     from peftkit.errors import PeftkitError
     from peftkit.quiet import MESSAGES_FILE, quiet_libraries
     from peftkit.recipe import load_recipe
+    from peftkit.training.distributed import is_main_launch_process
     from peftkit.training.run_folder import staging_dir
 
     if args.processes is not None:
         return _launch(args, load_recipe(args.recipe, args.overrides))
-    main_process = int(os.environ.get("RANK", "0")) == 0  # one log and one summary per run, not per process
+    main_process = is_main_launch_process()  # one log and one summary per run, not per process
     with quiet_libraries(args.verbose) as messages:
         recipe = load_recipe(args.recipe, args.overrides)
         assert recipe.train.output_dir is not None  # load_recipe sets it (runs/<recipe file stem>)

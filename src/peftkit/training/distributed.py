@@ -445,6 +445,12 @@ def checkpoints_supported(accelerator, *, resume: bool, save_every: int | None) 
     return False
 
 
+def is_main_launch_process() -> bool:
+    """True unless this is a non-main process of a multi-process launch (`accelerate launch` / torchrun set RANK):
+    for what one process of a launch does before the processes are joined (its log, its summary, the lock check)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def main_process_call(accelerator, fn):
     """Run `fn()` on the main process only and return its result there (None elsewhere). The outcome is shared: if
     it fails, every process raises a PeftkitError with its message, so none waits at a barrier for a process that

@@ -83,7 +83,9 @@ def check_can_write(target: Path, *, overwrite: bool, resume: bool) -> None:
     complete, readable checkpoint written with this process count (`checkpoints.check_checkpoint`)."""
     # Only the main process of a launch takes the lock (`RunFolder.open`); another process checking it could find
     # it already held by its own main process.
-    if int(os.environ.get("RANK", "0")) == 0:
+    from peftkit.training.distributed import is_main_launch_process
+
+    if is_main_launch_process():
         RunLock(target).check()
     staging = staging_dir(target)
     if staging.exists() and not staging.is_dir():

@@ -29,12 +29,11 @@ import torch
 from torch import nn
 
 from peftkit.errors import PeftkitError
+from peftkit.models.load import HEAD_MODULES
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-# Modules PEFT trains and saves in full for sequence classification (PeftModelForSequenceClassification).
-HEADS = ("classifier", "score")
 WEIGHTS_FILE = "adapter_model.safetensors"
 # transformers versions whose transformers take the cache as `past_key_values` (≤ 5.23) or `cache` (5.24, 5.25);
 # named in the refusal below and in tests/methods/test_prefix.py.
@@ -107,7 +106,7 @@ class PrefixTuningClassifier(nn.Module):
         super().__init__()
         fill_model_shape(config, model.config)
         config.base_model_name_or_path = getattr(model.config, "name_or_path", None)
-        config.modules_to_save = [*(config.modules_to_save or []), *HEADS]  # as PEFT writes it
+        config.modules_to_save = [*(config.modules_to_save or []), *HEAD_MODULES]  # as PEFT writes it
         self.base_model = model
         self.peft_config = {"default": config}
         # on the base's device (a base loaded on a GPU, or placed there by bitsandbytes, is not moved again)
@@ -226,7 +225,7 @@ def load(model: PreTrainedModel, adapter_dir: Path) -> PrefixTuningClassifier:
     config = read_peft_config(adapter_dir)  # not from_pretrained: it refuses the mean-pooling mark on purpose
     config.inference_mode = True  # the saved prefix is the projection's output: a plain table
     config.modules_to_save = [
-        m for m in dict.fromkeys(settings.get("modules_to_save") or []) if m not in HEADS
+        m for m in dict.fromkeys(settings.get("modules_to_save") or []) if m not in HEAD_MODULES
     ]
     wrapped = PrefixTuningClassifier(model, config)
     tensors = load_file(str(adapter_dir / WEIGHTS_FILE))
